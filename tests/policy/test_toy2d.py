@@ -1,0 +1,125 @@
+"""2D targets, closed-form posterior, exact denoisers through the sampler, training, script."""
+
+import json
+
+import pytest
+import torch
+
+from policy.nets.mlp import MLPGenerator
+from policy.scoring import LossConfig
+from policy.toy2d import (
+    ExactMixturePosteriorMean,
+    ExactMixturePosteriorSampler,
+    mixture_posterior_mean,
+    mixture_posterior_std,
+    mmd2_unbiased,
+    model_mmd,
+    noise_floor_mmd,
+    posterior_std_metric,
+    sample_checkerboard,
+    sample_mixture,
+    sample_target,
+)
+from policy.toy2d_train import Toy2DConfig, train_generator
+
+
+def test_checkerboard_lies_on_the_black_squares():
+    x = sample_checkerboard(5000, torch.Generator().manual_seed(0))
+    assert x.abs().max() <= 4.0
+    cells = torch.floor(x / 2).long()
+    assert bool(((cells[:, 0] + cells[:, 1]) % 2 == 0).all())  # one colour only
+    assert len({tuple(c) for c in cells.tolist()}) == 8
+
+
+def test_mixture_samples_have_the_stated_moments():
+    x = sample_mixture(20000, torch.Generator().manual_seed(0))
+    assert x[:, 1].mean().item() == pytest.approx(3.0, abs=0.02)
+    assert x[:, 0].abs().mean().item() == pytest.approx(3.0, abs=0.03)
+    with pytest.raises(ValueError, match="unknown 2D target"):
+        sample_target("moons", 4)
+
+
+def test_closed_form_posterior_matches_importance_sampling():
+    # p(x0 | x_t) is proportional to p(x0) N(x_t; alpha x0, sigma^2 I): weight prior samples.
+    g = torch.Generator().manual_seed(0)
+    prior = sample_mixture(400_000, g).double()
+    for tv, x_t in [(0.3, torch.tensor([1.0, 2.0])), (0.7, torch.tensor([-0.5, 0.4])), (0.9, torch.tensor([0.3, 1.2]))]:
+        t = torch.tensor([tv])
+        logw = -((x_t.double() - (1 - tv) * prior).pow(2).sum(-1)) / (2 * tv**2)
+        w = torch.softmax(logw, 0)[:, None]
+        mean_is = (w * prior).sum(0)
+        std_is = ((w * (prior - mean_is).pow(2)).sum(0)).sqrt()
+        torch.testing.assert_close(mixture_posterior_mean(x_t[None], t)[0].double(), mean_is, atol=0.03, rtol=0)
+        torch.testing.assert_close(mixture_posterior_std(x_t[None], t)[0].double(), std_is, atol=0.03, rtol=0)
+
+
+def test_mmd_is_near_zero_for_equal_and_large_for_different_distributions():
+    g = torch.Generator().manual_seed(0)
+    a, b = sample_mixture(1500, g), sample_mixture(1500, g)
+    assert abs(mmd2_unbiased(a, b)) < 3e-3
+    assert mmd2_unbiased(a, b + torch.tensor([1.0, 0.0])) > 0.05
+
+
+@pytest.mark.parametrize("steps", [1, 2])
+def test_exact_posterior_sampler_reproduces_the_target_in_few_steps_but_the_mean_does_not(steps):
+    """The paper's claim with exact denoisers: no learning involved, it tests the sampler."""
+    n = 2048
+    floor = noise_floor_mmd("mixture", n, seed=5)
+    exact = model_mmd(ExactMixturePosteriorSampler(), "mixture", steps, n, seed=1)
+    mean = model_mmd(ExactMixturePosteriorMean(), "mixture", steps, n, seed=1)
+    assert abs(exact) < 3e-3 and abs(floor) < 3e-3  # both at the noise floor of two target samples
+    assert mean > 0.05  # the ideal classical denoiser collapses with 1-2 steps
+    assert mean > 30 * max(abs(exact), 1e-3)
+
+
+@pytest.mark.parametrize("churn", [0.0, 0.5, 1.0])
+def test_exact_posterior_sampler_is_exact_for_every_churn(churn):
+    assert abs(model_mmd(ExactMixturePosteriorSampler(), "mixture", 4, 2048, churn=churn, seed=2)) < 3e-3
+
+
+def test_posterior_std_metric_on_exact_denoisers():
+    exact = posterior_std_metric(ExactMixturePosteriorSampler(), times=(0.3, 0.8), n_points=64, k=256)
+    mean = posterior_std_metric(ExactMixturePosteriorMean(), times=(0.3, 0.8), n_points=64, k=8)
+    assert max(exact["abs_error"]) < 0.05
+    assert mean["model"] == [0.0, 0.0] and mean["abs_error"][1] > 0.3
+
+
+def test_mlp_generator_uses_its_noise_and_shares_x_t_across_the_population():
+    net = MLPGenerator(hidden=32, depth=2)
+    t, x_t, xi = torch.rand(4), torch.randn(4, 2), torch.randn(4, 3, 2)
+    out = net(t, x_t, xi)
+    assert out.shape == (4, 3, 2)
+    assert not torch.allclose(out[:, 0], out[:, 1])
+    same = net(t, x_t, xi[:, :1].expand(-1, 3, -1))
+    torch.testing.assert_close(same[:, 0], same[:, 2])
+
+
+def test_short_training_learns_a_spread_with_energy_and_a_mean_with_mse():
+    cfg = Toy2DConfig(steps=600, warmup_steps=50, hidden=64, depth=2, population=4)
+    energy, hist_e = train_generator("mixture", LossConfig(kind="energy", lam=1.0, beta=1.0, population=4), cfg, progress=False)
+    mse, hist_m = train_generator("mixture", LossConfig(kind="mse", population=1), cfg, progress=False)
+    assert hist_e[-1]["loss"] < hist_e[0]["loss"] and hist_m[-1]["loss"] < hist_m[0]["loss"]
+    e = posterior_std_metric(energy, times=(0.9,), n_points=64, k=64)
+    m = posterior_std_metric(mse, times=(0.9,), n_points=64, k=64)
+    # at t=0.9 the true posterior is bimodal (std ~3 in x); only the energy model spreads out
+    assert e["model"][0] > 1.0 and e["model"][0] > 3 * m["model"][0]
+
+
+def test_train_toy2d_script_writes_results_and_plots(tmp_path):
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[2] / "scripts" / "train_toy2d.py"
+    spec = importlib.util.spec_from_file_location("train_toy2d", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    rc = mod.main(["--quick", "--steps", "20", "--targets", "mixture", "--nfes", "1,2", "--mmd-samples", "256",
+                   "--out", str(tmp_path), "--no-progress"])
+    assert rc == 0
+    res = json.loads((tmp_path / "toy2d.json").read_text())
+    assert res["mixture"]["nfe"] == [1, 2] and len(res["mixture"]["energy"]) == 2 and len(res["mixture"]["mse"]) == 2
+    assert "posterior_std" in res["mixture"]
+    assert (tmp_path / "mmd_vs_nfe.png").stat().st_size > 1000
+    assert (tmp_path / "samples_mixture.png").stat().st_size > 1000
+    assert mod.main(["--targets", "moons", "--out", str(tmp_path)]) == 2
+    assert mod.main(["--nfes", "0,x", "--out", str(tmp_path)]) == 2
