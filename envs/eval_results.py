@@ -1,0 +1,221 @@
+"""Evaluation bookkeeping: the episode JSONL log (append + resume), success rates with
+95% Wilson intervals, the results JSON, the markdown table and the plots."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import statistics
+import tempfile
+from pathlib import Path
+from typing import Any, Iterable
+
+EPISODES_FILE = "episodes.jsonl"
+RESULTS_JSON = "results.json"
+RESULTS_MD = "results.md"
+RESULTS_PNG = "results.png"
+
+
+def wilson_interval(successes: int, n: int, z: float = 1.959963984540054) -> tuple[float, float]:
+    """95% Wilson score interval (lo, hi) of a binomial proportion; (0, 1) when n == 0."""
+    if n == 0:
+        return 0.0, 1.0
+    p = successes / n
+    den = 1 + z * z / n
+    centre = (p + z * z / (2 * n)) / den
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / den
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    """Write text to ``path`` through a temp file in the same folder and a rename."""
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=p.parent, prefix=f".{p.name}.")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, p)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def append_episode(path: str | os.PathLike, record: dict[str, Any]) -> None:
+    """Append one finished episode as a JSON line, flushed and fsynced immediately."""
+    line = json.dumps(record, sort_keys=True) + "\n"
+    with open(path, "a", encoding="utf-8") as f:
+        f.write(line)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def load_episodes(path: str | os.PathLike) -> list[dict[str, Any]]:
+    """Finished episodes of a (possibly interrupted) run. A torn last line, left by a
+    crash in the middle of a write, is ignored; its episode will be run again."""
+    p = Path(path)
+    if not p.exists():
+        return []
+    out = []
+    for line in p.read_text(encoding="utf-8").splitlines():
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(rec, dict) and {"suite", "task_index", "episode", "success"} <= rec.keys():
+            out.append(rec)
+    return out
+
+
+def episode_key(rec: dict[str, Any]) -> tuple[str, int, int]:
+    return str(rec["suite"]), int(rec["task_index"]), int(rec["episode"])
+
+
+def summarize(episodes: Iterable[dict[str, Any]], task_names: dict[tuple[str, int], str]) -> dict[str, Any]:
+    """Per task and per suite success rates (with 95% Wilson intervals), mean and
+    median of the per-task rates (the paper reports the median), episode lengths."""
+    by_task: dict[tuple[str, int], dict[int, dict[str, Any]]] = {}
+    for rec in episodes:  # the last record of an episode wins
+        by_task.setdefault((rec["suite"], int(rec["task_index"])), {})[int(rec["episode"])] = rec
+    suites: dict[str, Any] = {}
+    for (suite, ti), eps in sorted(by_task.items()):
+        recs = list(eps.values())
+        n, s = len(recs), sum(bool(r["success"]) for r in recs)
+        lo, hi = wilson_interval(s, n)
+        ok_len = [r["length"] for r in recs if r["success"]]
+        task = {
+            "task_index": ti,
+            "name": task_names.get((suite, ti), ""),
+            "episodes": n,
+            "successes": s,
+            "success_rate": s / n,
+            "ci95": [lo, hi],
+            "errors": sum(r.get("error") is not None for r in recs),
+            "mean_length": statistics.fmean(r["length"] for r in recs),
+            "mean_success_length": statistics.fmean(ok_len) if ok_len else None,
+        }
+        suites.setdefault(suite, {"tasks": []})["tasks"].append(task)
+    for suite, d in suites.items():
+        tasks = d["tasks"]
+        n = sum(t["episodes"] for t in tasks)
+        s = sum(t["successes"] for t in tasks)
+        rates = [t["success_rate"] for t in tasks]
+        d.update(
+            episodes=n,
+            successes=s,
+            success_rate=s / n,
+            ci95=list(wilson_interval(s, n)),
+            mean_over_tasks=statistics.fmean(rates),
+            median_over_tasks=statistics.median(rates),
+            errors=sum(t["errors"] for t in tasks),
+        )
+    all_rates = [t["success_rate"] for d in suites.values() for t in d["tasks"]]
+    n = sum(d["episodes"] for d in suites.values())
+    s = sum(d["successes"] for d in suites.values())
+    return {
+        "suites": suites,
+        "overall": {
+            "episodes": n,
+            "successes": s,
+            "success_rate": s / n if n else 0.0,
+            "ci95": list(wilson_interval(s, n)),
+            "mean_over_tasks": statistics.fmean(all_rates) if all_rates else 0.0,
+            "median_over_tasks": statistics.median(all_rates) if all_rates else 0.0,
+        },
+    }
+
+
+def markdown_table(summary: dict[str, Any], title: str = "") -> str:
+    """Per-suite and per-task success rates as a markdown table (percent, 95% Wilson CI)."""
+    pct = lambda x: f"{100 * x:.1f}"  # noqa: E731
+    lines = [f"### {title}\n" if title else ""]
+    lines += ["| suite | episodes | success % | 95% CI | mean over tasks % | median over tasks % | errors |",
+              "|---|---:|---:|---:|---:|---:|---:|"]
+    for suite, d in summary["suites"].items():
+        lines.append(f"| {suite} | {d['episodes']} | {pct(d['success_rate'])} | {pct(d['ci95'][0])}-{pct(d['ci95'][1])} "
+                     f"| {pct(d['mean_over_tasks'])} | {pct(d['median_over_tasks'])} | {d['errors']} |")
+    o = summary["overall"]
+    lines.append(f"| **all** | {o['episodes']} | {pct(o['success_rate'])} | {pct(o['ci95'][0])}-{pct(o['ci95'][1])} "
+                 f"| {pct(o['mean_over_tasks'])} | {pct(o['median_over_tasks'])} | |")
+    lines += ["", "| suite | task | name | episodes | success % | 95% CI | mean length |", "|---|---:|---|---:|---:|---:|---:|"]
+    for suite, d in summary["suites"].items():
+        for t in d["tasks"]:
+            lines.append(f"| {suite} | {t['task_index']} | {t['name']} | {t['episodes']} | {pct(t['success_rate'])} "
+                         f"| {pct(t['ci95'][0])}-{pct(t['ci95'][1])} | {t['mean_length']:.0f} |")
+    return "\n".join(lines) + "\n"
+
+
+def plot_results(summary: dict[str, Any], path: str | os.PathLike, title: str = "") -> None:
+    """Bar chart of per-task success rates with 95% Wilson error bars, one panel per suite."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    suites = list(summary["suites"].items())
+    fig, axes = plt.subplots(1, max(1, len(suites)), figsize=(3.2 * max(1, len(suites)), 3.0), squeeze=False)
+    for ax, (suite, d) in zip(axes[0], suites):
+        x = [t["task_index"] for t in d["tasks"]]
+        y = [t["success_rate"] for t in d["tasks"]]
+        err = [[t["success_rate"] - t["ci95"][0] for t in d["tasks"]], [t["ci95"][1] - t["success_rate"] for t in d["tasks"]]]
+        ax.bar(x, y, yerr=err, capsize=2, color="tab:blue", alpha=0.8)
+        ax.axhline(d["median_over_tasks"], color="tab:red", lw=1, label=f"median {100 * d['median_over_tasks']:.0f}%")
+        ax.set_ylim(0, 1.05)
+        ax.set_title(suite, fontsize=9)
+        ax.set_xlabel("task")
+        ax.legend(fontsize=7, loc="upper right")
+    axes[0][0].set_ylabel("success rate")
+    if title:
+        fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    _save_fig(fig, path)
+
+
+def plot_steps_sweep(points: dict[int, dict[str, Any]], path: str | os.PathLike) -> None:
+    """Success rate (median over tasks, with the pooled 95% CI band) against sampler
+    steps, one line per suite: the paper's Figure 9."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    steps = sorted(points)
+    suites = sorted({s for p in points.values() for s in p["suites"]})
+    fig, ax = plt.subplots(figsize=(4.5, 3.2))
+    for suite in suites:
+        xs = [k for k in steps if suite in points[k]["suites"]]
+        med = [points[k]["suites"][suite]["median_over_tasks"] for k in xs]
+        lo = [points[k]["suites"][suite]["ci95"][0] for k in xs]
+        hi = [points[k]["suites"][suite]["ci95"][1] for k in xs]
+        (line,) = ax.plot(xs, med, marker="o", label=suite)
+        ax.fill_between(xs, lo, hi, color=line.get_color(), alpha=0.15)
+    ax.set_xscale("log", base=2)
+    ax.set_xticks(steps, [str(k) for k in steps])
+    ax.set_xlabel("sampler steps (NFE)")
+    ax.set_ylabel("success rate (median over tasks)")
+    ax.set_ylim(0, 1.05)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    _save_fig(fig, path)
+
+
+def _save_fig(fig: Any, path: str | os.PathLike) -> None:
+    import matplotlib.pyplot as plt
+
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    tmp = p.with_name(f".{p.stem}.tmp{p.suffix}")
+    fig.savefig(tmp, dpi=120)
+    plt.close(fig)
+    os.replace(tmp, p)
+
+
+def write_results(out_dir: str | os.PathLike, summary: dict[str, Any], title: str = "") -> None:
+    """results.json, results.md and results.png in ``out_dir`` (atomic writes)."""
+    out = Path(out_dir)
+    atomic_write_text(out / RESULTS_JSON, json.dumps(summary, indent=2) + "\n")
+    atomic_write_text(out / RESULTS_MD, markdown_table(summary, title))
+    plot_results(summary, out / RESULTS_PNG, title)

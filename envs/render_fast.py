@@ -1,0 +1,398 @@
+"""Opt-in fast rendering: render LIBERO scenes from simplified copies of the heaviest
+visual meshes.
+
+Why: on a CPU the software rasteriser (Mesa llvmpipe through EGL) is bound by the
+number of triangles, and a LIBERO scene carries ~400k visual triangles (~1.1M
+MuJoCo vertices: basket 66k faces, living room 60k, each Panda link ~13k, ...).
+Rendering two cameras then costs ~10x the physics of an env step.
+
+What: every mesh asset that is used *only* by purely visual geoms (contype=0,
+conaffinity=0 and a geom group outside the compiler's ``inertiagrouprange``, so
+that it neither collides nor contributes mass) and has more than ``max_faces``
+triangles is replaced by a simplified copy with at most ``max_faces`` triangles.
+Collision meshes, masses and inertias are untouched, so the physics is identical
+(bit for bit; tests/envs/test_libero.py checks it); only the pictures change.
+
+How: vertex clustering on a uniform grid (Rossignac & Borrel 1993), implemented in
+numpy. Corners are clustered by (grid cell, quantised UV, quantised normal) so
+texture seams and sharp edges survive; a cluster's vertex is the mean of its
+members. The grid is refined by bisection until the face count fits. Simplified
+meshes are written in the source format (.obj, .msh, .stl) to
+``$DDLIBERO_CACHE/meshes`` (default ``~/.cache/ddlibero/meshes``) with atomic
+writes and reused across runs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import struct
+import tempfile
+import xml.etree.ElementTree as ET
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+ALGO_VERSION = "vc3"
+DEFAULT_MAX_FACES = 1200
+"""Face budget of one simplified mesh (meshes at or below it are kept as they are)."""
+
+
+def cache_dir() -> Path:
+    """Folder of the simplified meshes: ``$DDLIBERO_CACHE/meshes`` or ``~/.cache/ddlibero/meshes``."""
+    root = os.environ.get("DDLIBERO_CACHE", os.path.join(os.path.expanduser("~"), ".cache", "ddlibero"))
+    return Path(root) / "meshes"
+
+
+@dataclass
+class Mesh:
+    """A triangle mesh with per-vertex attributes.
+
+    verts (n, 3) float32; faces (m, 3) int64 indices into verts; normals (n, 3)
+    float32 or None; uvs (n, 2) float32 or None.
+    """
+
+    verts: np.ndarray
+    faces: np.ndarray
+    normals: np.ndarray | None = None
+    uvs: np.ndarray | None = None
+
+
+# ----------------------------------------------------------------------------- IO
+def _read_obj(path: Path) -> Mesh:
+    text = path.read_text(encoding="utf-8", errors="replace").splitlines()
+    rows: dict[str, list[str]] = {"v": [], "vt": [], "vn": [], "f": []}
+    for line in text:
+        head, _, rest = line.partition(" ")
+        if head in rows:
+            rows[head].append(rest)
+
+    def floats(key: str, width: int) -> np.ndarray:
+        if not rows[key]:
+            return np.zeros((0, width), np.float32)
+        flat = np.fromstring(" ".join(rows[key]), dtype=np.float64, sep=" ")
+        if flat.size == width * len(rows[key]):
+            return flat.reshape(-1, width).astype(np.float32)
+        return np.array([r.split()[:width] for r in rows[key]], dtype=np.float32)
+
+    v, vt, vn = floats("v", 3), floats("vt", 2), floats("vn", 3)
+    c = _obj_triangles_fast(rows["f"], (len(v), len(vt), len(vn)))
+    if c is None:
+        c = _obj_faces_slow(rows["f"], (len(v), len(vt), len(vn)))
+    _, first, inv = np.unique(_row_ids(c), return_index=True, return_inverse=True)
+    uniq = c[first]
+    has_t = len(vt) > 0 and bool((uniq[:, 1] >= 0).all())
+    has_n = len(vn) > 0 and bool((uniq[:, 2] >= 0).all())
+    return Mesh(
+        verts=v[uniq[:, 0]],
+        faces=inv.reshape(-1, 3).astype(np.int64),
+        normals=vn[uniq[:, 2]] if has_n else None,
+        uvs=vt[uniq[:, 1]] if has_t else None,
+    )
+
+
+def _obj_triangles_fast(faces: list[str], counts: tuple[int, int, int]) -> np.ndarray | None:
+    """Vectorised parse when every face is a triangle with one token layout; else None."""
+    if not faces:
+        return np.zeros((0, 3), np.int64)
+    first = faces[0].split()
+    parts = len(first[0].split("/"))
+    text = " ".join(faces).replace("//", "/0/")
+    toks = text.replace("/", " ").split()
+    if len(toks) != len(faces) * 3 * parts or any(len(f.split()) != 3 for f in faces[:: max(1, len(faces) // 50)]):
+        return None
+    a = np.array(toks, dtype=np.int64).reshape(-1, parts)
+    out = np.full((len(a), 3), -1, np.int64)
+    for j in range(parts):
+        col, n = a[:, j], counts[j]
+        out[:, j] = np.where(col > 0, col - 1, np.where(col < 0, n + col, -1))
+    return out
+
+
+def _obj_faces_slow(faces: list[str], counts: tuple[int, int, int]) -> np.ndarray:
+    corners: list[list[int]] = []
+    for rest in faces:  # polygons are fan-triangulated
+        poly = []
+        for tok in rest.split():
+            parts = (tok.split("/") + ["", ""])[:3]
+            poly.append([(int(p) - 1 if int(p) > 0 else n + int(p)) if p else -1 for p, n in zip(parts, counts)])
+        for k in range(1, len(poly) - 1):
+            corners += [poly[0], poly[k], poly[k + 1]]
+    return np.asarray(corners, dtype=np.int64).reshape(-1, 3)
+
+
+def _write_obj(path: Path, m: Mesh) -> None:
+    lines = ["# simplified by envs.render_fast\n"]
+    lines += [f"v {a:.6f} {b:.6f} {c:.6f}\n" for a, b, c in m.verts]
+    if m.uvs is not None:
+        lines += [f"vt {a:.6f} {b:.6f}\n" for a, b in m.uvs]
+    if m.normals is not None:
+        lines += [f"vn {a:.5f} {b:.5f} {c:.5f}\n" for a, b, c in m.normals]
+    fmt = "{0}/{0}/{0}" if m.uvs is not None and m.normals is not None else (
+        "{0}/{0}" if m.uvs is not None else ("{0}//{0}" if m.normals is not None else "{0}"))
+    for f in m.faces + 1:
+        lines.append("f " + " ".join(fmt.format(int(i)) for i in f) + "\n")
+    path.write_text("".join(lines), encoding="utf-8")
+
+
+def _read_msh(path: Path) -> Mesh:
+    data = path.read_bytes()
+    nv, nn, nt, nf = struct.unpack("<4i", data[:16])
+    off = 16
+    verts = np.frombuffer(data, np.float32, 3 * nv, off).reshape(nv, 3)
+    off += 12 * nv
+    normals = np.frombuffer(data, np.float32, 3 * nn, off).reshape(nn, 3) if nn else None
+    off += 12 * nn
+    uvs = np.frombuffer(data, np.float32, 2 * nt, off).reshape(nt, 2) if nt else None
+    off += 8 * nt
+    faces = np.frombuffer(data, np.int32, 3 * nf, off).reshape(nf, 3).astype(np.int64)
+    return Mesh(verts.copy(), faces, None if normals is None else normals.copy(), None if uvs is None else uvs.copy())
+
+
+def _write_msh(path: Path, m: Mesh) -> None:
+    nn = 0 if m.normals is None else len(m.normals)
+    nt = 0 if m.uvs is None else len(m.uvs)
+    parts = [struct.pack("<4i", len(m.verts), nn, nt, len(m.faces)), m.verts.astype("<f4").tobytes()]
+    if nn:
+        parts.append(m.normals.astype("<f4").tobytes())
+    if nt:
+        parts.append(m.uvs.astype("<f4").tobytes())
+    parts.append(m.faces.astype("<i4").tobytes())
+    path.write_bytes(b"".join(parts))
+
+
+def _read_stl(path: Path) -> Mesh:
+    data = path.read_bytes()
+    if data[:5] == b"solid" and b"facet" in data[:400]:
+        pts = [list(map(float, ln.split()[1:4])) for ln in data.decode(errors="replace").splitlines()
+               if ln.strip().startswith("vertex")]
+        tri = np.asarray(pts, dtype=np.float32).reshape(-1, 3)
+    else:
+        n = struct.unpack("<I", data[80:84])[0]
+        rec = np.frombuffer(data, np.dtype([("n", "<f4", 3), ("v", "<f4", (3, 3)), ("a", "<u2")]), n, 84)
+        tri = rec["v"].reshape(-1, 3)
+    uniq, inv = np.unique(tri, axis=0, return_inverse=True)
+    return Mesh(uniq.astype(np.float32), inv.reshape(-1, 3).astype(np.int64))
+
+
+def _write_stl(path: Path, m: Mesh) -> None:
+    tri = m.verts[m.faces].astype(np.float32)  # (F, 3, 3)
+    nrm = np.cross(tri[:, 1] - tri[:, 0], tri[:, 2] - tri[:, 0])
+    nrm /= np.maximum(np.linalg.norm(nrm, axis=1, keepdims=True), 1e-12)
+    rec = np.zeros(len(tri), np.dtype([("n", "<f4", 3), ("v", "<f4", (3, 3)), ("a", "<u2")]))
+    rec["n"], rec["v"] = nrm, tri
+    path.write_bytes(b"\0" * 80 + struct.pack("<I", len(tri)) + rec.tobytes())
+
+
+_READERS: dict[str, Callable[[Path], Mesh]] = {".obj": _read_obj, ".msh": _read_msh, ".stl": _read_stl}
+_WRITERS: dict[str, Callable[[Path, Mesh], None]] = {".obj": _write_obj, ".msh": _write_msh, ".stl": _write_stl}
+
+
+def read_mesh(path: str | os.PathLike) -> Mesh:
+    """Read an .obj, MuJoCo .msh or .stl file into a :class:`Mesh`."""
+    p = Path(path)
+    if p.suffix.lower() not in _READERS:
+        raise ValueError(f"unsupported mesh format {p.suffix!r} ({p}); expected .obj, .msh or .stl")
+    return _READERS[p.suffix.lower()](p)
+
+
+def write_mesh(path: str | os.PathLike, mesh: Mesh) -> None:
+    """Write a mesh atomically (temp file + rename) in the format named by the suffix."""
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=p.parent, suffix=p.suffix)
+    os.close(fd)
+    try:
+        _WRITERS[p.suffix.lower()](Path(tmp), mesh)
+        os.replace(tmp, p)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+# --------------------------------------------------------------------- decimation
+def _row_ids(rows: np.ndarray) -> np.ndarray:
+    """(n, d) int64 rows -> (n,) int64 ids, equal iff the rows are equal (mixed radix)."""
+    rows = rows - rows.min(0)
+    dims = rows.max(0) + 1
+    if float(np.prod(dims.astype(np.float64))) < 2**62:
+        return np.ravel_multi_index(rows.T, dims)
+    return np.unique(rows, axis=0, return_inverse=True)[1].reshape(-1)
+
+
+def _cluster(mesh: Mesh, cells: int) -> Mesh:
+    lo = mesh.verts.min(0)
+    size = float((mesh.verts.max(0) - lo).max()) / cells + 1e-12
+    keys = [np.floor((mesh.verts - lo) / size).astype(np.int64)]
+    if mesh.uvs is not None:
+        keys.append(np.floor(mesh.uvs * max(2, cells // 2)).astype(np.int64))  # seams jump further than a bin
+    if mesh.normals is not None:
+        n = mesh.normals / np.maximum(np.linalg.norm(mesh.normals, axis=1, keepdims=True), 1e-12)
+        keys.append(np.rint(n * 1.5).astype(np.int64))  # ~35 degree bins: sharp edges stay sharp
+    _, label = np.unique(_row_ids(np.concatenate(keys, axis=1)), return_inverse=True)
+    label = label.reshape(-1)
+    k = int(label.max()) + 1
+    count = np.bincount(label, minlength=k).astype(np.float64)[:, None]
+
+    def mean(a: np.ndarray) -> np.ndarray:
+        cols = [np.bincount(label, weights=a[:, j], minlength=k) for j in range(a.shape[1])]
+        return (np.stack(cols, axis=1) / count).astype(np.float32)
+
+    faces = label[mesh.faces]
+    keep = (faces[:, 0] != faces[:, 1]) & (faces[:, 1] != faces[:, 2]) & (faces[:, 0] != faces[:, 2])
+    faces = faces[keep]
+    _, first = np.unique(_row_ids(np.sort(faces, axis=1)), return_index=True)
+    faces = faces[np.sort(first)]
+    normals = None
+    if mesh.normals is not None:
+        normals = mean(mesh.normals)
+        normals /= np.maximum(np.linalg.norm(normals, axis=1, keepdims=True), 1e-12)
+    out = Mesh(mean(mesh.verts), faces, normals, None if mesh.uvs is None else mean(mesh.uvs))
+    used = np.unique(out.faces)  # drop vertices no face uses
+    remap = np.full(k, -1, np.int64)
+    remap[used] = np.arange(len(used))
+    return Mesh(out.verts[used], remap[out.faces], None if normals is None else normals[used],
+                None if out.uvs is None else out.uvs[used])
+
+
+def simplify_mesh(mesh: Mesh, max_faces: int = DEFAULT_MAX_FACES) -> Mesh:
+    """Vertex-clustering simplification to at most ``max_faces`` triangles (the finest
+    grid that fits, found by bisection over 2..512 cells along the longest side).
+    Returns the input unchanged if it already fits."""
+    if len(mesh.faces) <= max_faces:
+        return mesh
+    # noisy normals or fragmented UVs can keep even a coarse grid above budget:
+    # then cluster without normals, then without UVs as well
+    for m in (mesh, Mesh(mesh.verts, mesh.faces, None, mesh.uvs), Mesh(mesh.verts, mesh.faces)):
+        if len(_cluster(m, 2).faces) > max_faces:
+            continue
+        lo, hi, best = 2, 512, None
+        while lo <= hi:
+            mid = (lo + hi) // 2
+            cand = _cluster(m, mid)
+            if len(cand.faces) <= max_faces:
+                best, lo = cand, mid + 1
+            else:
+                hi = mid - 1
+        if best is not None and len(best.faces) >= 4:
+            return best
+    return _cluster(Mesh(mesh.verts, mesh.faces), 2)
+
+
+def _mesh_compiles(path: Path, scale: str | None) -> bool:
+    import mujoco
+
+    s = f' scale="{scale}"' if scale else ""
+    xml = (f'<mujoco><compiler inertiagrouprange="0 0"/><asset><mesh name="m" file="{path}"{s}/></asset>'
+           '<worldbody><body><geom type="mesh" mesh="m" contype="0" conaffinity="0" group="1"/>'
+           '<geom type="sphere" size=".01"/><freejoint/></body></worldbody></mujoco>')
+    try:
+        mujoco.MjModel.from_xml_string(xml)
+        return True
+    except Exception:
+        return False
+
+
+def simplified_mesh_path(src: str, max_faces: int = DEFAULT_MAX_FACES, scale: str | None = None) -> str:
+    """Path of the cached simplified copy of mesh file ``src`` (created on first use).
+    Returns ``src`` itself when the mesh already fits ``max_faces`` or when MuJoCo
+    rejects the simplified copy (e.g. a degenerate volume); a ``.keep`` marker records that."""
+    p = Path(src)
+    st = p.stat()
+    key = hashlib.sha1(f"{p.resolve()}|{st.st_size}|{st.st_mtime_ns}|{max_faces}|{ALGO_VERSION}".encode()).hexdigest()[:16]
+    out = cache_dir() / f"{p.stem}_{key}{p.suffix.lower()}"
+    keep = out.with_suffix(".keep")
+    if out.exists():
+        return str(out)
+    if keep.exists():
+        return src
+    out.parent.mkdir(parents=True, exist_ok=True)
+    mesh = read_mesh(p)
+    simple = simplify_mesh(mesh, max_faces)
+    if simple is mesh:
+        keep.parent.mkdir(parents=True, exist_ok=True)
+        keep.write_text("fits the face budget\n")
+        return src
+    fd, name = tempfile.mkstemp(dir=out.parent if out.parent.exists() else None, prefix=".check_", suffix=out.suffix)
+    os.close(fd)
+    tmp = Path(name)  # unique: parallel workers may build the same mesh at once
+    write_mesh(tmp, simple)
+    if not _mesh_compiles(tmp, scale):
+        tmp.unlink()
+        keep.write_text("MuJoCo rejected the simplified copy; the official mesh is used\n")
+        return src
+    os.replace(tmp, out)
+    return str(out)
+
+
+# ---------------------------------------------------------------------- the scene
+def visual_only_meshes(root: ET.Element) -> set[str]:
+    """Names of mesh assets that only purely visual geoms use (no collision, no mass):
+    every geom using them has contype=0, conaffinity=0 and a group outside the
+    compiler's inertiagrouprange. Geoms with a default class make their mesh ineligible."""
+    comp = root.find("compiler")
+    rng = (comp.get("inertiagrouprange") if comp is not None else None) or "0 5"
+    glo, ghi = (int(x) for x in rng.split())
+    eligible: dict[str, bool] = {}
+    for geom in root.iter("geom"):
+        name = geom.get("mesh")
+        if name is None:
+            continue
+        group = int(geom.get("group", "0"))
+        ok = (geom.get("contype") == "0" and geom.get("conaffinity") == "0"
+              and not glo <= group <= ghi and geom.get("class") is None)
+        eligible[name] = eligible.get(name, True) and ok
+    for tag in ("site", "skin", "flexcomp"):  # any other user of a mesh: leave it alone
+        for el in root.iter(tag):
+            if el.get("mesh") is not None:
+                eligible[el.get("mesh")] = False
+    return {n for n, ok in eligible.items() if ok}
+
+
+def simplify_scene_xml(xml: str, max_faces: int = DEFAULT_MAX_FACES) -> str:
+    """MJCF string -> the same model whose visual-only meshes point at simplified copies."""
+    root = ET.fromstring(xml)
+    if root.find(".//default/geom") is not None:
+        raise ValueError("fast rendering expects a flattened robosuite MJCF without geom defaults")
+    names = visual_only_meshes(root)
+    for mesh in root.iter("mesh"):
+        f, n = mesh.get("file"), mesh.get("name")
+        if f is None or n not in names or Path(f).suffix.lower() not in _READERS or not os.path.isabs(f):
+            continue
+        mesh.set("file", simplified_mesh_path(f, max_faces, mesh.get("scale")))
+    return ET.tostring(root, encoding="unicode")
+
+
+_FAST_CLASSES: dict[type, type] = {}
+
+
+def _fast_class(base: type) -> type:
+    if base not in _FAST_CLASSES:
+
+        def _initialize_sim(self: Any, xml_string: str | None = None) -> None:
+            self._xml_processor = simplify_scene_xml
+            base._initialize_sim(self, xml_string)
+
+        # same class name: LIBERO asserts that it equals the BDDL problem name
+        _FAST_CLASSES[base] = type(base.__name__, (base,), {"_initialize_sim": _initialize_sim})
+    return _FAST_CLASSES[base]
+
+
+def fast_render_env(env_cls: type, kwargs: dict[str, Any]) -> Any:
+    """Build ``env_cls(**kwargs)`` (libero's OffScreenRenderEnv) whose robosuite task
+    environment renders simplified visual meshes from construction on and at every
+    hard reset. The task class is swapped in libero's TASK_MAPPING only while the
+    constructor runs."""
+    from libero.libero.envs import bddl_utils
+    from libero.libero.envs.bddl_base_domain import TASK_MAPPING
+
+    problem = bddl_utils.get_problem_info(kwargs["bddl_file_name"])["problem_name"]
+    base = TASK_MAPPING[problem]
+    TASK_MAPPING[problem] = _fast_class(base)
+    try:
+        return env_cls(**kwargs)
+    finally:
+        TASK_MAPPING[problem] = base

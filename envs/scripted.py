@@ -1,0 +1,154 @@
+"""Scripted demonstrator for LIBERO tasks: BDDL goal -> motion primitives -> OSC_POSE actions.
+
+The planner reads the task's BDDL goal (:mod:`envs.scripted_bddl`), looks at the
+simulator's privileged state (:mod:`envs.scripted_scene`) and composes closed-loop
+primitives (:mod:`envs.scripted_pick`, :mod:`envs.scripted_articulated`) into one
+generator of 7-D OSC_POSE delta actions in [-1, 1] at 20 Hz (gripper -1 open,
++1 close). Each episode draws a teleoperator :class:`~envs.scripted_primitives.Style`
+(speeds, gains, pauses, approach offsets, grasp yaw) so demonstrations differ.
+
+Usage::
+
+    planner = ScriptedPlanner(robosuite_env, parse_goal(bddl_path), rng)
+    for action in planner.actions():
+        obs, reward, done, info = env.step(action)
+        if done: break
+"""
+from __future__ import annotations
+
+from typing import Any, Callable, Generator
+
+import numpy as np
+
+from envs.scripted_bddl import Atom, order_subgoals, parse_goal
+from envs.scripted_pick import Grasp, pick, place, support_z
+from envs.scripted_primitives import OPEN, Style, hold
+from envs.scripted_scene import SceneView
+
+__all__ = ["ScriptedPlanner", "parse_goal", "run_episode", "NOOP"]
+
+NOOP = np.array([0.0, 0.0, 0.0, 0.0, 0.0, 0.0, -1.0])
+
+
+class ScriptedPlanner:
+    """Turns a task's goal atoms into one stream of actions for the current scene.
+
+    Args:
+        env: the inner robosuite environment (``BDDLBaseDomain``) whose ``sim`` is stepped.
+        atoms: goal atoms from :func:`envs.scripted_bddl.parse_goal`.
+        rng: random generator for the episode's style, offsets and yaws.
+    """
+
+    def __init__(self, env: Any, atoms: list[Atom], rng: np.random.Generator) -> None:
+        self.env = env
+        self.view = SceneView(env)
+        self.atoms = order_subgoals(atoms)
+        self.rng = rng
+        self.style = Style.sample(rng)
+        self.failure: str | None = None
+
+    # ------------------------------------------------------------- predicates
+    def holds(self, atom: Atom) -> bool:
+        """Whether ``atom`` is already true in the simulator (LIBERO's own predicate check)."""
+        if atom.predicate == "open" and not self.is_articulated(atom.args[0]):
+            return True
+        name = {"turnon": "turnon", "turnoff": "turnoff"}.get(atom.predicate, atom.predicate)
+        return bool(self.env._eval_predicate([name, *atom.args]))
+
+    def is_articulated(self, name: str) -> bool:
+        """True for a region or object that has a drawer, door or knob joint."""
+        site = self.env.object_sites_dict.get(name)
+        if site is not None:
+            return bool(getattr(site, "joints", None))
+        obj = self.env.get_object(name) if name in self.env.objects_dict or name in self.env.fixtures_dict else None
+        return obj is not None and bool(obj.object_properties.get("articulation", {}).get("default_open_ranges"))
+
+    # ---------------------------------------------------------------- actions
+    def actions(self) -> Generator[np.ndarray, None, bool]:
+        """Yield actions (7,) until every sub-goal holds; returns False (and sets ``failure``) on failure."""
+        for atom in self.atoms:
+            if self.holds(atom) and atom.predicate != "open":
+                continue
+            if atom.predicate == "open" and self.holds(atom):
+                continue
+            ok = yield from self.achieve(atom)
+            if not ok:
+                self.failure = self.failure or f"could not achieve {atom}"
+                return False
+        return True
+
+    def achieve(self, atom: Atom) -> Generator[np.ndarray, None, bool]:
+        """Actions for one sub-goal; dispatches on the predicate."""
+        if atom.predicate in ("on", "in"):
+            return (yield from self.pick_and_place(atom.args[0], atom.args[1]))
+        from envs import scripted_articulated as art  # drawers, doors, knobs
+        handlers: dict[str, Callable] = {
+            "open": art.open_articulated, "close": art.close_articulated,
+            "turnon": art.turn_knob, "turnoff": art.turn_knob,
+        }
+        ok = yield from handlers[atom.predicate](self, atom)
+        return ok
+
+    def target_xy(self, target: str) -> np.ndarray:
+        """Where to put something: an object's body centre or a region site's centre, shape (2,)."""
+        if target in self.env.object_sites_dict:
+            return self.view.site_pos(target)[:2]
+        return self.view.body_pos(target)[:2]
+
+    def pick_and_place(self, obj: str, target: str, attempts: int = 2) -> Generator[np.ndarray, None, bool]:
+        """Grasp ``obj`` and put it on / in ``target``; re-grasps once if the object slips."""
+        grasp: Grasp | None = None
+        for _ in range(attempts):
+            grasp = yield from pick(self.view, obj, self.style, self.rng)
+            if grasp is not None:
+                break
+            yield from hold(self.view, 0.0, OPEN, self.style, 3,
+                            pos=self.view.eef_pos() + np.array([0.0, 0.0, 0.05]))
+        if grasp is None:
+            self.failure = f"grasp of {obj} failed"
+            return False
+        xy = self.target_xy(target)
+        surface = support_z(self.view, xy, {self.view.body_id(obj)})
+        ok = yield from place(self.view, grasp, xy, self.style, self.rng, surface=surface)
+        if not ok:
+            self.failure = f"transport of {obj} to {target} failed"
+        return ok
+
+
+def run_episode(env: Any, planner: ScriptedPlanner, max_steps: int,
+                on_step: Callable[[np.ndarray, Any], None] | None = None,
+                step_fn: Callable[[np.ndarray], tuple] | None = None) -> tuple[bool, int]:
+    """Execute ``planner`` in ``env`` until success, the planner ends, or ``max_steps``.
+
+    Args:
+        env: the environment whose ``step(action)`` returns (obs, reward, done, info); ``done``
+            is LIBERO's BDDL success check.
+        planner: a :class:`ScriptedPlanner` built on ``env``'s simulator.
+        max_steps: step budget.
+        on_step: called as ``on_step(action (7,), step_result)`` after every step.
+        step_fn: override for ``env.step``.
+    Returns:
+        (success, steps taken).
+    """
+    step = env.step if step_fn is None else step_fn
+    gen = planner.actions()
+    steps, extra = 0, None
+    while steps < max_steps:
+        if extra is None:
+            try:
+                action = next(gen)
+            except StopIteration:
+                action = NOOP  # planner finished: let the scene settle a few steps
+                extra = 0
+        else:
+            action, extra = NOOP, extra + 1
+            if extra > 15:
+                break
+        action = np.clip(np.asarray(action, dtype=np.float64), -1.0, 1.0)
+        result = step(action)
+        steps += 1
+        if on_step is not None:
+            on_step(action, result)
+        if bool(result[2]):
+            return True, steps
+    return False, steps

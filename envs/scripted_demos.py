@@ -1,0 +1,184 @@
+"""Scripted demonstrations, end to end: plan without cameras, render the successes, write HDF5.
+
+One attempt = a fresh randomised layout (``np.random.seed(seed)`` then LIBERO's own
+placement samplers in ``env.reset()``; never the 50 evaluation init states), 10
+settling no-ops, then the :class:`~envs.scripted.ScriptedPlanner` in a camera-less
+simulator (~10x faster than rendering). Successful action sequences are replayed
+from the same first state in the rendered environment of :func:`envs.libero.make_env`,
+recording observations through :func:`envs.libero.hdf5_obs_fields`; a replay that does
+not end in success is dropped. Work is resumable per demonstration: each one is an
+atomically written shard under ``<out>/.partial/<task name>/`` until the task file is
+assembled.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import h5py
+import numpy as np
+
+from envs.hdf5_writer import Demo, file_attrs, robot_state_vector, task_file_name, write_demo_shard, write_task_file
+from envs.libero import MAX_STEPS, NOOP_ACTION, NUM_WAIT_STEPS, TaskInfo, hdf5_obs_fields, make_env
+from envs.scripted import ScriptedPlanner, run_episode
+from envs.scripted_bddl import parse_goal
+
+SEED_STRIDE = 1_000_003  # seeds of task i: i * SEED_STRIDE + attempt
+
+
+@dataclass
+class Attempt:
+    """A planned episode: the layout seed, its first state (S,), actions (T, 7), outcome."""
+
+    seed: int
+    success: bool
+    steps: int
+    init_state: np.ndarray
+    actions: np.ndarray
+    failure: str | None
+    seconds: float
+
+
+def make_planning_env(task: TaskInfo) -> Any:
+    """LIBERO ``ControlEnv`` of ``task`` without cameras or renderer (physics only)."""
+    from libero.libero.envs.env_wrapper import ControlEnv
+
+    return ControlEnv(bddl_file_name=task.bddl_file, has_offscreen_renderer=False, use_camera_obs=False,
+                      camera_names=[], hard_reset=False, horizon=100_000)
+
+
+def plan_attempt(env: Any, task: TaskInfo, seed: int, max_steps: int | None = None) -> Attempt:
+    """Reset ``env`` (a planning env) to the layout of ``seed`` and run the scripted planner once."""
+    t0 = time.time()
+    env.seed(int(seed))
+    env.reset()
+    for _ in range(NUM_WAIT_STEPS):
+        env.step(NOOP_ACTION.astype(np.float64))
+    state0 = np.asarray(env.get_sim_state()).copy()
+    env.set_init_state(state0)  # the exact path a replay takes
+    planner = ScriptedPlanner(env.env, parse_goal(task.bddl_file), np.random.default_rng(seed))
+    actions: list[np.ndarray] = []
+    ok, steps = run_episode(env, planner, MAX_STEPS[task.suite] if max_steps is None else max_steps,
+                            on_step=lambda a, r: actions.append(a))
+    return Attempt(seed, ok, steps, state0, np.asarray(actions, np.float64).reshape(-1, 7),
+                   None if ok else (planner.failure or "step budget exhausted"), time.time() - t0)
+
+
+def render_attempt(env: Any, attempt: Attempt) -> Demo | None:
+    """Replay ``attempt``'s actions from its first state in a rendered :class:`envs.libero.LiberoEnv`.
+
+    Returns the :class:`Demo` (T steps) if the replay ends in success on its last action, else None.
+    """
+    env.set_init_state(attempt.init_state)
+    states, robot, obs = [], [], {}
+    for t, action in enumerate(attempt.actions):
+        states.append(env.get_sim_state().copy())
+        robot.append(robot_state_vector(env.raw_obs))
+        for k, v in hdf5_obs_fields(env.raw_obs).items():
+            obs.setdefault(k, []).append(v)
+        _, _, success, _, _ = env.step(action)
+        if success and t < len(attempt.actions) - 1:
+            attempt.actions = attempt.actions[: t + 1]  # replay succeeded earlier than planning
+            break
+    if not env.check_success():
+        return None
+    model_xml = env.sim.model.get_xml() if hasattr(env.sim.model, "get_xml") else ""
+    return Demo(actions=attempt.actions, states=np.asarray(states), robot_states=np.asarray(robot),
+                obs={k: np.asarray(v) for k, v in obs.items()}, seed=attempt.seed, model_file=model_xml)
+
+
+# ------------------------------------------------------------------ resumable files
+def partial_dir(out: Path, task: TaskInfo) -> Path:
+    """Folder of ``task``'s finished-but-unassembled demonstration shards."""
+    return Path(out) / ".partial" / task.name
+
+
+def tried_seeds(out: Path, task: TaskInfo) -> tuple[list[int], int]:
+    """(seeds of demos already kept, in file + shards order; next attempt number to try)."""
+    kept: list[int] = []
+    final = Path(out) / task_file_name(task.name)
+    if final.exists():
+        with h5py.File(final, "r") as f:
+            data = f["data"]
+            for i in range(len([k for k in data if k.startswith("demo_")])):
+                kept.append(int(data[f"demo_{i}"].attrs.get("seed", -1)))
+    part = partial_dir(out, task)
+    shard_seeds = sorted(int(p.stem.split("seed")[1]) for p in part.glob("demo_seed*.hdf5")) if part.exists() else []
+    failed = [int(p.name.split("seed")[1]) for p in part.glob("fail_seed*")] if part.exists() else []
+    kept += shard_seeds
+    base = task.index * SEED_STRIDE
+    nxt = max([s - base + 1 for s in kept + failed if s >= base] + [0])
+    return kept, nxt
+
+
+def generate_task_demos(task: TaskInfo, out: Path, needed: int, resolution: int = 128,
+                        fast_render: bool = False, max_attempts: int | None = None,
+                        progress: Callable[[str, bool], None] | None = None) -> tuple[int, int]:
+    """Plan and render until ``needed`` new shards exist for ``task``; returns (kept, attempts)."""
+    out = Path(out)
+    part = partial_dir(out, task)
+    part.mkdir(parents=True, exist_ok=True)
+    _, attempt_no = tried_seeds(out, task)
+    max_attempts = 3 * needed + 5 if max_attempts is None else max_attempts
+    penv = make_planning_env(task)
+    renv = None
+    kept = tries = 0
+    try:
+        while kept < needed and tries < max_attempts:
+            seed = task.index * SEED_STRIDE + attempt_no
+            attempt_no += 1
+            tries += 1
+            attempt = plan_attempt(penv, task, seed)
+            demo = None
+            if attempt.success:
+                if renv is None:
+                    renv = make_env(task.suite, task.index, resolution=resolution, fast_render=fast_render)
+                    renv.reset(seed=0)
+                demo = render_attempt(renv, attempt)
+            if demo is None:
+                (part / f"fail_seed{seed}").touch()
+            else:
+                write_demo_shard(part / f"demo_seed{seed}.hdf5", demo)
+                kept += 1
+            if progress is not None:
+                progress(task.name, demo is not None)
+    finally:
+        penv.close()
+        if renv is not None:
+            renv.close()
+    return kept, tries
+
+
+def assemble_task_file(task: TaskInfo, out: Path, limit: int, resolution: int, fast_render: bool) -> int:
+    """Merge the task file's existing demos and the shards (up to ``limit``) into the task file.
+
+    Written atomically; used shards are deleted afterwards. Returns the number of demos.
+    """
+    out = Path(out)
+    final = out / task_file_name(task.name)
+    part = partial_dir(out, task)
+    shards = sorted(part.glob("demo_seed*.hdf5"), key=lambda p: int(p.stem.split("seed")[1])) if part.exists() else []
+    handles = [h5py.File(p, "r") for p in shards]
+    old = h5py.File(final, "r") if final.exists() else None
+    try:
+        groups = []
+        if old is not None:
+            groups += [old["data"][f"demo_{i}"] for i in range(len([k for k in old["data"] if k.startswith("demo_")]))]
+        groups += [h["data"]["demo_0"] for h in handles]
+        groups = groups[:limit]
+        if old is not None and len(groups) == len(old["data"].keys()) and not handles:
+            return len(groups)
+        tmp_target = final.with_name(final.name + ".new")
+        n = write_task_file(tmp_target, file_attrs(task, resolution, fast_render), groups)
+    finally:
+        for h in handles:
+            h.close()
+        if old is not None:
+            old.close()
+    tmp_target.replace(final)
+    for p in list(part.glob("*")):
+        p.unlink()
+    part.rmdir()
+    return n

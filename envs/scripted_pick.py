@@ -1,0 +1,151 @@
+"""Pick and place primitives of the scripted demonstrator (reach, grasp, lift, transport, place).
+
+Heights come from the collision geometry: grasp depth from the object's bounding
+box, travel height from the tallest geom under the transport path, release
+height from the support surface under the target. Offsets, grasp yaw (where the
+object's footprint allows), speeds and pauses are drawn from the episode's
+:class:`~envs.scripted_primitives.Style` and random generator.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from envs.scripted_primitives import (CLOSE, OPEN, Primitive, Style, close_gripper, hold,
+                                      maybe_pause, move_to, open_gripper)
+from envs.scripted_scene import SceneView, clearance_height
+
+GRIPPER_MAX_OPEN = 0.075  # m, widest object the Panda fingers close around comfortably
+MAX_REACH_Z = 0.55  # m above the table: keep travel heights inside the arm's comfortable range
+
+
+@dataclass
+class Grasp:
+    """What the hand holds: object name, yaw (rad) and eef-minus-object-bottom-centre offset (3,)."""
+
+    name: str
+    yaw: float
+    hang: np.ndarray
+
+
+def choose_grasp_yaw(view: SceneView, name: str, rng: np.random.Generator) -> float:
+    """Yaw (rad) closing the fingers across the object's narrow side; free for round objects."""
+    widths = view.horizontal_widths(name)
+    if not widths:
+        return float(rng.uniform(-np.pi / 2, np.pi / 2))
+    widths.sort(key=lambda aw: aw[1])
+    angle, narrow = widths[0]
+    wide = widths[-1][1]
+    if wide - narrow < 0.006 and wide < GRIPPER_MAX_OPEN:  # round (or square): any yaw will do
+        return float(rng.uniform(-np.pi / 3, np.pi / 3))
+    return view.yaw_for_finger_axis(angle + float(rng.normal(0.0, 0.08)))
+
+
+def is_wide(view: SceneView, name: str) -> bool:
+    """True when even the narrow side of ``name`` does not fit between the open fingers (bowls, plates)."""
+    widths = view.horizontal_widths(name)
+    narrow = min(w for _, w in widths) if widths else float(min(view.object_box(name).size[:2]))
+    return narrow > GRIPPER_MAX_OPEN - 0.008
+
+
+def rim_grasp(view: SceneView, name: str, rng: np.random.Generator) -> tuple[np.ndarray, float]:
+    """Grasp point (3,) on the rim of a wide open object (one finger in, one out) and its yaw.
+
+    The rim point faces the robot base (-x) give or take 50 degrees; fingers close radially.
+    """
+    box = view.object_box(name)
+    radius = 0.5 * float(min(box.size[0], box.size[1]))
+    theta = np.pi + float(rng.uniform(-0.9, 0.9))
+    c = box.center
+    point = np.array([c[0] + (radius - 0.012) * np.cos(theta), c[1] + (radius - 0.012) * np.sin(theta),
+                      max(box.hi[2] - 0.018, view.table_z + 0.012)])
+    return point, view.yaw_for_finger_axis(theta)
+
+
+def grasp_point(view: SceneView, name: str, grip_point: np.ndarray | None = None) -> np.ndarray:
+    """Where the grip site goes to grasp ``name`` (3,): centre of the footprint, near the top."""
+    box = view.object_box(name)
+    height = box.size[2]
+    depth = min(0.035, 0.5 * height) if height > 0.05 else 0.5 * height
+    z = max(box.hi[2] - depth, view.table_z + 0.012)
+    xy = box.center[:2] if grip_point is None else grip_point[:2]
+    return np.array([xy[0], xy[1], z])
+
+
+def travel_z(view: SceneView, start_xy: np.ndarray, end_xy: np.ndarray, hang: float,
+             radius: float, exclude: set[int], style: Style) -> float:
+    """Grip-site height (m) at which a load hanging ``hang`` m below the hand clears the path."""
+    pts = np.linspace(start_xy, end_xy, 12)
+    top = clearance_height(view, pts, radius, exclude)
+    return min(max(top, view.table_z) + hang + 0.04 + style.travel_lift, view.table_z + MAX_REACH_Z)
+
+
+def pick(view: SceneView, name: str, style: Style, rng: np.random.Generator,
+         grip_point: np.ndarray | None = None) -> Primitive:
+    """Reach above ``name``, descend, close, lift; returns a :class:`Grasp` or ``None``."""
+    if is_wide(view, name) and grip_point is None:
+        target, yaw = rim_grasp(view, name, rng)
+    else:
+        yaw = choose_grasp_yaw(view, name, rng)
+        target = grasp_point(view, name, grip_point)
+    target[:2] += rng.normal(0.0, style.jitter, 2)
+    body = view.body_id(name)
+    above = target + np.array([0.0, 0.0, rng.uniform(0.07, 0.11)])
+    here = view.eef_pos()
+    z = max(travel_z(view, here[:2], above[:2], 0.02, 0.06, {body}, style), above[2])
+    if here[2] < z - 0.03:
+        ok = yield from move_to(view, np.array([here[0], here[1], z]), yaw, OPEN, style, tol=0.03, rot_tol=0.5)
+    ok = yield from move_to(view, np.array([above[0], above[1], max(z, above[2])]), yaw, OPEN, style, tol=0.02)
+    if not ok:
+        return None
+    ok = yield from move_to(view, above, yaw, OPEN, style, tol=0.015, rot_tol=0.06)
+    yield from maybe_pause(view, yaw, OPEN, style, rng)
+    ok = yield from move_to(view, target, yaw, OPEN, style, tol=0.008, rot_tol=0.06, max_steps=60,
+                            vmax=min(style.vmax, 0.6))
+    if not ok:
+        return None
+    yield from close_gripper(view, yaw, style)
+    if view.finger_opening() < 0.004:  # closed on nothing
+        return None
+    obj_z0 = view.object_box(name).lo[2]
+    lift = view.eef_pos() + np.array([0.0, 0.0, 0.06])
+    yield from move_to(view, lift, yaw, CLOSE, style, tol=0.015, max_steps=40)
+    box = view.object_box(name)
+    if box.lo[2] < obj_z0 + 0.03:  # slipped out
+        return None
+    bottom_centre = np.array([box.center[0], box.center[1], box.lo[2]])
+    return Grasp(name, yaw, view.eef_pos() - bottom_centre)
+
+
+def support_z(view: SceneView, xy: np.ndarray, exclude: set[int], radius: float = 0.015) -> float:
+    """Top (m) of the highest collision geom whose footprint covers ``xy`` (2,)."""
+    return clearance_height(view, xy[None], radius, exclude)
+
+
+def place(view: SceneView, grasp: Grasp, target_xy: np.ndarray, style: Style,
+          rng: np.random.Generator, release_above: float = 0.015,
+          surface: float | None = None) -> Primitive:
+    """Carry the held object over ``target_xy`` (2,), lower it onto the surface there, let go."""
+    body = view.body_id(grasp.name)
+    box = view.object_box(grasp.name)
+    radius = 0.5 * float(max(box.size[0], box.size[1])) + 0.01
+    here = view.eef_pos()
+    hang = float(grasp.hang[2])
+    goal_xy = target_xy + grasp.hang[:2] + rng.normal(0.0, style.jitter * 0.5, 2)
+    z = travel_z(view, here[:2], goal_xy, hang, radius, {body}, style)
+    ok = yield from move_to(view, np.array([here[0], here[1], max(z, here[2])]), grasp.yaw, CLOSE, style,
+                            tol=0.03, rot_tol=0.3)
+    ok = yield from move_to(view, np.array([goal_xy[0], goal_xy[1], z]), grasp.yaw, CLOSE, style,
+                            tol=0.012, rot_tol=0.08, max_steps=150)
+    if not ok:
+        return False
+    yield from maybe_pause(view, grasp.yaw, CLOSE, style, rng)
+    floor = support_z(view, target_xy, {body}) if surface is None else surface
+    release = np.array([goal_xy[0], goal_xy[1], floor + hang + release_above + rng.uniform(0.0, 0.01)])
+    ok = yield from move_to(view, release, grasp.yaw, CLOSE, style, tol=0.01, max_steps=80,
+                            vmax=min(style.vmax, 0.7))
+    yield from open_gripper(view, grasp.yaw, style, steps=int(rng.integers(5, 9)))
+    up = view.eef_pos() + np.array([0.0, 0.0, rng.uniform(0.05, 0.09)])
+    yield from move_to(view, up, grasp.yaw, OPEN, style, tol=0.02, max_steps=30)
+    return True

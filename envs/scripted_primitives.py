@@ -1,0 +1,130 @@
+"""Motion primitives of the scripted demonstrator, as closed-loop action generators.
+
+Every primitive is a Python generator that, at each control step, reads the
+simulator through a :class:`~envs.scripted_scene.SceneView` and yields one 7-D
+OSC_POSE delta action in [-1, 1] (delta position (3), delta axis-angle (3),
+gripper: -1 open, +1 close). A primitive returns ``True`` when it reached its
+goal and ``False`` when it timed out, so the planner can abandon the episode.
+
+Actions are a saturated proportional law on the pose error: robosuite's
+OSC_POSE maps an action of 1 to a 5 cm / 0.5 rad set-point offset, so a gain of
+``g`` per metre moves the set-point ``0.05 * g`` of the remaining error.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Generator
+
+import numpy as np
+
+from envs.scripted_scene import SceneView, rotation_error
+
+OPEN, CLOSE = -1.0, 1.0
+Primitive = Generator[np.ndarray, None, bool]
+
+
+@dataclass
+class Style:
+    """What a human teleoperator varies between demonstrations (drawn once per episode).
+
+    Attributes:
+        gain: position gain (action units per metre of error).
+        vmax: largest translation action (speed cap), in (0, 1].
+        rot_gain: orientation gain (action units per radian of error).
+        pause_prob: chance of a short pause (no motion) between primitives.
+        jitter: standard deviation (m) of approach and placement offsets.
+        travel_lift: extra height (m) above the computed safe travel height.
+    """
+
+    gain: float = 10.0
+    vmax: float = 1.0
+    rot_gain: float = 2.0
+    pause_prob: float = 0.0
+    jitter: float = 0.0
+    travel_lift: float = 0.0
+
+    @classmethod
+    def sample(cls, rng: np.random.Generator) -> "Style":
+        """Draw a teleoperator style: speeds, gains, pauses and offsets."""
+        return cls(
+            gain=float(rng.uniform(8.0, 14.0)),
+            vmax=float(rng.uniform(0.6, 1.0)),
+            rot_gain=float(rng.uniform(1.5, 2.5)),
+            pause_prob=float(rng.uniform(0.0, 0.4)),
+            jitter=float(rng.uniform(0.0, 0.006)),
+            travel_lift=float(rng.uniform(0.0, 0.05)),
+        )
+
+
+def servo(view: SceneView, pos: np.ndarray, yaw: float, grip: float, style: Style,
+          vmax: float | None = None) -> np.ndarray:
+    """One action (7,) driving the end effector towards ``pos`` (3,) with gripper-down ``yaw``."""
+    cap = style.vmax if vmax is None else vmax
+    a = np.zeros(7)
+    a[:3] = np.clip((pos - view.eef_pos()) * style.gain, -cap, cap)
+    a[3:6] = np.clip(rotation_error(view.down_yaw(yaw), view.eef_mat()) * style.rot_gain, -1.0, 1.0)
+    a[6] = grip
+    return a
+
+
+def move_to(view: SceneView, pos: np.ndarray, yaw: float, grip: float, style: Style,
+            tol: float = 0.01, rot_tol: float = 0.08, max_steps: int = 120,
+            vmax: float | None = None) -> Primitive:
+    """Servo to ``pos`` (3,) and ``yaw`` until within ``tol`` metres and ``rot_tol`` radians."""
+    target = view.down_yaw(yaw)
+    for _ in range(max_steps):
+        err = np.linalg.norm(pos - view.eef_pos())
+        rerr = np.linalg.norm(rotation_error(target, view.eef_mat()))
+        if err < tol and rerr < rot_tol:
+            return True
+        yield servo(view, pos, yaw, grip, style, vmax)
+    return False
+
+
+def hold(view: SceneView, yaw: float, grip: float, style: Style, steps: int,
+         pos: np.ndarray | None = None) -> Primitive:
+    """Stay at ``pos`` (default: where the hand is now) for ``steps`` steps with gripper ``grip``."""
+    here = view.eef_pos() if pos is None else pos
+    for _ in range(steps):
+        yield servo(view, here, yaw, grip, style)
+    return True
+
+
+def maybe_pause(view: SceneView, yaw: float, grip: float, style: Style,
+                rng: np.random.Generator) -> Primitive:
+    """A teleoperator's hesitation: with probability ``style.pause_prob`` hold still 2-8 steps."""
+    if rng.random() < style.pause_prob:
+        yield from hold(view, yaw, grip, style, int(rng.integers(2, 9)))
+    return True
+
+
+def close_gripper(view: SceneView, yaw: float, style: Style, max_steps: int = 25) -> Primitive:
+    """Close the fingers in place until they stop moving (on an object or fully shut)."""
+    here = view.eef_pos()
+    last = view.finger_opening()
+    still = 0
+    for i in range(max_steps):
+        yield servo(view, here, yaw, CLOSE, style)
+        now = view.finger_opening()
+        still = still + 1 if abs(now - last) < 5e-4 else 0
+        last = now
+        if i >= 4 and still >= 3:
+            break
+    return True
+
+
+def open_gripper(view: SceneView, yaw: float, style: Style, steps: int = 8) -> Primitive:
+    """Open the fingers in place for ``steps`` steps."""
+    yield from hold(view, yaw, OPEN, style, steps)
+    return True
+
+
+def follow(view: SceneView, waypoint: Callable[[], np.ndarray], yaw: float, grip: float,
+           style: Style, done: Callable[[], bool], max_steps: int = 150,
+           vmax: float | None = None) -> Primitive:
+    """Servo to a moving target ``waypoint()`` (3,) until ``done()``; used to pull and push."""
+    for _ in range(max_steps):
+        if done():
+            return True
+        yield servo(view, waypoint(), yaw, grip, style, vmax)
+    return done()

@@ -1,0 +1,102 @@
+"""Atomic, pickle-free training checkpoints and exact resume.
+
+A checkpoint is a folder ``checkpoints/step_XXXXXXXX/`` holding
+  * ``model.safetensors`` and ``ema.safetensors`` (network weights incl. normaliser),
+  * ``optimizer.pt``: AdamW + LR-schedule state (torch.save of tensors/numbers only,
+    loaded back with ``weights_only=True``, so no pickled code),
+  * ``rng.safetensors``: the torch CPU (and CUDA) generator states,
+  * ``trainer_state.json``: step and format version.
+It is written into a hidden temp folder and renamed into place, so a crash never leaves
+a half checkpoint; only the last ``keep`` checkpoints are kept.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file
+
+from policy.policy import atomic_save_safetensors, load_state_strict
+
+PREFIX = "step_"
+
+
+@dataclass
+class TrainState:
+    """What a checkpoint restores besides tensors: the optimiser step count."""
+
+    step: int
+
+
+def list_checkpoints(ckpt_dir: Path) -> list[Path]:
+    """Complete checkpoints, oldest first."""
+    if not ckpt_dir.is_dir():
+        return []
+    done = [p for p in ckpt_dir.iterdir() if p.is_dir() and p.name.startswith(PREFIX) and (p / "trainer_state.json").is_file()]
+    return sorted(done, key=lambda p: int(p.name[len(PREFIX) :]))
+
+
+def save_checkpoint(
+    ckpt_dir: Path,
+    step: int,
+    model: torch.nn.Module,
+    ema_model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    keep: int,
+) -> Path:
+    """Write checkpoint `step` atomically and prune to the last `keep`. Returns its folder."""
+    ckpt_dir.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=ckpt_dir, prefix=".tmp_"))
+    try:
+        atomic_save_safetensors(model.state_dict(), tmp / "model.safetensors")
+        atomic_save_safetensors(ema_model.state_dict(), tmp / "ema.safetensors")
+        torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()}, tmp / "optimizer.pt")
+        rng = {"torch_cpu": torch.get_rng_state()}
+        if torch.cuda.is_available():
+            rng.update({f"torch_cuda_{i}": s for i, s in enumerate(torch.cuda.get_rng_state_all())})
+        atomic_save_safetensors(rng, tmp / "rng.safetensors")
+        (tmp / "trainer_state.json").write_text(json.dumps({"step": step, "format_version": 1}))
+        final = ckpt_dir / f"{PREFIX}{step:08d}"
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    for old in list_checkpoints(ckpt_dir)[:-keep]:
+        shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def load_checkpoint(
+    ckpt: Path,
+    model: torch.nn.Module,
+    ema_model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    device: torch.device,
+) -> TrainState:
+    """Restore model, EMA, optimiser, schedule and RNG state from a checkpoint folder."""
+    for name in ("model.safetensors", "ema.safetensors", "optimizer.pt", "rng.safetensors", "trainer_state.json"):
+        if not (ckpt / name).is_file():
+            raise FileNotFoundError(f"checkpoint {ckpt} lacks {name}; it is incomplete, delete it to resume from an older one")
+    load_state_strict(model, load_file(str(ckpt / "model.safetensors"), device=str(device)), str(ckpt / "model.safetensors"))
+    load_state_strict(ema_model, load_file(str(ckpt / "ema.safetensors"), device=str(device)), str(ckpt / "ema.safetensors"))
+    opt_state = torch.load(ckpt / "optimizer.pt", map_location=device, weights_only=True)
+    optimizer.load_state_dict(opt_state["optimizer"])
+    scheduler.load_state_dict(opt_state["scheduler"])
+    rng = load_file(str(ckpt / "rng.safetensors"))
+    torch.set_rng_state(rng["torch_cpu"])
+    if torch.cuda.is_available():
+        states = [rng[k] for k in sorted(rng) if k.startswith("torch_cuda_")]
+        if len(states) == torch.cuda.device_count():
+            torch.cuda.set_rng_state_all(states)
+    step = int(json.loads((ckpt / "trainer_state.json").read_text())["step"])
+    return TrainState(step=step)

