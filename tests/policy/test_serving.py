@@ -1,0 +1,213 @@
+"""A real policy server on loopback: protocol, bad input, auth, batching, shutdown."""
+
+from __future__ import annotations
+
+import http.client
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import msgpack
+import numpy as np
+import pytest
+
+from policy.config import PolicyConfig
+from policy.policy import DiffusionPolicy
+from policy.serving import ActionChunker, PolicyClient, PolicyServer
+from policy.wire import packb, unpackb
+
+TINY = dict(image_size=32, resnet_widths=(8, 16, 32, 64), d_model=64, n_heads=4, encoder_layers=1, decoder_layers=2, dropout=0.0)
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def good_obs(size: int = 32, openpi: bool = False, seed: int = 0) -> dict:
+    rng = np.random.default_rng(seed)
+    img = rng.integers(0, 256, (size, size, 3), dtype=np.uint8)
+    wrist = rng.integers(0, 256, (size, size, 3), dtype=np.uint8)
+    if openpi:
+        return {"observation/image": img, "observation/wrist_image": wrist,
+                "observation/state": rng.normal(size=9).astype(np.float32), "prompt": "put the bowl on the plate"}
+    return {"agentview_rgb": img, "eye_in_hand_rgb": wrist, "joint_states": rng.normal(size=7).astype(np.float32),
+            "gripper_states": rng.normal(size=2).astype(np.float32), "language": "put the bowl on the plate"}
+
+
+@pytest.fixture(scope="module")
+def policy() -> DiffusionPolicy:
+    return DiffusionPolicy(PolicyConfig(suites=("libero_object",), **TINY))
+
+
+@pytest.fixture(scope="module")
+def server(policy):
+    srv = PolicyServer(policy, steps=2, port=0, max_message_bytes=64 * 1024, metadata={"image_size": 32})
+    srv.start_in_thread()
+    yield srv
+    srv.stop()
+
+
+def test_metadata_and_actions_with_both_key_sets(server, policy):
+    with PolicyClient("127.0.0.1", server.port) as client:
+        meta = client.get_server_metadata()
+        assert meta["action_dim"] == 7 and meta["chunk_length"] == 8 and meta["steps"] == 2 and meta["image_size"] == 32
+        for openpi in (False, True):
+            reply = client.infer(good_obs(openpi=openpi))
+            assert reply["actions"].shape == (8, 7) and reply["actions"].dtype == np.float32
+            assert np.isfinite(reply["actions"]).all()
+            assert reply["server_timing"]["infer_ms"] > 0 and reply["server_timing"]["batch_size"] >= 1
+        # the server runs the same policy as an in-process call would
+        assert policy.predict({k: (np.stack([v]) if isinstance(v, np.ndarray) else [v]) for k, v in good_obs().items()}, 2).shape == (1, 8, 7)
+
+
+def _malformed_frames() -> list[tuple[str, object]]:
+    rng = np.random.default_rng(1)
+    frames: list[tuple[str, object]] = []
+    for i in range(40):  # random bytes
+        frames.append(("random bytes", rng.integers(0, 256, int(rng.integers(1, 300)), dtype=np.uint8).tobytes()))
+    frames += [("text frame", "hello"), ("text json", '{"prompt": "x"}'), ("empty", b""), ("truncated", packb(good_obs())[:50])]
+    for value in (1, "obs", [1, 2, 3], None, 3.5, True):
+        frames.append(("wrong top-level type", packb(value)))
+    base = good_obs()
+    mutations = {
+        "missing key": lambda o: o.pop("language"),
+        "missing image": lambda o: o.pop("agentview_rgb"),
+        "unknown key": lambda o: o.__setitem__("observation/foo", 1),
+        "float image": lambda o: o.__setitem__("agentview_rgb", o["agentview_rgb"].astype(np.float32)),
+        "gray image": lambda o: o.__setitem__("agentview_rgb", o["agentview_rgb"][..., 0]),
+        "tiny image": lambda o: o.__setitem__("eye_in_hand_rgb", o["eye_in_hand_rgb"][:4, :4]),
+        "4 channels": lambda o: o.__setitem__("agentview_rgb", np.zeros((32, 32, 4), np.uint8)),
+        "short joints": lambda o: o.__setitem__("joint_states", np.zeros(6, np.float32)),
+        "nan joints": lambda o: o.__setitem__("joint_states", np.full(7, np.nan, np.float32)),
+        "inf gripper": lambda o: o.__setitem__("gripper_states", np.array([np.inf, 0], np.float32)),
+        "string joints": lambda o: o.__setitem__("joint_states", "1,2,3"),
+        "int language": lambda o: o.__setitem__("language", 5),
+        "empty language": lambda o: o.__setitem__("language", "   "),
+        "image as list": lambda o: o.__setitem__("agentview_rgb", o["agentview_rgb"].tolist()),
+        "both key sets": lambda o: o.__setitem__("prompt", "again"),
+        "complex state": lambda o: o.__setitem__("joint_states", {b"__ndarray__": True, b"data": b"\0" * 112, b"dtype": "<c16", b"shape": [7]}),
+        "object dtype": lambda o: o.__setitem__("joint_states", {b"__ndarray__": True, b"data": b"\0" * 56, b"dtype": "|O", b"shape": [7]}),
+        "short buffer": lambda o: o.__setitem__("joint_states", {b"__ndarray__": True, b"data": b"\0" * 3, b"dtype": "<f4", b"shape": [7]}),
+        "bad shape": lambda o: o.__setitem__("joint_states", {b"__ndarray__": True, b"data": b"", b"dtype": "<f4", b"shape": "x"}),
+        "bad dtype": lambda o: o.__setitem__("joint_states", {b"__ndarray__": True, b"data": b"", b"dtype": "nope", b"shape": [0]}),
+    }
+    for name, mutate in mutations.items():
+        for _ in range(3):
+            obs = dict(base)
+            mutate(obs)
+            frames.append((name, msgpack.packb(obs, default=lambda a: {b"__ndarray__": True, b"data": a.tobytes(), b"dtype": a.dtype.str, b"shape": a.shape}, use_bin_type=True)))
+    for _ in range(3):
+        frames.append(("oversize", packb({**base, "agentview_rgb": np.zeros((200, 200, 3), np.uint8)})))
+    return frames
+
+
+def test_malformed_frames_get_short_errors_and_the_server_keeps_serving(server):
+    from websockets.sync.client import connect
+
+    frames = _malformed_frames()
+    assert len(frames) >= 100
+    errors_before = server.stats["errors"]
+    with connect(f"ws://127.0.0.1:{server.port}", max_size=None) as ws:
+        unpackb(ws.recv())  # metadata
+        for name, frame in frames:
+            ws.send(frame)
+            reply = ws.recv(timeout=30)
+            assert isinstance(reply, str), f"{name}: expected a text error frame"
+            assert reply.startswith("bad request:") and len(reply) < 400 and "Traceback" not in reply, (name, reply)
+        ws.send(packb(good_obs()))
+        reply = unpackb(ws.recv(timeout=30))
+        assert reply["actions"].shape == (8, 7)
+    assert server.stats["errors"] - errors_before == len(frames)
+    conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=10)
+    conn.request("GET", "/healthz")
+    assert conn.getresponse().status == 200
+
+
+def test_openpi_client_error_surface_is_runtime_error(server):
+    with PolicyClient("127.0.0.1", server.port) as client:
+        with pytest.raises(RuntimeError, match="lacks"):
+            client.infer({"prompt": "x"})
+        assert client.infer(good_obs())["actions"].shape == (8, 7)
+
+
+def test_api_key_is_checked_at_the_handshake(policy):
+    srv = PolicyServer(policy, steps=1, port=0, api_key="s3cret")
+    srv.start_in_thread()
+    try:
+        with pytest.raises(ConnectionError, match="401"):
+            PolicyClient("127.0.0.1", srv.port)
+        with pytest.raises(ConnectionError, match="401"):
+            PolicyClient("127.0.0.1", srv.port, api_key="wrong")
+        with PolicyClient("127.0.0.1", srv.port, api_key="s3cret") as client:
+            assert client.infer(good_obs())["actions"].shape == (8, 7)
+        conn = http.client.HTTPConnection("127.0.0.1", srv.port, timeout=10)
+        conn.request("GET", "/healthz")
+        assert conn.getresponse().status == 200
+    finally:
+        srv.stop()
+
+
+def test_concurrent_clients_are_served_and_batched(server):
+    batches_before, requests_before = server.stats["batches"], server.stats["requests"]
+    results: list[int] = []
+
+    def run(seed: int) -> None:
+        with PolicyClient("127.0.0.1", server.port) as client:
+            for i in range(6):
+                results.append(client.infer(good_obs(seed=seed * 10 + i))["actions"].shape[0])
+
+    threads = [threading.Thread(target=run, args=(s,)) for s in range(8)]
+    [t.start() for t in threads]
+    [t.join(120) for t in threads]
+    assert results == [8] * 48
+    assert server.stats["requests"] - requests_before == 48
+    assert server.stats["batches"] - batches_before < 48  # some requests shared a forward pass
+
+
+def test_action_chunker_hands_out_actions_in_order_and_prefetches():
+    calls: list[int] = []
+
+    def infer(obs):
+        calls.append(obs["t"])
+        time.sleep(0.01)
+        return {"actions": np.arange(8 * 7, dtype=np.float32).reshape(8, 7) + 100 * len(calls)}
+
+    chunker = ActionChunker(infer, execute=8, control_hz=20, lead=2)
+    actions = [chunker.act({"t": t}) for t in range(16)]
+    assert calls[:2] == [0, 5]  # the 2nd chunk was requested at tick 5, when 2 actions were left
+    np.testing.assert_array_equal(actions[0], np.arange(7) + 100)
+    np.testing.assert_array_equal(actions[8], np.arange(7) + 200)
+    sync = ActionChunker(infer, execute=4, lead=0)
+    [sync.act({"t": t}) for t in range(8)]
+    assert calls[-2:] == [0, 4]  # lead=0: one synchronous request per chunk, from fresh observations
+
+
+def test_serve_script_shuts_down_cleanly_on_sigterm(policy, tmp_path):
+    policy.save_pretrained(tmp_path / "ckpt")
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen([sys.executable, str(ROOT / "scripts" / "serve_policy.py"), "--checkpoint", str(tmp_path / "ckpt"),
+                             "--port", "0", "--device", "cpu"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    try:
+        deadline, port = time.time() + 180, None
+        while time.time() < deadline and port is None:
+            line = proc.stdout.readline()
+            if not line and proc.poll() is not None:
+                break
+            if line.startswith("serving"):
+                port = int(line.split("ws://")[1].split(" ")[0].rsplit(":", 1)[1])
+        assert port is not None, "the server did not announce its port"
+        with PolicyClient("127.0.0.1", port) as client:
+            assert client.infer(good_obs())["actions"].shape == (8, 7)
+        proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=60)
+        assert proc.returncode == 0 and "stopped: 1 requests answered" in out
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+
+
+def test_serve_script_without_checkpoint_says_how_to_get_one(tmp_path):
+    out = subprocess.run([sys.executable, str(ROOT / "scripts" / "serve_policy.py"), "--checkpoint", str(tmp_path / "none")],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 2 and "no checkpoint" in out.stderr and len(out.stderr.strip().splitlines()) == 1
