@@ -26,8 +26,7 @@ from policy.toy2d import TARGETS  # noqa: E402
 from policy.toy2d_train import Toy2DConfig, mmd_plot, run_experiment, scatter_grid  # noqa: E402
 from policy.utils import atomic_write_json  # noqa: E402
 
-CONFIGS = {"quick": Toy2DConfig.quick, "medium": lambda: replace(Toy2DConfig.paper(), steps=20_000, warmup_steps=500, population=8),
-           "paper": Toy2DConfig.paper}
+CONFIGS = {"quick": Toy2DConfig.quick, "medium": Toy2DConfig.medium, "paper": Toy2DConfig.paper}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
