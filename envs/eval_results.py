@@ -70,6 +70,27 @@ def load_episodes(path: str | os.PathLike) -> list[dict[str, Any]]:
     return out
 
 
+def repair_episode_log(path: str | os.PathLike) -> int:
+    """Drop unreadable lines (a torn last line left by a crash) so that appends start on
+    a fresh line; atomic rewrite. Returns the number of lines dropped."""
+    p = Path(path)
+    if not p.exists():
+        return 0
+    lines = p.read_text(encoding="utf-8").splitlines()
+    good = [ln for ln in lines if _readable(ln)]
+    if len(good) != len(lines) or not p.read_text(encoding="utf-8").endswith("\n") and lines:
+        atomic_write_text(p, "".join(ln + "\n" for ln in good))
+    return len(lines) - len(good)
+
+
+def _readable(line: str) -> bool:
+    try:
+        rec = json.loads(line)
+    except json.JSONDecodeError:
+        return False
+    return isinstance(rec, dict) and {"suite", "task_index", "episode", "success"} <= rec.keys()
+
+
 def episode_key(rec: dict[str, Any]) -> tuple[str, int, int]:
     return str(rec["suite"]), int(rec["task_index"]), int(rec["episode"])
 

@@ -31,7 +31,7 @@ from typing import Any, Callable
 import numpy as np
 
 from envs.eval_results import (EPISODES_FILE, append_episode, atomic_write_text, episode_key, load_episodes,
-                               summarize, write_results)
+                               repair_episode_log, summarize, write_results)
 from envs.eval_worker import EpisodeSpec, worker_main
 from envs.libero import MAX_STEPS, NUM_INIT_STATES, NUM_WAIT_STEPS, check_suite, get_init_states, list_tasks, stack_observations
 
@@ -84,6 +84,7 @@ class _Worker:
         self.t = 0  # policy steps taken in the current episode
         self.deadline = float("inf")
         self.obs: dict[str, Any] | None = None
+        self.last_task: tuple[str, int] | None = None  # the task whose env the worker holds
 
     def send(self, msg: tuple[str, Any], timeout: float) -> None:
         self.conn.send(msg)
@@ -140,6 +141,7 @@ def run_evaluation(policy: Any, cfg: EvalConfig, init_state_fn: InitStateFn | No
             todo += [(s, ti, e) for e in range(cfg.episodes)]
     wanted = set(todo)
     log = out / EPISODES_FILE
+    repair_episode_log(log)
     done = {episode_key(r) for r in load_episodes(log)}
     queue = [k for k in todo if k not in done]
 
@@ -156,6 +158,7 @@ def run_evaluation(policy: Any, cfg: EvalConfig, init_state_fn: InitStateFn | No
 
     t_start = time.time()
     policy_time = 0.0
+    t_loop = 0.0  # time of the first policy call: start-up (spawn, env builds) ends there
     env_steps = 0
     ctx = mp.get_context("spawn")
     workers = [_Worker(ctx, cfg, i) for i in range(min(cfg.workers, len(queue)))]
@@ -179,15 +182,14 @@ def run_evaluation(policy: Any, cfg: EvalConfig, init_state_fn: InitStateFn | No
         if not queue:
             return
         # prefer the worker's current task: environments are slow to build
-        cur = (w.spec.suite, w.spec.task_index) if w.spec else getattr(w, "last_task", None)
-        pick = next((i for i, k in enumerate(queue) if k[:2] == cur), 0)
+        pick = next((i for i, k in enumerate(queue) if k[:2] == w.last_task), 0)
         s, ti, e = queue.pop(pick)
         video = None
         if e < cfg.video:
             video = str(out / "videos" / s / f"task{ti:02d}_ep{e:03d}.mp4")
         w.spec = EpisodeSpec(s, ti, e, np.asarray(init_state_fn(s, ti, e), dtype=np.float64),
                              cfg.max_steps or MAX_STEPS[s], cfg.wait_steps, cfg.seed + e, video)
-        w.last_task = (s, ti)  # type: ignore[attr-defined]
+        w.last_task = (s, ti)
         w.t, w.state = 0, "resetting"
         w.send(("start", w.spec), cfg.worker_timeout_s)
 
@@ -233,6 +235,7 @@ def run_evaluation(policy: Any, cfg: EvalConfig, init_state_fn: InitStateFn | No
                 batch["episode_info"] = [{"suite": w.spec.suite, "task_index": w.spec.task_index,  # type: ignore[union-attr]
                                           "episode": w.spec.episode, "t": w.t} for w in waiting]  # type: ignore[union-attr]
             t0 = time.perf_counter()
+            t_loop = t_loop or time.time()
             try:
                 chunks = np.asarray(policy.predict(batch, steps=cfg.steps, churn=cfg.churn), dtype=np.float32)
                 if chunks.ndim != 3 or chunks.shape[0] != len(waiting) or chunks.shape[2] != 7:
@@ -276,6 +279,8 @@ def run_evaluation(policy: Any, cfg: EvalConfig, init_state_fn: InitStateFn | No
         wall_time_s=round(wall, 2),
         policy_time_s=round(policy_time, 3),
         policy_time_share=round(policy_time / wall, 4) if wall > 0 else 0.0,
+        loop_time_s=round(time.time() - t_loop, 2) if t_loop else 0.0,
+        policy_time_share_loop=round(policy_time / (time.time() - t_loop), 4) if t_loop else 0.0,
         env_steps=env_steps,
         new_episodes=len(records) - len(done & wanted),
         protocol=f"common (wait {cfg.wait_steps} no-op steps, cap {cfg.max_steps or 'per-suite MAX_STEPS'}, "

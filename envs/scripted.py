@@ -21,7 +21,7 @@ from typing import Any, Callable, Generator
 import numpy as np
 
 from envs.scripted_bddl import Atom, order_subgoals, parse_goal
-from envs.scripted_pick import Grasp, pick, place, support_z
+from envs.scripted_pick import Grasp, is_flat_and_wide, pick, place, push, support_z
 from envs.scripted_primitives import OPEN, Style, hold
 from envs.scripted_scene import SceneView
 
@@ -97,6 +97,13 @@ class ScriptedPlanner:
 
     def pick_and_place(self, obj: str, target: str, attempts: int = 2) -> Generator[np.ndarray, None, bool]:
         """Grasp ``obj`` and put it on / in ``target``; re-grasps once if the object slips."""
+        if is_flat_and_wide(self.view, obj) and target in self.env.object_sites_dict:
+            atom = Atom("on", (obj, target))
+            ok = yield from push(self.view, obj, self.target_xy(target), self.style, self.rng,
+                                 done=lambda: self.holds(atom))
+            if not ok:
+                self.failure = f"push of {obj} to {target} failed"
+            return ok
         grasp: Grasp | None = None
         for _ in range(attempts):
             grasp = yield from pick(self.view, obj, self.style, self.rng)

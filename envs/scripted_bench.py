@@ -9,7 +9,7 @@ import os
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from tqdm import tqdm
 
@@ -39,8 +39,12 @@ def _bench_task(args: tuple[TaskInfo, int]) -> dict[str, Any]:
             "sec_per_attempt": round(secs / attempts, 2), "failures": failures}
 
 
-def bench_success(suites: list[str], attempts: int, workers: int, tasks: str = "all") -> dict[str, dict]:
-    """Planning success of every task of ``suites`` over ``attempts`` random layouts each."""
+def bench_success(suites: list[str], attempts: int, workers: int, tasks: str = "all",
+                  on_task: Callable[[str, dict], None] | None = None) -> dict[str, dict]:
+    """Planning success of every task of ``suites`` over ``attempts`` random layouts each.
+
+    ``on_task(key, result)`` is called as each task finishes (e.g. to save partial results).
+    """
     jobs = []
     for s in suites:
         ts = list_tasks(s)
@@ -50,7 +54,10 @@ def bench_success(suites: list[str], attempts: int, workers: int, tasks: str = "
     ctx = mp.get_context("spawn")
     with ctx.Pool(max(1, min(workers, len(jobs)))) as pool, tqdm(total=len(jobs), desc="tasks") as bar:
         for r in pool.imap_unordered(_bench_task, jobs):
-            results[r.pop("key")] = r
+            key = r.pop("key")
+            results[key] = r
+            if on_task is not None:
+                on_task(key, r)
             bar.update(1)
             bar.set_postfix(last=f"{r['successes']}/{r['attempts']}")
     return results

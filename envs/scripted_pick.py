@@ -9,20 +9,25 @@ object's footprint allows), speeds and pauses are drawn from the episode's
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
+
+import logging
 
 import numpy as np
 
 from envs.scripted_primitives import (CLOSE, OPEN, Primitive, Style, close_gripper, hold,
                                       maybe_pause, move_to, open_gripper)
-from envs.scripted_scene import SceneView, clearance_height
+from envs.scripted_scene import SceneView, clearance_height, xy_clearance
 
 GRIPPER_MAX_OPEN = 0.075  # m, widest object the Panda fingers close around comfortably
+LOG = logging.getLogger(__name__)
 MAX_REACH_Z = 0.55  # m above the table: keep travel heights inside the arm's comfortable range
 
 
 @dataclass
 class Grasp:
-    """What the hand holds: object name, yaw (rad) and eef-minus-object-bottom-centre offset (3,)."""
+    """What the hand holds: object name, yaw (rad) and the eef offset (3,) from the object's body
+    origin (x, y) and its lowest point (z)."""
 
     name: str
     yaw: float
@@ -52,12 +57,18 @@ def is_wide(view: SceneView, name: str) -> bool:
 def rim_grasp(view: SceneView, name: str, rng: np.random.Generator) -> tuple[np.ndarray, float]:
     """Grasp point (3,) on the rim of a wide open object (one finger in, one out) and its yaw.
 
-    The rim point faces the robot base (-x) give or take 50 degrees; fingers close radially.
+    The rim point faces the robot base (-x) give or take 70 degrees, picked at random among
+    the candidates with the most room around them; fingers close radially.
     """
     box = view.object_box(name)
     radius = 0.5 * float(min(box.size[0], box.size[1]))
-    theta = np.pi + float(rng.uniform(-0.9, 0.9))
     c = box.center
+    thetas = np.pi + np.linspace(-1.2, 1.2, 9) + rng.normal(0.0, 0.08, 9)
+    body = view.body_id(name)
+    room = np.array([xy_clearance(view, c[:2] + (radius - 0.012) * np.array([np.cos(t), np.sin(t)]), {body})
+                     for t in thetas])
+    roomy = np.nonzero(room > 0.045)[0]
+    theta = float(thetas[rng.choice(roomy)] if len(roomy) else thetas[int(np.argmax(room))])
     point = np.array([c[0] + (radius - 0.012) * np.cos(theta), c[1] + (radius - 0.012) * np.sin(theta),
                       max(box.hi[2] - 0.018, view.table_z + 0.012)])
     return point, view.yaw_for_finger_axis(theta)
@@ -104,18 +115,24 @@ def pick(view: SceneView, name: str, style: Style, rng: np.random.Generator,
     ok = yield from move_to(view, target, yaw, OPEN, style, tol=0.008, rot_tol=0.06, max_steps=60,
                             vmax=min(style.vmax, 0.6))
     if not ok:
+        LOG.debug("could not reach grasp point %s of %s (eef %s)", target.round(3), name, view.eef_pos().round(3))
         return None
     yield from close_gripper(view, yaw, style)
+    LOG.debug("grasp %s at %s (eef %s), fingers %.4f", name, target.round(3), view.eef_pos().round(3),
+              view.finger_opening())
     if view.finger_opening() < 0.004:  # closed on nothing
         return None
-    obj_z0 = view.object_box(name).lo[2]
+    obj_z0, eef_z0 = view.body_pos(name)[2], view.eef_pos()[2]
     lift = view.eef_pos() + np.array([0.0, 0.0, 0.06])
-    yield from move_to(view, lift, yaw, CLOSE, style, tol=0.015, max_steps=40)
-    box = view.object_box(name)
-    if box.lo[2] < obj_z0 + 0.03:  # slipped out
+    yield from move_to(view, lift, yaw, CLOSE, style, tol=0.01, max_steps=40)
+    rise_obj, rise_eef = view.body_pos(name)[2] - obj_z0, view.eef_pos()[2] - eef_z0
+    if rise_obj < 0.5 * rise_eef or view.finger_opening() < 0.003:  # slipped out
+        LOG.debug("%s slipped: object rose %.3f, hand %.3f", name, rise_obj, rise_eef)
         return None
-    bottom_centre = np.array([box.center[0], box.center[1], box.lo[2]])
-    return Grasp(name, yaw, view.eef_pos() - bottom_centre)
+    box = view.object_box(name)
+    pos = view.body_pos(name)
+    hang = view.eef_pos() - np.array([pos[0], pos[1], box.lo[2]])
+    return Grasp(name, yaw, hang)
 
 
 def support_z(view: SceneView, xy: np.ndarray, exclude: set[int], radius: float = 0.015) -> float:
@@ -149,3 +166,47 @@ def place(view: SceneView, grasp: Grasp, target_xy: np.ndarray, style: Style,
     up = view.eef_pos() + np.array([0.0, 0.0, rng.uniform(0.05, 0.09)])
     yield from move_to(view, up, grasp.yaw, OPEN, style, tol=0.02, max_steps=30)
     return True
+
+
+def is_flat_and_wide(view: SceneView, name: str) -> bool:
+    """Plates and trays: too wide to grasp across and too low to grasp by the rim."""
+    return is_wide(view, name) and float(view.object_box(name).size[2]) < 0.03
+
+
+def push(view: SceneView, name: str, target_xy: np.ndarray, style: Style, rng: np.random.Generator,
+         done: Callable[[], bool], tol: float = 0.01) -> Primitive:
+    """Push ``name`` across the table until its body origin is at ``target_xy`` (2,) or ``done()``.
+
+    The closed hand goes down behind the object (opposite the target) and pushes along the
+    line to the target, re-aiming every step from the object's current position.
+    """
+    box = view.object_box(name)
+    radius = 0.5 * float(max(box.size[0], box.size[1]))
+    z = view.table_z + 0.02 + float(rng.uniform(0.0, 0.006))
+
+    def pose() -> np.ndarray:
+        obj = view.body_pos(name)[:2]
+        gap = target_xy - obj
+        u = gap / (np.linalg.norm(gap) + 1e-9)
+        return np.array([*(obj - u * (radius + 0.012)), z]), u
+
+    start, u = pose()
+    start[:2] -= u * 0.03
+    yaw = view.yaw_for_finger_axis(float(np.arctan2(u[1], u[0])) + np.pi / 2)
+    ok = yield from move_to(view, start + np.array([0.0, 0.0, 0.08]), yaw, CLOSE, style, tol=0.015)
+    ok = ok and (yield from move_to(view, start, yaw, CLOSE, style, tol=0.01, max_steps=50, vmax=0.6))
+    if not ok:
+        return False
+    for _ in range(150):
+        if done() or np.linalg.norm(view.body_pos(name)[:2] - target_xy) < tol:
+            break
+        p, u = pose()
+        goal = p.copy()
+        goal[:2] = target_xy - u * (radius + 0.012)
+        here = view.eef_pos()
+        # advance along the push line, stay on it sideways
+        yield servo(view, np.array([*(here[:2] + np.clip(goal[:2] - here[:2], -0.03, 0.03)), z]), yaw, CLOSE,
+                    style, vmax=min(style.vmax, 0.5))
+    up = view.eef_pos() + np.array([0.0, 0.0, 0.08])
+    yield from move_to(view, up, yaw, CLOSE, style, tol=0.02, max_steps=30)
+    return bool(done())

@@ -225,3 +225,17 @@ def clearance_height(view: SceneView, points_xy: np.ndarray, radius: float,
         if inside.any():
             best = max(best, float(hi[inside, 2].max()))
     return best
+
+
+def xy_clearance(view: SceneView, point_xy: np.ndarray, exclude_bodies: set[int]) -> float:
+    """Horizontal distance (m) from ``point_xy`` (2,) to the nearest geom standing on the table.
+
+    Robot geoms, ``exclude_bodies`` and table-sized geoms are ignored.
+    """
+    lo, hi, bodies = _scene_boxes(view)
+    keep = np.array([int(b) not in exclude_bodies and int(b) not in view.robot_bodies for b in bodies])
+    keep &= (hi[:, 2] > view.table_z + 0.005) & ((hi[:, 0] - lo[:, 0]) < 0.5) & ((hi[:, 1] - lo[:, 1]) < 0.5)
+    if not keep.any():
+        return float("inf")
+    gap = np.maximum(np.maximum(lo[keep, :2] - point_xy, point_xy - hi[keep, :2]), 0.0)
+    return float(np.linalg.norm(gap, axis=1).min())

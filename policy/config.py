@@ -40,7 +40,10 @@ class PolicyConfig:
         proprio_dim: joint_states (7) + gripper_states (2).
         noise_dim: per-action-token size of the generator noise xi.
         resnet_widths: channels of the four ResNet-18 stages.
-        d_model, n_heads: transformer width and heads.
+        d_model, n_heads: transformer width and heads (observation tokens, encoder).
+        denoiser_dim: width of the denoiser's action tokens (None: d_model). The denoiser
+            is the only part that runs m times per sample, so a narrower one keeps the
+            energy loss with large m cheap; the observation tokens are projected once.
         encoder_layers: self-attention layers over the observation tokens.
         decoder_layers: denoiser blocks (self-attn, cross-attn, MLP) over the action tokens.
         mlp_ratio: MLP hidden size / d_model.
@@ -59,6 +62,7 @@ class PolicyConfig:
     resnet_widths: tuple[int, ...] = (64, 128, 256, 512)
     d_model: int = 256
     n_heads: int = 8
+    denoiser_dim: int | None = None
     encoder_layers: int = 2
     decoder_layers: int = 4
     mlp_ratio: float = 4.0
@@ -78,6 +82,8 @@ class PolicyConfig:
         for name in ("chunk_size", "action_dim", "proprio_dim", "noise_dim", "d_model", "n_heads", "decoder_layers"):
             if getattr(self, name) < 1:
                 raise ValueError(f"PolicyConfig.{name}={getattr(self, name)} must be >= 1")
+        if self.denoiser_dim is not None and (self.denoiser_dim < 1 or self.denoiser_dim % self.n_heads):
+            raise ValueError(f"PolicyConfig.denoiser_dim={self.denoiser_dim} must be a positive multiple of n_heads={self.n_heads}")
         if self.encoder_layers < 0:
             raise ValueError(f"PolicyConfig.encoder_layers={self.encoder_layers} must be >= 0")
         if len(self.resnet_widths) != 4 or min(self.resnet_widths) < 1:

@@ -61,7 +61,8 @@ class PolicyNetwork(nn.Module):
             )
             self.encoder = nn.TransformerEncoder(layer, cfg.encoder_layers, enable_nested_tensor=False)
         self.denoiser = CrossAttentionDenoiser(
-            cfg.chunk_size, cfg.action_dim, cfg.noise_dim, d, cfg.n_heads, cfg.decoder_layers, cfg.mlp_ratio, cfg.dropout
+            cfg.chunk_size, cfg.action_dim, cfg.noise_dim, cfg.denoiser_dim or d, cfg.n_heads, cfg.decoder_layers,
+            cfg.mlp_ratio, cfg.dropout, cond_dim=d,
         )
 
     @property

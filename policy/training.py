@@ -91,8 +91,8 @@ def resolve_loss(loss: LossConfig, bandwidth: float | str, multiplier: float, da
         return replace(loss, bandwidth=float(bandwidth))
     g = np.random.default_rng(0)
     idx = g.choice(len(dataset), size=min(len(dataset), 512), replace=False)
-    chunks = torch.stack([dataset[int(i)]["actions"] for i in idx])
-    return replace(loss, bandwidth=median_bandwidth(net.normalizer.normalize_actions(chunks), multiplier))
+    chunks = torch.stack([dataset[int(i)]["actions"] for i in idx]).to(net.normalizer.action_min.device)
+    return replace(loss, bandwidth=median_bandwidth(net.normalizer.normalize_actions(chunks).cpu(), multiplier))
 
 
 def _to_device(batch: dict[str, Any], cameras: Sequence[str], device: torch.device) -> tuple[dict[str, torch.Tensor], torch.Tensor, torch.Tensor]:

@@ -9,10 +9,7 @@ tensor here: BERT is frozen and never runs inside a training step.
 
 from __future__ import annotations
 
-import multiprocessing as mp
 import platform
-import resource
-import statistics
 import time
 from typing import Any
 
@@ -58,7 +55,8 @@ def _sync(device: torch.device) -> None:
 
 
 def step_times(cfg: PolicyConfig, batch: int, iters: int, warmup: int, device: torch.device) -> dict[str, float]:
-    """Median seconds per training step (forward, backward, AdamW), losses interleaved step by step."""
+    """Seconds per training step (forward, backward, AdamW): the minimum over `iters` timed
+    steps (the least-disturbed one on a shared machine), losses interleaved step by step."""
     net, opt = _make(cfg, device)
     data = _batch(cfg, batch, device)
     bf16 = device.type == "cuda"
@@ -71,57 +69,55 @@ def step_times(cfg: PolicyConfig, batch: int, iters: int, warmup: int, device: t
             _sync(device)
             if i >= warmup:
                 times[name].append(time.perf_counter() - t0)
-    return {k: statistics.median(v) for k, v in times.items()}
+    return {k: min(v) for k, v in times.items()}
 
 
-def _rss_mb() -> float:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * resource.getpagesize() / 2**20
+def saved_activation_mb(net: PolicyNetwork, batch: tuple[Any, ...], loss: LossConfig) -> float:
+    """MB of tensors autograd keeps for the backward pass of one step (parameters excluded),
+    measured with saved_tensors_hooks (distinct storages counted once)."""
+    params = {p.untyped_storage().data_ptr() for p in net.parameters()}
+    seen: dict[int, int] = {}
 
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        storage = t.untyped_storage()
+        if storage.data_ptr() not in params:
+            seen[storage.data_ptr()] = storage.nbytes()
+        return t
 
-def _peak_child(cfg_dict: dict[str, Any], batch: int, loss_name: str, steps: int, queue: Any) -> None:
-    torch.set_num_threads(torch.get_num_threads())
-    cfg = PolicyConfig.from_dict(cfg_dict)
-    net, opt = _make(cfg, torch.device("cpu"))
-    data = _batch(cfg, batch, torch.device("cpu"))
-    before = _rss_mb()
-    for _ in range(steps):
-        _step(net, opt, data, LOSSES[loss_name], False)
-    queue.put(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 - before)
+    images, proprio, lang, actions = batch
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        value = net(images, proprio, lang, actions, loss).loss.float().mean()
+    value.backward()
+    return sum(seen.values()) / 2**20
 
 
 def peak_memory_mb(cfg: PolicyConfig, batch: int, device: torch.device, steps: int = 3) -> dict[str, float]:
-    """Extra peak memory of training steps over the built model, in MB.
+    """Peak training-step memory in MB.
 
-    CUDA: torch.cuda.max_memory_allocated during the steps minus the allocation before.
-    CPU: each loss in a fresh process, peak RSS during the steps minus RSS before them
-    (activations, gradients, optimiser state).
+    CUDA: torch.cuda.max_memory_allocated over `steps` AdamW steps (model included).
+    CPU (no allocator statistics): parameters + gradients + AdamW moments (4 x the
+    parameter bytes) + the activations saved for backward, measured by saved_tensors_hooks.
     """
     out: dict[str, float] = {}
     for name, loss in LOSSES.items():
+        net, opt = _make(cfg, device)
+        data = _batch(cfg, batch, device)
         if device.type == "cuda":
-            net, opt = _make(cfg, device)
-            data = _batch(cfg, batch, device)
             torch.cuda.synchronize()
             torch.cuda.reset_peak_memory_stats()
-            base = torch.cuda.memory_allocated()
             for _ in range(steps):
                 _step(net, opt, data, loss, True)
             torch.cuda.synchronize()
-            out[name] = (torch.cuda.max_memory_allocated() - base) / 2**20
-            del net, opt, data
+            out[name] = torch.cuda.max_memory_allocated() / 2**20
         else:
-            ctx = mp.get_context("spawn")
-            queue = ctx.Queue()
-            proc = ctx.Process(target=_peak_child, args=(cfg.to_dict(), batch, name, steps, queue))
-            proc.start()
-            out[name] = float(queue.get(timeout=1200))
-            proc.join()
+            param_mb = sum(p.numel() * p.element_size() for p in net.parameters()) / 2**20
+            out[name] = 4 * param_mb + saved_activation_mb(net, data, loss)
+        del net, opt, data
     return out
 
 
 def predict_latency_ms(cfg: PolicyConfig, steps_list: tuple[int, ...], repeats: int, device: torch.device) -> dict[str, float]:
-    """Median predict() latency (ms) for one 128x128 observation, per sampler step count."""
+    """predict() latency (ms, minimum over `repeats`) for one 128x128 observation, per step count."""
     torch.manual_seed(0)
     language = LanguageEncoder(cache={"put the bowl on the plate": torch.randn(LANG_DIM)})
     policy = DiffusionPolicy(cfg, language, PolicyNetwork(cfg, LANG_DIM), device)
@@ -143,7 +139,7 @@ def predict_latency_ms(cfg: PolicyConfig, steps_list: tuple[int, ...], repeats: 
             policy.predict(obs, steps=steps)
             _sync(device)
             times.append(time.perf_counter() - t0)
-        out[str(steps)] = 1000 * statistics.median(times)
+        out[str(steps)] = 1000 * min(times)
     return out
 
 

@@ -92,3 +92,25 @@ def resume_run_dir(cfg: DictConfig) -> Path:
     if not run.is_dir():
         raise FileNotFoundError(f"resume=true but {run} is not a run dir; pass run_dir=runs/<suite>/<timestamp>")
     return run.resolve()
+
+
+def resume_config(run: Path, overrides: list[str]) -> DictConfig:
+    """The saved config.yaml of a run, with dotted overrides (e.g. train.steps=5000) applied.
+
+    Group choices (suite=..., loss=..., model=...) cannot change on resume: one-line error.
+    """
+    saved = run / "config.yaml"
+    if not saved.is_file():
+        raise FileNotFoundError(f"{saved} not found; {run} is not a training run dir")
+    dotted = [o for o in overrides if o.split("=", 1)[0].lstrip("+") not in ("resume", "run_dir", "runs_root")]
+    groups = [o for o in dotted if "." not in o.split("=", 1)[0]]
+    if groups:
+        raise ValueError(f"resume=true keeps the run's suite/loss/model; drop {groups} or start a new run")
+    cfg = OmegaConf.load(saved)
+    try:
+        cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist([o.lstrip("+") for o in dotted]))
+    except OmegaConfBaseException as exc:
+        raise ValueError(f"bad config override: {str(exc).strip().splitlines()[0]}") from None
+    cfg.resume = True
+    cfg.run_dir = str(run)
+    return cfg  # type: ignore[return-value]

@@ -36,7 +36,8 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    tasks = bench_success(suites, args.attempts, args.workers, args.tasks) if suites else {}
+    save = lambda key, r: merge_results(Path(args.out), {key: r})  # noqa: E731  (partial results survive)
+    tasks = bench_success(suites, args.attempts, args.workers, args.tasks, on_task=save) if suites else {}
     rates = {}
     if args.rate_demos > 0:
         for name, fast in (("official", False), ("fast", True)):

@@ -22,21 +22,21 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 
-def _eval_fn(cfg):
-    """envs.evaluate, if it exists, as the periodic in-simulator evaluation callback."""
+def _eval_fn(cfg, run_dir: Path):
+    """envs.evaluate.run_evaluation as the periodic in-simulator evaluation callback."""
     try:
-        from envs import evaluate  # lazy: the simulator is only needed when evaluating
-    except ImportError:
-        print("note: envs.evaluate is not available; periodic evaluation disabled", file=sys.stderr)
-        return None
-    run_eval = getattr(evaluate, "evaluate_policy", None)
-    if run_eval is None:
-        print("note: envs.evaluate has no evaluate_policy(); periodic evaluation disabled", file=sys.stderr)
+        from envs.evaluate import EvalConfig, run_evaluation  # lazy: simulator only when evaluating
+    except ImportError as exc:
+        print(f"note: envs.evaluate is not available ({exc}); periodic evaluation disabled", file=sys.stderr)
         return None
 
     def fn(policy, step):
-        results = run_eval(policy, suites=list(cfg.suite.suites), episodes_per_task=int(cfg.train.eval_episodes))
-        return {k: float(v) for k, v in dict(results).items() if isinstance(v, (int, float))}
+        ecfg = EvalConfig(suites=list(cfg.suite.suites), out_dir=str(run_dir / "evals" / f"step_{step:08d}"),
+                          episodes=int(cfg.train.eval_episodes), workers=int(cfg.eval.workers), steps=int(cfg.eval.steps),
+                          max_steps=cfg.eval.max_steps, tasks={s: list(cfg.eval.tasks) for s in cfg.suite.suites} if cfg.eval.tasks else {},
+                          policy=f"{run_dir.name}@{step}", progress=False)
+        overall = run_evaluation(policy, ecfg)["overall"]
+        return {"success_rate": float(overall["success_rate"]), "episodes": float(overall["episodes"])}
 
     return fn
 
@@ -48,10 +48,12 @@ def main(argv: list[str]) -> int:
     from omegaconf import OmegaConf
 
     from policy.training import train
-    from policy.training_config import compose_config, data_dirs, make_run_dir, resume_run_dir, split_config
+    from policy.training_config import compose_config, data_dirs, make_run_dir, resume_config, resume_run_dir, split_config
 
     try:
         cfg = compose_config(argv, REPO / "configs")
+        if cfg.resume:  # continue with the run's own config (+ dotted overrides such as train.steps=...)
+            cfg = resume_config(resume_run_dir(cfg), argv)
         policy_cfg, train_cfg, loss_cfg, bandwidth, multiplier = split_config(cfg)
         from envs.dataset import DatasetError, LiberoDataset
 
@@ -80,7 +82,7 @@ def main(argv: list[str]) -> int:
         run_dir = Path(holder[0])
     if rank == 0:
         (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg))
-    eval_fn = _eval_fn(cfg) if train_cfg.eval_every > 0 else None
+    eval_fn = _eval_fn(cfg, run_dir) if train_cfg.eval_every > 0 else None
     print(f"{len(dataset)} samples from {len(dataset.files)} files, {len(dataset.instructions)} tasks -> {run_dir}", file=sys.stderr)
     try:
         result = train(policy_cfg, train_cfg, loss_cfg, dataset, run_dir, bool(cfg.resume), eval_fn,

@@ -2,7 +2,7 @@
 
 Generator protocol (policy/diffusion.py)::
 
-    G(t: (B,), x_t: (B, 8, 7), xi: (B, m, 8, noise_dim), cond: (B, N, D)) -> x0_hat (B, m, 8, 7)
+    G(t: (B,), x_t: (B, 8, 7), xi: (B, m, 8, noise_dim), cond: (B, N, D_cond)) -> x0_hat (B, m, 8, 7)
 
 Queries are the 8 action tokens, each Linear([x_t ; xi]) + a learned position
 embedding (the noise xi is concatenated to the noisy action on the feature dimension,
@@ -96,12 +96,25 @@ class CrossAttentionDenoiser(nn.Module):
     Args:
         chunk_size: 8 action tokens; action_dim: 7; noise_dim: size of xi per token.
         d_model, n_heads, n_layers, mlp_ratio, dropout: transformer sizes.
+        cond_dim: size of the observation tokens (None: d_model); other sizes are
+            projected to d_model once per data point.
     """
 
     def __init__(
-        self, chunk_size: int, action_dim: int, noise_dim: int, d_model: int, n_heads: int, n_layers: int, mlp_ratio: float, dropout: float
+        self,
+        chunk_size: int,
+        action_dim: int,
+        noise_dim: int,
+        d_model: int,
+        n_heads: int,
+        n_layers: int,
+        mlp_ratio: float,
+        dropout: float,
+        cond_dim: int | None = None,
     ) -> None:
         super().__init__()
+        self.cond_dim = cond_dim or d_model
+        self.cond_proj: nn.Module = nn.Linear(self.cond_dim, d_model) if self.cond_dim != d_model else nn.Identity()
         self.chunk_size, self.action_dim, self.noise_dim = chunk_size, action_dim, noise_dim
         self.d_model = d_model
         self.in_proj = nn.Linear(action_dim + noise_dim, d_model)
@@ -124,13 +137,14 @@ class CrossAttentionDenoiser(nn.Module):
                 f"denoiser got x_t {tuple(x_t.shape)} and xi {tuple(xi.shape)}; expected "
                 f"(B, {self.chunk_size}, {self.action_dim}) and (B, m, {self.chunk_size}, {self.noise_dim})"
             )
-        if cond.dim() != 3 or cond.shape[0] != b or cond.shape[2] != self.d_model:
-            raise ValueError(f"denoiser cond must be (B={b}, N, D={self.d_model}) observation tokens, got {tuple(cond.shape)}")
+        if cond.dim() != 3 or cond.shape[0] != b or cond.shape[2] != self.cond_dim:
+            raise ValueError(f"denoiser cond must be (B={b}, N, D={self.cond_dim}) observation tokens, got {tuple(cond.shape)}")
         x_in = torch.cat([x_t.unsqueeze(1).expand(b, m, *x_t.shape[1:]), xi.to(x_t.dtype)], dim=-1)
         h = self.in_proj(x_in) + self.pos  # (B, m, 8, D)
         temb = self.time_mlp(timestep_embedding(t, self.d_model).to(h.dtype))
-        cond = self.cond_norm(cond)  # once per data point, shared by the m members
+        cond = self.cond_norm(self.cond_proj(cond))  # once per data point, shared by the m members
         for block in self.blocks:
             h = block(h, cond, temb)
         shift, scale = self.ada_out(F.silu(temb))[:, None, None, :].chunk(2, dim=-1)
-        return self.out(_modulate(self.norm_out(h), shift, scale))
+        # float32 out: under bf16 autocast the scoring rule (pairwise distances) stays in fp32
+        return self.out(_modulate(self.norm_out(h), shift, scale)).float()

@@ -28,6 +28,16 @@ def _obs(batch: int, size: int = 48, texts: list[str] | None = None) -> dict:
     }
 
 
+torch.set_num_threads(1)  # the test machine has 2 shared cores
+
+
+@pytest.fixture
+def tiny_config() -> PolicyConfig:
+    """The small model shrunk further for CPU test speed."""
+    return PolicyConfig(suites=("libero_10",), image_size=32, resnet_widths=(8, 16, 32, 64), d_model=64, n_heads=4,
+                        denoiser_dim=32, encoder_layers=1, decoder_layers=2, dropout=0.0)
+
+
 @pytest.fixture(scope="module")
 def language() -> LanguageEncoder:
     return LanguageEncoder()

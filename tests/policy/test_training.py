@@ -23,9 +23,20 @@ from policy.training_config import compose_config, split_config
 REPO = Path(__file__).resolve().parents[2]
 
 
+torch.set_num_threads(1)  # the test machine has 2 shared cores
+
+
 @pytest.fixture(scope="module")
 def language() -> LanguageEncoder:
     return LanguageEncoder()
+
+
+@pytest.fixture(scope="module")
+def synthetic_suite(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Two tasks x two demos x 20 steps, 32x32 images, official layout."""
+    folder = tmp_path_factory.mktemp("synthetic") / "libero_syn"
+    write_synthetic_suite(folder, n_tasks=2, n_demos=2, length=20, size=32)
+    return folder
 
 
 TINY_OVERRIDES = [
@@ -147,3 +158,19 @@ def test_ddp_two_processes_gloo(tmp_path: Path, synthetic_suite: Path) -> None:
     metrics = [json.loads(x) for x in (latest / "metrics.jsonl").read_text().splitlines()]
     assert [m["step"] for m in metrics] == [1, 2, 3, 4]
     assert DiffusionPolicy.from_pretrained(latest).predict is not None
+
+
+def test_kernel_bandwidth_auto_is_the_median_rule(synthetic_suite: Path, language: LanguageEncoder) -> None:
+    from policy.model import PolicyNetwork
+    from policy.scoring import median_bandwidth
+    from policy.training import resolve_loss
+
+    ds = LiberoDataset(synthetic_suite, augment=False, progress=False)
+    p, _, loss, bw, mult = _configs("loss=kernel_imq", "loss.bandwidth_multiplier=0.5")
+    assert bw == "auto" and mult == 0.5
+    net = PolicyNetwork(p, language.dim)
+    net.normalizer.set_stats(ds.stats())
+    resolved = resolve_loss(loss, bw, mult, ds, net)
+    chunks = net.normalizer.normalize_actions(torch.stack([ds[i]["actions"] for i in range(len(ds))]))
+    assert resolved.kind == "imq" and resolved.bandwidth == pytest.approx(median_bandwidth(chunks, 0.5))
+    assert resolve_loss(loss, 2.5, 1.0, ds, net).bandwidth == 2.5
