@@ -31,10 +31,10 @@ def _bench_worker(conn: Connection, suite: str, task: int, fast: bool, resolutio
                 break
             env.set_init_state(state)
             actions = np.concatenate([rng.uniform(-0.3, 0.3, (n, 6)), -np.ones((n, 1))], axis=1)
-            t = time.perf_counter()
+            t, c = time.perf_counter(), time.process_time()
             for a in actions:
                 env.step(a)
-            conn.send(("done", time.perf_counter() - t))
+            conn.send(("done", (time.perf_counter() - t, time.process_time() - c)))
     finally:
         env.close()
 
@@ -43,8 +43,10 @@ def measure_steps_per_s(suite: str, task: int, fast: bool, workers: tuple[int, .
                         n_steps: int = 30, resolution: int = 128) -> dict[str, Any]:
     """Aggregate env steps/s (two cameras at ``resolution``) with k concurrent worker
     processes for each k in ``workers`` (spawn context, one env each, LP_NUM_THREADS=1).
-    Environment construction is not timed. Returns {"steps_per_s": {"k": x}, "faces": n,
-    "obs": first observation}."""
+    Environment construction is not timed. Also returns the CPU time per env step
+    (process time of a worker, all its threads): unlike wall time it does not depend on
+    what else the machine runs. Returns {"steps_per_s": {"k": x}, "cpu_ms_per_step": ms,
+    "faces": n, "obs": first observation}."""
     import multiprocessing as mp
 
     ctx = mp.get_context("spawn")
@@ -61,14 +63,16 @@ def measure_steps_per_s(suite: str, task: int, fast: bool, workers: tuple[int, .
         ready = [c.recv()[1] for c in (conns[1:] if fast else conns)]
         first = first if fast else ready[0]
         out: dict[str, float] = {}
+        cpu: list[float] = []
         for k in workers:
             t = time.perf_counter()
             for c in conns[:k]:
                 c.send(("run", n_steps))
             for c in conns[:k]:
-                c.recv()
+                cpu.append(c.recv()[1][1])
             out[str(k)] = round(k * n_steps / (time.perf_counter() - t), 3)
-        return {"steps_per_s": out, "faces": first["faces"], "obs": first["obs"]}
+        cpu_ms = 1000 * sum(cpu) / (n_steps * len(cpu))
+        return {"steps_per_s": out, "cpu_ms_per_step": round(cpu_ms, 2), "faces": first["faces"], "obs": first["obs"]}
     finally:
         for c in conns:
             try:

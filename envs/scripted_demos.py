@@ -168,8 +168,8 @@ def assemble_task_file(task: TaskInfo, out: Path, limit: int, resolution: int, f
             groups += [old["data"][f"demo_{i}"] for i in range(len([k for k in old["data"] if k.startswith("demo_")]))]
         groups += [h["data"]["demo_0"] for h in handles]
         groups = groups[:limit]
-        if old is not None and len(groups) == len(old["data"].keys()) and not handles:
-            return len(groups)
+        if not groups or (old is not None and not handles):
+            return len(groups)  # nothing new to write
         tmp_target = final.with_name(final.name + ".new")
         n = write_task_file(tmp_target, file_attrs(task, resolution, fast_render), groups)
     finally:
@@ -178,7 +178,10 @@ def assemble_task_file(task: TaskInfo, out: Path, limit: int, resolution: int, f
         if old is not None:
             old.close()
     tmp_target.replace(final)
-    for p in list(part.glob("*")):
-        p.unlink()
-    part.rmdir()
+    for p in list(part.glob("demo_seed*.hdf5")):
+        p.unlink()  # fail markers stay, so a rerun does not retry known failures
+    if not any(part.iterdir()):
+        part.rmdir()
+    if part.parent.exists() and not any(part.parent.iterdir()):
+        part.parent.rmdir()
     return n

@@ -56,9 +56,9 @@ def generate_suite(cfg: GenerateConfig) -> dict[str, int]:
     """Generate the missing demonstrations of the selected tasks; returns task name -> demo count."""
     if cfg.demos_per_task <= 0 or cfg.workers <= 0 or cfg.resolution <= 0:
         raise ValueError("--demos-per-task, --workers and --resolution must be positive")
+    tasks = cfg.selected()
     out = Path(cfg.out) / cfg.suite
     out.mkdir(parents=True, exist_ok=True)
-    tasks = cfg.selected()
     jobs = []
     for task in tasks:
         kept, _ = tried_seeds(out, task)

@@ -16,7 +16,7 @@ import logging
 import numpy as np
 
 from envs.scripted_primitives import (CLOSE, OPEN, Primitive, Style, close_gripper, hold,
-                                      maybe_pause, move_to, open_gripper)
+                                      maybe_pause, move_to, open_gripper, servo)
 from envs.scripted_scene import SceneView, clearance_height, xy_clearance
 
 GRIPPER_MAX_OPEN = 0.075  # m, widest object the Panda fingers close around comfortably
@@ -175,38 +175,38 @@ def is_flat_and_wide(view: SceneView, name: str) -> bool:
 
 def push(view: SceneView, name: str, target_xy: np.ndarray, style: Style, rng: np.random.Generator,
          done: Callable[[], bool], tol: float = 0.01) -> Primitive:
-    """Push ``name`` across the table until its body origin is at ``target_xy`` (2,) or ``done()``.
+    """Slide a flat object (plate) over the table until its origin is at ``target_xy`` (2,).
 
-    The closed hand goes down behind the object (opposite the target) and pushes along the
-    line to the target, re-aiming every step from the object's current position.
+    The fingers pinch the rim on the side facing the robot (in reach), then the hand drags
+    the object along the table, re-aiming every step from the object's current position.
     """
-    box = view.object_box(name)
-    radius = 0.5 * float(max(box.size[0], box.size[1]))
-    z = view.table_z + 0.02 + float(rng.uniform(0.0, 0.006))
-
-    def pose() -> np.ndarray:
-        obj = view.body_pos(name)[:2]
-        gap = target_xy - obj
-        u = gap / (np.linalg.norm(gap) + 1e-9)
-        return np.array([*(obj - u * (radius + 0.012)), z]), u
-
-    start, u = pose()
-    start[:2] -= u * 0.03
-    yaw = view.yaw_for_finger_axis(float(np.arctan2(u[1], u[0])) + np.pi / 2)
-    ok = yield from move_to(view, start + np.array([0.0, 0.0, 0.08]), yaw, CLOSE, style, tol=0.015)
-    ok = ok and (yield from move_to(view, start, yaw, CLOSE, style, tol=0.01, max_steps=50, vmax=0.6))
-    if not ok:
-        return False
-    for _ in range(150):
-        if done() or np.linalg.norm(view.body_pos(name)[:2] - target_xy) < tol:
-            break
-        p, u = pose()
-        goal = p.copy()
-        goal[:2] = target_xy - u * (radius + 0.012)
+    for _ in range(3):  # re-grasp when the rim slips out of the fingers
+        point, yaw = rim_grasp(view, name, rng)
+        point[2] = view.table_z + 0.012 + float(rng.uniform(0.0, 0.004))
         here = view.eef_pos()
-        # advance along the push line, stay on it sideways
-        yield servo(view, np.array([*(here[:2] + np.clip(goal[:2] - here[:2], -0.03, 0.03)), z]), yaw, CLOSE,
-                    style, vmax=min(style.vmax, 0.5))
-    up = view.eef_pos() + np.array([0.0, 0.0, 0.08])
-    yield from move_to(view, up, yaw, CLOSE, style, tol=0.02, max_steps=30)
+        above = point + np.array([0.0, 0.0, 0.08])
+        ok = yield from move_to(view, np.array([above[0], above[1], max(above[2], here[2] - 0.1)]), yaw, OPEN,
+                                style, tol=0.02)
+        ok = ok and (yield from move_to(view, above, yaw, OPEN, style, tol=0.015))
+        ok = ok and (yield from move_to(view, point, yaw, OPEN, style, tol=0.01, max_steps=60, vmax=0.6))
+        if not ok:
+            LOG.debug("drag start %s of %s not reached (eef %s)", point.round(3), name, view.eef_pos().round(3))
+            return False
+        yield from close_gripper(view, yaw, style)
+        offset = view.eef_pos()[:2] - view.body_pos(name)[:2]
+        slipped = False
+        for _ in range(120):
+            obj = view.body_pos(name)[:2]
+            if done() or np.linalg.norm(obj - target_xy) < tol:
+                break
+            if np.linalg.norm(view.eef_pos()[:2] - obj - offset) > 0.025:
+                slipped = True
+                break
+            goal = np.array([*(obj + offset + np.clip(target_xy - obj, -0.03, 0.03)), point[2]])
+            yield servo(view, goal, yaw, CLOSE, style, vmax=min(style.vmax, 0.4))
+        yield from open_gripper(view, yaw, style, steps=5)
+        up = view.eef_pos() + np.array([0.0, 0.0, 0.06])
+        yield from move_to(view, up, yaw, OPEN, style, tol=0.02, max_steps=30)
+        if not slipped:
+            break
     return bool(done())

@@ -90,6 +90,11 @@ def main(argv: list[str]) -> int:
     except (ValueError, FileNotFoundError, DatasetError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
+    finally:
+        import torch.distributed as dist
+
+        if dist.is_initialized():
+            dist.destroy_process_group()
     if rank == 0:
         print(f"done: {result.step} steps in {result.seconds:.0f}s, loss {result.first_loss:.4f} -> {result.last_loss:.4f}; "
               f"policy at {run_dir / 'policy'}")

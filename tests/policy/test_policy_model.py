@@ -142,3 +142,16 @@ def test_config_and_normalizer_validation() -> None:
     torch.testing.assert_close(norm.unnormalize_actions(z), x)
     with pytest.raises(ValueError, match="shape"):
         norm.set_stats({"action_min": np.zeros(6), "action_max": np.ones(7), "proprio_mean": np.zeros(9), "proprio_std": np.ones(9)})
+
+
+def test_policy_package_never_imports_the_simulator() -> None:
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, policy.policy, policy.training, policy.training_config, policy.training_bench\n"
+        "bad = [m for m in ('envs', 'libero', 'robosuite', 'mujoco') if m in sys.modules]\n"
+        "assert not bad, bad"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-500:]

@@ -144,6 +144,14 @@ def test_script_run_layout_and_missing_data(tmp_path: Path, synthetic_suite: Pat
     for name in ("config.yaml", "metrics.jsonl", "policy/config.json", "policy/model.safetensors", "checkpoints/step_00000003"):
         assert (latest / name).exists(), name
     assert DiffusionPolicy.from_pretrained(latest).config.suites == ("libero_10",)
+    # resume=true continues runs/latest with its own config; group changes are refused
+    refused = _script("resume=true", "loss=mse", cwd=tmp_path)
+    assert refused.returncode != 0 and "keeps the run's suite/loss/model" in refused.stderr
+    resumed = _script("resume=true", "train.steps=5", cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert "done: 5 steps" in resumed.stdout
+    steps = [json.loads(x)["step"] for x in (latest / "metrics.jsonl").read_text().splitlines()]
+    assert steps == [1, 2, 3, 4, 5]
 
 
 @pytest.mark.slow
