@@ -52,8 +52,7 @@ class ScriptedPlanner:
         """Whether ``atom`` is already true in the simulator (LIBERO's own predicate check)."""
         if atom.predicate == "open" and not self.is_articulated(atom.args[0]):
             return True
-        name = {"turnon": "turnon", "turnoff": "turnoff"}.get(atom.predicate, atom.predicate)
-        return bool(self.env._eval_predicate([name, *atom.args]))
+        return bool(self.env._eval_predicate([atom.predicate, *atom.args]))
 
     def is_articulated(self, name: str) -> bool:
         """True for a region or object that has a drawer, door or knob joint."""
@@ -67,9 +66,7 @@ class ScriptedPlanner:
     def actions(self) -> Generator[np.ndarray, None, bool]:
         """Yield actions (7,) until every sub-goal holds; returns False (and sets ``failure``) on failure."""
         for atom in self.atoms:
-            if self.holds(atom) and atom.predicate != "open":
-                continue
-            if atom.predicate == "open" and self.holds(atom):
+            if self.holds(atom):
                 continue
             ok = yield from self.achieve(atom)
             if not ok:

@@ -13,7 +13,7 @@ import numpy as np
 
 from envs.scripted_bddl import Atom
 from envs.scripted_primitives import CLOSE, OPEN, close_gripper, maybe_pause, move_to, open_gripper, servo
-from envs.scripted_scene import Box, rotation_error
+from envs.scripted_scene import Box
 
 if TYPE_CHECKING:
     from envs.scripted import ScriptedPlanner
@@ -95,4 +95,4 @@ def close_articulated(planner: "ScriptedPlanner", atom: Atom) -> Actions:
     yield  # pragma: no cover
 
 
-__all__ = ["turn_knob", "open_articulated", "close_articulated", "rotation_error"]
+__all__ = ["turn_knob", "open_articulated", "close_articulated"]

@@ -15,7 +15,7 @@ import logging
 
 import numpy as np
 
-from envs.scripted_primitives import (CLOSE, OPEN, Primitive, Style, close_gripper, hold,
+from envs.scripted_primitives import (CLOSE, OPEN, Primitive, Style, close_gripper,
                                       maybe_pause, move_to, open_gripper, servo)
 from envs.scripted_scene import SceneView, clearance_height, xy_clearance
 

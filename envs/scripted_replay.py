@@ -12,8 +12,8 @@ from typing import Any, Callable
 import h5py
 import numpy as np
 
-from envs.hdf5_writer import Demo, IMAGE_KEYS, write_task_file
-from envs.libero import LiberoEnv, TaskInfo, get_task, hdf5_obs_fields, list_tasks, SUITES
+from envs.hdf5_writer import Demo, write_task_file
+from envs.libero import SUITES, LiberoEnv, TaskInfo, hdf5_obs_fields, list_tasks
 
 
 def task_of_file(path: str | Path) -> TaskInfo:
