@@ -20,16 +20,14 @@ from __future__ import annotations
 
 import copy
 import json
-import os
 import pickle
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from torch import Tensor, nn
 from torch.nn import functional as F
 from tqdm.auto import tqdm
@@ -37,6 +35,7 @@ from tqdm.auto import tqdm
 from policy.diffusion import diffusion_loss, sample
 from policy.nets.unet import UNet, UNetConfig
 from policy.scoring import LossConfig
+from policy.utils import atomic_save_safetensors, atomic_write, atomic_write_text
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 
@@ -176,11 +175,7 @@ def save_grid(images: Tensor, path: str | Path, nrow: int = 8, scale: int = 1, p
     arr = arr[..., 0] if c == 1 else arr
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(suffix=".png", dir=path.parent)
-    os.close(fd)
-    iio.imwrite(tmp, arr)
-    os.replace(tmp, path)
-    return path
+    return atomic_write(path, lambda tmp: iio.imwrite(tmp, arr, extension=".png"))
 
 
 @dataclass
@@ -316,22 +311,12 @@ def measure_step_time(
     return {k: float(np.median(v)) for k, v in times.items()}
 
 
-def _atomic_write_text(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
-
-
 def save_image_model(model: UNet, directory: str | Path, extra: dict[str, Any] | None = None) -> Path:
     """Write ``model.safetensors`` + ``config.json`` (U-Net config and ``extra``) atomically."""
     d = Path(directory)
     d.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=d, suffix=".safetensors")
-    os.close(fd)
-    save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, tmp)
-    os.replace(tmp, d / "model.safetensors")
-    _atomic_write_text(d / "config.json", json.dumps({"unet": model.config.to_dict(), **(extra or {})}, indent=2))
+    atomic_save_safetensors(model.state_dict(), d / "model.safetensors")
+    atomic_write_text(d / "config.json", json.dumps({"unet": model.config.to_dict(), **(extra or {})}, indent=2))
     return d
 
 

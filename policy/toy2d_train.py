@@ -7,7 +7,7 @@ share the network, optimiser, schedule and budget; only the LossConfig differs.
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import Any, Callable
 
 import torch

@@ -22,7 +22,8 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 
-from policy.policy import atomic_save_safetensors, load_state_strict
+from policy.policy import load_state_strict
+from policy.utils import atomic_save_safetensors
 
 PREFIX = "step_"
 

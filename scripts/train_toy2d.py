@@ -12,7 +12,6 @@ and the posterior-std check on the mixture. Writes JSON and PNG plots.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import sys
