@@ -18,7 +18,7 @@ from __future__ import annotations
 import os
 import time
 import traceback
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
@@ -181,9 +181,3 @@ def worker_main(conn: Connection, resolution: int, fast_render: bool) -> None:
     finally:
         drop_env()
 
-
-def spec_to_dict(spec: EpisodeSpec) -> dict[str, Any]:
-    """JSON-friendly view of a spec (without the state vector)."""
-    d = asdict(spec)
-    d.pop("init_state")
-    return d

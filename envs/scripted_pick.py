@@ -74,6 +74,31 @@ def rim_grasp(view: SceneView, name: str, rng: np.random.Generator) -> tuple[np.
     return point, view.yaw_for_finger_axis(theta)
 
 
+def handle_grasp(view: SceneView, name: str) -> tuple[np.ndarray, float] | None:
+    """Grasp point (3,) and yaw on a tall wide object's handle (moka pot), or None if it has none.
+
+    A handle is the collision geom farthest from the object's centre line that is thin (< 3 cm)
+    across one horizontal axis; the fingers close across that thin axis.
+    """
+    box = view.object_box(name)
+    if box.size[2] < 0.1:
+        return None
+    centre = view.body_pos(name)[:2]
+    best, best_d = None, 0.03
+    for g in view.geom_corners(name).reshape(-1, 8, 3):
+        lo, hi = g.min(axis=0), g.max(axis=0)
+        size = hi - lo
+        d = float(np.linalg.norm(0.5 * (lo[:2] + hi[:2]) - centre))
+        if min(size[0], size[1]) < 0.03 and size[2] > 0.015 and d > best_d:
+            best, best_d = (lo, hi), d
+    if best is None:
+        return None
+    lo, hi = best
+    axis = 0 if hi[0] - lo[0] < hi[1] - lo[1] else 1
+    point = np.array([0.5 * (lo[0] + hi[0]), 0.5 * (lo[1] + hi[1]), hi[2] - 0.015])
+    return point, view.yaw_for_finger_axis(0.0 if axis == 0 else np.pi / 2)
+
+
 def grasp_point(view: SceneView, name: str, grip_point: np.ndarray | None = None) -> np.ndarray:
     """Where the grip site goes to grasp ``name`` (3,): centre of the footprint, near the top."""
     box = view.object_box(name)
@@ -95,7 +120,10 @@ def travel_z(view: SceneView, start_xy: np.ndarray, end_xy: np.ndarray, hang: fl
 def pick(view: SceneView, name: str, style: Style, rng: np.random.Generator,
          grip_point: np.ndarray | None = None) -> Primitive:
     """Reach above ``name``, descend, close, lift; returns a :class:`Grasp` or ``None``."""
-    if is_wide(view, name) and grip_point is None:
+    handle = handle_grasp(view, name) if is_wide(view, name) and grip_point is None else None
+    if handle is not None:
+        target, yaw = handle
+    elif is_wide(view, name) and grip_point is None:
         target, yaw = rim_grasp(view, name, rng)
     else:
         yaw = choose_grasp_yaw(view, name, rng)

@@ -83,8 +83,9 @@ def test_success_detection_cap_resume_and_raising_policy(tmp_path, goal_state) -
         run_evaluation(NoopPolicy(), _cfg(out, steps=4), init_state)
 
 
-class _KillOnce(NoopPolicy):
-    """First call kills the worker process (as a simulator crash would)."""
+class _KillThenNaN(NoopPolicy):
+    """First call kills the worker process (as a simulator crash would); later calls
+    return NaN actions."""
 
     calls = 0
 
@@ -94,17 +95,19 @@ class _KillOnce(NoopPolicy):
             for child in mp.active_children():
                 child.kill()
                 child.join()
-        return super().predict(obs, steps, churn)
+            return super().predict(obs, steps, churn)
+        return np.full((len(obs["language"]), 8, 7), np.nan, np.float32)
 
 
 @pytest.mark.sim
 @pytest.mark.slow
-def test_dead_worker_is_restarted_and_counted_failed(tmp_path) -> None:
-    summary = run_evaluation(_KillOnce(), _cfg(tmp_path / "run", max_steps=8))
+def test_dead_worker_and_nan_actions_are_failures(tmp_path) -> None:
+    summary = run_evaluation(_KillThenNaN(), _cfg(tmp_path / "run", max_steps=8))
     recs = sorted(load_episodes(tmp_path / "run" / EPISODES_FILE), key=lambda r: r["episode"])
     assert [r["success"] for r in recs] == [False, False]
-    assert "worker process died" in recs[0]["error"] and recs[1]["error"] is None and recs[1]["length"] == 8
-    assert summary["suites"][GOAL_SUITE]["errors"] == 1
+    assert "worker process died" in recs[0]["error"]
+    assert "non-finite action" in recs[1]["error"] and recs[1]["env_steps"] == 10  # no NaN reached the simulator
+    assert summary["suites"][GOAL_SUITE]["errors"] == 2
 
 
 def test_policy_loading_errors(tmp_path, monkeypatch) -> None:

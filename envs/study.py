@@ -1,0 +1,482 @@
+"""The LIBERO study (issue 8): distributional (energy loss) against classical (MSE)
+diffusion policies, success rate against sampler steps (paper Section 6.3, Fig. 9).
+
+``scripts/run_study.py`` parses ``key=value`` overrides into a :class:`StudyConfig`
+(:func:`parse_overrides`), plans three stages of subprocess commands whose outputs
+decide what is already done (:func:`plan_demos`, :func:`plan_training`,
+:func:`plan_eval`), runs them, and aggregates the evaluation results
+(:func:`aggregate`) into ``libero.json`` + a markdown table + a PNG plot. Everything
+here reads and writes files only: no simulator run, no training.
+
+Folders (``<p>`` = preset): demos ``<data_root>/<suite>/``, runs
+``<runs_root>/<p>/<suite>/<model>/``, evaluations ``<eval_root>/<p>/<suite>/<model>/steps_<k>/``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from envs.eval_results import atomic_write_text
+from envs.libero import SUITES, list_tasks
+
+DEFAULT_ENERGY: tuple[tuple[float, float], ...] = ((1.0, 1.0), (0.5, 1.0), (1.0, 0.1))
+SPEC_FILE = "study_spec.json"  # written into a run dir before its training starts
+
+PRESETS: dict[str, dict[str, Any]] = {
+    # CPU quickstart: 1 task, a handful of 64x64 demos, a few hundred steps, 2 models, steps 2.
+    "quick": dict(tasks=[0], demos=5, resolution=64, fast_render=True, model="small", train_steps=300,
+                  checkpoint_every=100, energy=[(1.0, 1.0)], eval_steps=[2], episodes=4,
+                  data_root="data/study_quick", results="eval/study/quick/libero.json"),
+    # Small model on all tasks of the suite: a moderate CPU study (hours to a day).
+    "cpu": dict(tasks=None, demos=20, resolution=64, fast_render=True, model="small", train_steps=5000,
+                checkpoint_every=500, energy=list(DEFAULT_ENERGY), eval_steps=[1, 2, 4, 8, 16], episodes=10,
+                data_root="data/study_cpu", results="benchmarks/results/libero.json"),
+    # The paper's configuration, for a GPU: 50 demos/task at 128 px, 250k steps, 50 episodes/task.
+    "paper": dict(tasks=None, demos=50, resolution=128, fast_render=False, model="paper", train_steps=250_000,
+                  checkpoint_every=10_000, energy=list(DEFAULT_ENERGY), eval_steps=[1, 2, 4, 8, 16], episodes=50,
+                  data_root="data", results="benchmarks/results/libero.json", device="cuda"),
+}
+
+
+class StudyError(ValueError):
+    """A bad study option or an inconsistent output folder (one line, names the fix)."""
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """One model of the study: its name (starts with ``energy`` or ``mse``) and its loss."""
+
+    name: str
+    loss: str  # "energy" | "mse"
+    lam: float
+    beta: float
+    population: int
+
+    def overrides(self) -> list[str]:
+        """train_policy.py overrides selecting this loss."""
+        if self.loss == "mse":
+            return ["loss=mse"]
+        return ["loss=energy", f"loss.lam={self.lam:g}", f"loss.beta={self.beta:g}", f"loss.population={self.population}"]
+
+
+@dataclass
+class StudyConfig:
+    """All options of one study run (see ``scripts/run_study.py --help``)."""
+
+    suite: str = "libero_object"
+    preset: str = "cpu"
+    tasks: list[int] | None = None  # None = every task of the suite
+    demos: int = 20
+    resolution: int = 64
+    fast_render: bool = True
+    model: str = "small"
+    train_steps: int = 5000
+    checkpoint_every: int = 500
+    seed: int = 0
+    energy: list[tuple[float, float]] = field(default_factory=lambda: list(DEFAULT_ENERGY))
+    population: int = 16
+    mse: bool = True
+    eval_steps: list[int] = field(default_factory=lambda: [1, 2, 4, 8, 16])
+    episodes: int = 50
+    workers: int = 2
+    device: str = "cpu"
+    data_root: str = "data"
+    runs_root: str = "runs/study"
+    eval_root: str = "eval/study"
+    results: str = "benchmarks/results/libero.json"
+    dry_run: bool = False
+    train_overrides: list[str] = field(default_factory=list)  # extra train.*/data.*/model.* overrides
+
+    def models(self) -> list[ModelSpec]:
+        """The energy models (one per (lambda, beta)) then the MSE model."""
+        out = [ModelSpec(f"energy_lam{lam:g}_beta{beta:g}", "energy", lam, beta, self.population) for lam, beta in self.energy]
+        return out + ([ModelSpec("mse", "mse", 0.0, 2.0, 1)] if self.mse else [])
+
+    def run_dir(self, m: ModelSpec) -> Path:
+        return Path(self.runs_root) / self.preset / self.suite / m.name
+
+    def eval_dir(self, m: ModelSpec, steps: int) -> Path:
+        return Path(self.eval_root) / self.preset / self.suite / m.name / f"steps_{steps}"
+
+    def task_indices(self) -> list[int]:
+        return list(self.tasks) if self.tasks is not None else list(range(SUITES[self.suite].num_tasks))
+
+
+@dataclass
+class Job:
+    """One planned subprocess: ``state`` is done (skipped), run, resume, or wait (needs an earlier stage)."""
+
+    stage: str
+    name: str
+    cmd: list[str]
+    state: str
+    detail: str = ""
+
+
+# ---------------------------------------------------------------- options
+
+
+def _parse_bool(key: str, text: str) -> bool:
+    value = {"1": True, "true": True, "yes": True, "0": False, "false": False, "no": False}.get(text.lower())
+    if value is None:
+        raise StudyError(f"{key}={text!r} is not a boolean; use {key}=true or {key}=false")
+    return value
+
+
+def _parse_ints(key: str, text: str, low: int = 0) -> list[int]:
+    try:
+        values = [int(x) for x in text.strip("[]").split(",") if x.strip()]
+    except ValueError:
+        raise StudyError(f"{key}={text!r}: expected comma-separated integers such as 1,2,4") from None
+    if not values or any(v < low for v in values):
+        raise StudyError(f"{key}={text!r}: expected a non-empty list of integers >= {low}")
+    return values
+
+
+def parse_energy(text: str) -> list[tuple[float, float]]:
+    """``"1:1,0.5:1,1:0.1"`` -> [(1, 1), (0.5, 1), (1, 0.1)] as (lambda, beta) pairs; ``""`` or
+    ``none`` -> []. lambda must lie in [0, 1] and beta in (0, 2] (eq. 14-16)."""
+    if text.strip().lower() in ("", "none", "[]"):
+        return []
+    pairs = []
+    for item in text.strip("[]").split(","):
+        parts = item.strip().strip("()").split(":")
+        try:
+            lam, beta = (float(p) for p in parts)
+        except ValueError:
+            raise StudyError(f"energy={text!r}: bad pair {item.strip()!r}; write lambda:beta pairs such as energy=1:1,0.5:1,1:0.1") from None
+        if not (0.0 <= lam <= 1.0 and 0.0 < beta <= 2.0):
+            raise StudyError(f"energy pair {item.strip()!r}: need lambda in [0, 1] and beta in (0, 2]")
+        pairs.append((lam, beta))
+    if len(set(pairs)) != len(pairs):
+        raise StudyError(f"energy={text!r} lists a (lambda, beta) pair twice")
+    return pairs
+
+
+def default_preset() -> str:
+    """``paper`` where CUDA is visible, ``cpu`` otherwise."""
+    try:
+        import torch
+
+        return "paper" if torch.cuda.is_available() else "cpu"
+    except ImportError:
+        return "cpu"
+
+
+def parse_overrides(argv: list[str]) -> StudyConfig:
+    """``["suite=libero_object", "preset=quick", "episodes=2", ...]`` -> a validated StudyConfig.
+
+    The preset (default :func:`default_preset`) sets the defaults; every other key overrides
+    one field. ``train.*``, ``data.*`` and ``model.*`` keys are passed on to train_policy.py.
+    Raises :class:`StudyError` (one line) on an unknown key, suite or preset or a bad value.
+    """
+    kv: dict[str, str] = {}
+    extra: list[str] = []
+    for arg in argv:
+        key, sep, value = arg.partition("=")
+        if not sep or not key:
+            raise StudyError(f"bad argument {arg!r}; write key=value, e.g. suite=libero_object (see --help)")
+        if key.split(".")[0] in ("train", "data", "model") and "." in key:
+            extra.append(arg)
+        else:
+            kv[key] = value
+    if kv.get("suite", "libero_object") not in SUITES:
+        raise StudyError(f"unknown suite {kv['suite']!r}; choose one of {', '.join(SUITES)}")
+    preset = kv.pop("preset", None) or default_preset()
+    if preset not in PRESETS:
+        raise StudyError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
+    cfg = StudyConfig(preset=preset, train_overrides=extra, **PRESETS[preset])
+    ints = {"demos": 1, "resolution": 8, "train_steps": 1, "checkpoint_every": 1, "seed": 0, "population": 2,
+            "episodes": 1, "workers": 1}
+    for key, value in kv.items():
+        if key in ints:
+            cfg = replace(cfg, **{key: _parse_ints(key, value, ints[key])[0]})
+        elif key in ("fast_render", "mse", "dry_run"):
+            cfg = replace(cfg, **{key: _parse_bool(key, value)})
+        elif key == "energy":
+            cfg = replace(cfg, energy=parse_energy(value))
+        elif key == "eval_steps":
+            cfg = replace(cfg, eval_steps=_parse_ints(key, value, 1))
+        elif key == "tasks":
+            cfg = replace(cfg, tasks=None if value == "all" else _parse_ints(key, value, 0))
+        elif key in ("suite", "model", "device", "data_root", "runs_root", "eval_root", "results"):
+            cfg = replace(cfg, **{key: value})
+        else:
+            raise StudyError(f"unknown option {key!r}; see scripts/run_study.py --help for the keys")
+    if cfg.model not in ("small", "paper"):
+        raise StudyError(f"unknown model {cfg.model!r}; choose small or paper")
+    bad = [t for t in cfg.task_indices() if t >= SUITES[cfg.suite].num_tasks]
+    if bad:
+        raise StudyError(f"tasks {bad} out of range for {cfg.suite} (0..{SUITES[cfg.suite].num_tasks - 1})")
+    if not cfg.models():
+        raise StudyError("no model to train: give energy=lambda:beta pairs or mse=true")
+    return cfg
+
+
+# ---------------------------------------------------------------- planning
+
+
+def _py(script: str) -> list[str]:
+    """[python, scripts/<script>] with the script path relative to the working directory."""
+    return [sys.executable, os.path.relpath(Path(__file__).resolve().parents[1] / "scripts" / script)]
+
+
+def count_demos(cfg: StudyConfig) -> dict[str, int]:
+    """Demonstrations already in ``<data_root>/<suite>/`` per selected task name; raises
+    StudyError if a file was rendered at another resolution or rendering mode than ``cfg``."""
+    import h5py
+
+    from envs.scripted_demos import task_file_name
+
+    tasks = list_tasks(cfg.suite)
+    out = {}
+    for i in cfg.task_indices():
+        path = Path(cfg.data_root) / cfg.suite / task_file_name(tasks[i].name)
+        n = 0
+        if path.is_file():
+            with h5py.File(path, "r") as f:
+                n = sum(k.startswith("demo_") for k in f["data"])
+                env = json.loads(f["data"].attrs.get("env_args", "{}")).get("env_kwargs", {})
+            seen = (env.get("camera_heights", cfg.resolution), bool(env.get("fast_render", cfg.fast_render)))
+            if seen != (cfg.resolution, cfg.fast_render):
+                raise StudyError(f"{path} holds demos at {seen[0]} px, fast_render={seen[1]} but the study wants "
+                                 f"{cfg.resolution} px, fast_render={cfg.fast_render}; use another data_root")
+        out[tasks[i].name] = n
+    return out
+
+
+def plan_demos(cfg: StudyConfig) -> list[Job]:
+    """Stage 1: scripts/generate_demos.py for the tasks still short of ``cfg.demos`` demos."""
+    counts = count_demos(cfg)
+    short = {k: v for k, v in counts.items() if v < cfg.demos}
+    cmd = _py("generate_demos.py") + [
+        "--suite", cfg.suite, "--tasks", "all" if cfg.tasks is None else ",".join(map(str, cfg.tasks)),
+        "--demos-per-task", str(cfg.demos), "--workers", str(cfg.workers), "--out", cfg.data_root,
+        "--resolution", str(cfg.resolution)] + (["--fast-render"] if cfg.fast_render else [])
+    have = sum(min(v, cfg.demos) for v in counts.values())
+    detail = f"{have}/{cfg.demos * len(counts)} demos in {Path(cfg.data_root) / cfg.suite}"
+    return [Job("demos", cfg.suite, cmd, "run" if short else "done", detail)]
+
+
+def training_spec(cfg: StudyConfig, m: ModelSpec) -> dict[str, Any]:
+    """What must stay fixed for a run dir to be resumed or reused (steps may grow)."""
+    return {"suite": cfg.suite, "model": cfg.model, "seed": cfg.seed, "loss": asdict(m), "data_root": cfg.data_root,
+            "tasks": cfg.task_indices(), "demos": cfg.demos, "resolution": cfg.resolution,
+            "fast_render": cfg.fast_render, "train_overrides": cfg.train_overrides}
+
+
+def checkpoint_step(run: Path) -> int:
+    """Step of the newest complete checkpoint in ``run/checkpoints`` (0 if none)."""
+    ckpts = run / "checkpoints"
+    steps = [json.loads((p / "trainer_state.json").read_text())["step"]
+             for p in ckpts.glob("step_*") if (p / "trainer_state.json").is_file()] if ckpts.is_dir() else []
+    return max(steps, default=0)
+
+
+def plan_training(cfg: StudyConfig) -> list[Job]:
+    """Stage 2: one train_policy.py run per model in its fixed run dir: done when the newest
+    checkpoint reached ``train_steps`` and ``policy/`` exists, resume when a checkpoint exists."""
+    jobs = []
+    for m in cfg.models():
+        run = cfg.run_dir(m)
+        spec_path = run / SPEC_FILE
+        if spec_path.is_file():
+            old = json.loads(spec_path.read_text()).get("spec")
+            if old != training_spec(cfg, m):
+                diff = sorted(k for k in training_spec(cfg, m) if (old or {}).get(k) != training_spec(cfg, m)[k])
+                raise StudyError(f"{run} was trained with other settings ({', '.join(diff)}); "
+                                 f"use another runs_root or delete that run dir")
+        step = checkpoint_step(run)
+        if step >= cfg.train_steps and (run / "policy" / "config.json").is_file():
+            jobs.append(Job("train", m.name, [], "done", f"{step} steps in {run}"))
+            continue
+        if step > 0:
+            cmd = _py("train_policy.py") + ["resume=true", f"run_dir={run}", f"train.steps={cfg.train_steps}"]
+            jobs.append(Job("train", m.name, cmd, "resume", f"from step {step} in {run}"))
+            continue
+        cmd = _py("train_policy.py") + [
+            f"suite={cfg.suite}", f"model={cfg.model}", *m.overrides(), f"train.steps={cfg.train_steps}",
+            f"train.seed={cfg.seed}", f"train.checkpoint_every={cfg.checkpoint_every}",
+            f"suite.data_dirs=[{Path(cfg.data_root) / cfg.suite}]", f"run_dir={run}", *cfg.train_overrides]
+        jobs.append(Job("train", m.name, cmd, "run", f"-> {run}"))
+    return jobs
+
+
+def eval_finished(cfg: StudyConfig, m: ModelSpec, steps: int) -> bool:
+    """True when ``steps_<k>/results.json`` covers every planned episode."""
+    path = cfg.eval_dir(m, steps) / "results.json"
+    if not path.is_file():
+        return False
+    res = json.loads(path.read_text())
+    return int(res.get("config", {}).get("steps", steps)) == steps and \
+        int(res["suites"].get(cfg.suite, {}).get("episodes", 0)) >= len(cfg.task_indices()) * cfg.episodes
+
+
+def plan_eval(cfg: StudyConfig, trained: set[str] | None = None) -> list[Job]:
+    """Stage 3: eval_rollouts.py per (model, steps). ``trained``: models whose training is
+    done (default: read from the run dirs); the others wait."""
+    if trained is None:
+        trained = {j.name for j in plan_training(cfg) if j.state == "done"}
+    jobs = []
+    for m in cfg.models():
+        for k in cfg.eval_steps:
+            out = cfg.eval_dir(m, k)
+            cmd = _py("eval_rollouts.py") + [
+                "--checkpoint", str(cfg.run_dir(m)), "--steps", str(k), "--suites", cfg.suite,
+                "--episodes", str(cfg.episodes), "--workers", str(cfg.workers), "--out", str(out),
+                "--device", cfg.device] + (["--tasks", ",".join(map(str, cfg.tasks))] if cfg.tasks is not None else []) \
+                + (["--fast-render"] if cfg.fast_render else [])
+            if eval_finished(cfg, m, k):
+                state = "done"
+            else:
+                state = "run" if m.name in trained else "wait"
+            jobs.append(Job("eval", f"{m.name} steps={k}", cmd, state, str(out)))
+    return jobs
+
+
+def write_spec(cfg: StudyConfig, m: ModelSpec, machine: str) -> None:
+    """Record the training spec and the machine in the run dir before its training starts."""
+    run = cfg.run_dir(m)
+    run.mkdir(parents=True, exist_ok=True)
+    if not (run / SPEC_FILE).is_file():
+        text = json.dumps({"spec": training_spec(cfg, m), "machine": machine, "preset": cfg.preset}, indent=2)
+        atomic_write_text(run / SPEC_FILE, text + "\n")
+
+
+# ---------------------------------------------------------------- aggregation
+
+Table = dict[str, dict[str, dict[str, float | int]]]  # model -> str(steps) -> {"success", "episodes"}
+
+
+def collect_results(suite: str, eval_dirs: dict[str, Path]) -> tuple[Table, str]:
+    """Read ``<dir>/steps_<k>/results.json`` (as envs/evaluate.py writes them) for each model.
+
+    Args: eval_dirs maps a model name (starting with ``energy`` or ``mse``) to its folder.
+    Returns (table, protocol): success = successes / episodes pooled over the suite's
+    evaluated tasks; protocol is the harness's own protocol line ("" if nothing found).
+    """
+    table: Table = {}
+    protocol = ""
+    for name, folder in eval_dirs.items():
+        if not name.startswith(("energy", "mse")):
+            raise StudyError(f"model name {name!r} must start with 'energy' or 'mse'")
+        for path in sorted(Path(folder).glob("steps_*/results.json"), key=lambda p: int(p.parent.name[6:])):
+            res = json.loads(path.read_text())
+            d = res["suites"].get(suite)
+            if d is None or not d["episodes"]:
+                continue
+            steps = str(int(res.get("config", {}).get("steps", path.parent.name[6:])))
+            table.setdefault(name, {})[steps] = {"success": d["successes"] / d["episodes"], "episodes": int(d["episodes"])}
+            protocol = protocol or str(res.get("protocol", ""))
+    return table, protocol
+
+
+def _ci(entry: dict[str, float | int]) -> tuple[float, float]:
+    from envs.eval_results import wilson_interval
+
+    n = int(entry["episodes"])
+    return wilson_interval(round(float(entry["success"]) * n), n)
+
+
+def markdown_table(suite: str, table: Table) -> str:
+    """Models x steps: success % with the 95% Wilson interval and the episode count, plus
+    the comparisons of issue 8 computed from the same numbers."""
+    steps = sorted({int(k) for row in table.values() for k in row})
+    lines = [f"### {suite}: success rate (%) against sampler steps, 95% Wilson interval, episodes\n",
+             "| model | " + " | ".join(f"{k} step{'s' * (k > 1)}" for k in steps) + " |",
+             "|---|" + "---:|" * len(steps)]
+    for name, row in table.items():
+        cells = []
+        for k in steps:
+            e = row.get(str(k))
+            lo, hi = _ci(e) if e else (0.0, 0.0)
+            cells.append(f"{100 * e['success']:.1f} [{100 * lo:.0f}-{100 * hi:.0f}] n={e['episodes']}" if e else "-")
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    energy = {n: r for n, r in table.items() if n.startswith("energy")}
+    mse = next((r for n, r in table.items() if n.startswith("mse")), None)
+    if energy and mse:
+        lines.append("")
+        for k in ("1", "2"):
+            vals = {n: r[k]["success"] for n, r in energy.items() if k in r}
+            if vals and k in mse:
+                best = max(vals, key=vals.__getitem__)
+                lines.append(f"- {k} step{'s' * (k != '1')}: best energy model {best} minus mse = "
+                             f"{100 * (vals[best] - mse[k]['success']):+.1f} points")
+    return "\n".join(lines) + "\n"
+
+
+def plot_success_vs_steps(suite: str, table: Table, path: str | Path) -> None:
+    """Success rate against sampler steps (log2 axis), one line per model with 95% Wilson
+    error bars; energy models solid, the MSE model dashed (paper Fig. 9). Atomic write."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5.0, 3.4))
+    all_steps: set[int] = set()
+    for name, row in table.items():
+        ks = sorted(int(k) for k in row)
+        all_steps |= set(ks)
+        ys = [float(row[str(k)]["success"]) for k in ks]
+        cis = [_ci(row[str(k)]) for k in ks]
+        err = [[y - lo for y, (lo, _) in zip(ys, cis)], [hi - y for y, (_, hi) in zip(ys, cis)]]
+        ax.errorbar(ks, ys, yerr=err, marker="o", capsize=3, label=name, ls="--" if name.startswith("mse") else "-")
+    ax.set_xscale("log", base=2)
+    ax.set_xticks(sorted(all_steps), [str(k) for k in sorted(all_steps)])
+    ax.set_xlabel("sampler steps (NFE)")
+    ax.set_ylabel("success rate")
+    ax.set_ylim(-0.02, 1.02)
+    ax.set_title(f"{suite} (95% Wilson intervals)", fontsize=9)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    tmp = p.with_name(f".{p.stem}.tmp{p.suffix}")
+    fig.savefig(tmp, dpi=120)
+    plt.close(fig)
+    os.replace(tmp, p)
+
+
+def write_study_results(suite: str, table: Table, results_json: str | Path, protocol: str, notes: str) -> dict[str, Path]:
+    """Merge ``table`` into ``results_json`` as ``{suite: table, "protocol": ..., "notes": ...}``
+    (other suites are kept; notes hold one ``<suite>: ...`` line per suite) and write
+    ``<stem>_<suite>.md`` and ``<stem>_<suite>.png`` beside it. Returns the three paths."""
+    path = Path(results_json)
+    data: dict[str, Any] = json.loads(path.read_text()) if path.is_file() else {}
+    old_notes = [ln for ln in str(data.get("notes", "")).split("\n") if ln and not ln.startswith(f"{suite}:")]
+    data[suite] = table
+    data["protocol"] = protocol or data.get("protocol", "")
+    data["notes"] = "\n".join(sorted(old_notes + [f"{suite}: {notes}"]))
+    suites = {k: data[k] for k in sorted(data) if k not in ("protocol", "notes")}
+    atomic_write_text(path, json.dumps({**suites, "protocol": data["protocol"], "notes": data["notes"]}, indent=2) + "\n")
+    md, png = path.with_name(f"{path.stem}_{suite}.md"), path.with_name(f"{path.stem}_{suite}.png")
+    atomic_write_text(md, markdown_table(suite, table) + f"\nProtocol: {data['protocol']}\n\nNotes: {notes}\n")
+    plot_success_vs_steps(suite, table, png)
+    return {"json": path, "md": md, "png": png}
+
+
+def aggregate(cfg: StudyConfig) -> dict[str, Path] | None:
+    """Stage 4: collect the study's evaluations and write libero.json, the table and the plot
+    (None when no evaluation has finished yet)."""
+    table, protocol = collect_results(cfg.suite, {m.name: cfg.eval_dir(m, 1).parent for m in cfg.models()})
+    if not table:
+        return None
+    machines = set()
+    for m in cfg.models():
+        spec = cfg.run_dir(m) / SPEC_FILE
+        if spec.is_file():
+            machines.add(json.loads(spec.read_text()).get("machine", "unknown"))
+    tasks = "all tasks" if cfg.tasks is None else f"tasks {','.join(map(str, cfg.tasks))}"
+    notes = (f"preset={cfg.preset}: model={cfg.model}, {cfg.train_steps} training steps, seed {cfg.seed}, "
+             f"{cfg.demos} scripted demos per task at {cfg.resolution} px "
+             f"({'fast' if cfg.fast_render else 'official'} rendering, same for evaluation), {tasks}, "
+             f"up to {cfg.episodes} episodes per task; trained on {'; '.join(sorted(machines)) or 'unknown machine'}")
+    protocol = (f"{protocol}; episode i starts from official init state i; success = successes / episodes "
+                f"pooled over the evaluated tasks") if protocol else ""
+    return write_study_results(cfg.suite, table, cfg.results, protocol, notes)

@@ -1,0 +1,117 @@
+#!/usr/bin/env python
+"""The LIBERO study in one resumable command: scripted demos -> train energy (m=16) and
+MSE policies on the same data -> eval_rollouts at several sampler steps -> libero.json,
+table and plot (success rate vs steps, 95% Wilson intervals).
+
+  python scripts/run_study.py preset=quick                 # CPU quickstart (~20-30 min, 1 task)
+  python scripts/run_study.py suite=libero_object          # the study (preset paper on CUDA, else cpu)
+  python scripts/run_study.py suite=libero_object preset=paper energy=1:1,0.5:1 episodes=20
+  python scripts/run_study.py preset=quick dry_run=true    # print the plan, run nothing
+
+Keys (key=value; defaults from the preset quick | cpu | paper):
+  suite tasks=all|0,3 demos resolution fast_render=true|false model=small|paper
+  train_steps checkpoint_every seed energy=lambda:beta,... population mse=true|false
+  eval_steps=1,2,4,8,16 episodes workers device data_root runs_root eval_root results dry_run
+  train.* data.* model.*   passed on to scripts/train_policy.py
+Rerun the same command to resume: finished stages are skipped, interrupted ones resume.
+"""
+
+from __future__ import annotations
+
+import shlex
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+
+def describe_machine() -> str:
+    """"GPU <name>" when CUDA is visible (training then runs there), else "CPU <arch>, <n> cores"."""
+    import os
+    import platform
+
+    import torch
+
+    if torch.cuda.is_available():
+        return f"GPU {torch.cuda.get_device_name(0)}"
+    return f"CPU {platform.machine()} {platform.processor()}".strip() + f", {os.cpu_count()} cores"
+
+
+def _show(job) -> str:
+    return f"{job.state:>6}  {job.stage} {job.name}: {job.detail}" + (f"\n        $ {shlex.join(job.cmd)}" if job.cmd else "")
+
+
+def run_stage(title: str, jobs: list, before=None) -> list[str]:
+    """Run the jobs that are not done (one subprocess each, output passed through);
+    returns the names of the failed ones. A failure never stops the other jobs."""
+    from tqdm import tqdm
+
+    failed = []
+    bar = tqdm(jobs, desc=title, unit="job", file=sys.stdout, dynamic_ncols=True)
+    for job in bar:
+        if job.state == "done":
+            tqdm.write(f"skip {job.stage} {job.name}: {job.detail}", file=sys.stdout)
+            continue
+        if job.state == "wait":
+            tqdm.write(f"SKIP {job.stage} {job.name}: its model is not trained (see the training errors above)", file=sys.stdout)
+            failed.append(job.name)
+            continue
+        if before is not None:
+            before(job)
+        tqdm.write(f"$ {shlex.join(job.cmd)}", file=sys.stdout)
+        bar.clear()  # the child's own progress bars draw on this line
+        sys.stdout.flush()
+        rc = subprocess.run(job.cmd, check=False).returncode
+        bar.refresh()
+        if rc != 0:
+            tqdm.write(f"FAILED ({job.stage} {job.name}, exit {rc}); going on with the next job", file=sys.stdout)
+            failed.append(job.name)
+    bar.close()
+    return failed
+
+
+def main(argv: list[str]) -> int:
+    if any(a in ("-h", "--help") for a in argv):
+        print(__doc__.strip())
+        return 0
+    from envs.study import StudyError, aggregate, parse_overrides, plan_demos, plan_eval, plan_training, write_spec
+
+    start = time.time()
+    try:
+        cfg = parse_overrides(argv)
+        models = {m.name: m for m in cfg.models()}
+        print(f"study {cfg.suite} preset={cfg.preset}: models {', '.join(models)}; model={cfg.model}, "
+              f"{cfg.train_steps} steps, seed {cfg.seed}; {cfg.demos} demos/task, "
+              f"{'all tasks' if cfg.tasks is None else f'tasks {cfg.tasks}'}; eval steps {cfg.eval_steps}, "
+              f"{cfg.episodes} episodes/task", flush=True)
+        if cfg.dry_run:
+            for job in plan_demos(cfg) + plan_training(cfg) + plan_eval(cfg):
+                print(_show(job))
+            print(f"dry run: nothing executed; results would go to {cfg.results}")
+            return 0
+        failed = {"demos": run_stage("[1/4] demos", plan_demos(cfg))}
+        machine = describe_machine()
+        failed["train"] = run_stage("[2/4] train", plan_training(cfg), before=lambda j: write_spec(cfg, models[j.name], machine))
+        failed["eval"] = run_stage("[3/4] eval", plan_eval(cfg))
+        paths = aggregate(cfg)
+    except StudyError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("\ninterrupted; rerun the same command to resume", file=sys.stderr)
+        return 130
+    if paths is not None:
+        print("[4/4] results:", ", ".join(str(p) for p in paths.values()))
+        print(paths["md"].read_text())
+    bad = [f"{stage}: {', '.join(names)}" for stage, names in failed.items() if names]
+    minutes = (time.time() - start) / 60
+    print(f"done: study {cfg.suite} preset={cfg.preset} in {minutes:.1f} min; "
+          + (f"results in {paths['json']}" if paths else "no evaluation finished")
+          + (f"; FAILED {'; '.join(bad)} (rerun to retry)" if bad else ""))
+    return 1 if bad or paths is None else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,168 @@
+"""The study runner (scripts/run_study.py, envs/study.py): aggregation of real-format
+evaluation results, the resume/skip plan, and one-line errors. No training, no rollouts."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import h5py
+import pytest
+
+from envs.eval_results import summarize, wilson_interval, write_results
+from envs.study import (
+    StudyError,
+    aggregate,
+    collect_results,
+    parse_energy,
+    parse_overrides,
+    plan_demos,
+    plan_eval,
+    plan_training,
+    write_study_results,
+)
+
+REPO = Path(__file__).resolve().parents[2]
+SUITE = "libero_object"
+
+
+def fake_eval(out: Path, suite: str, steps: int, successes: list[list[bool]]) -> None:
+    """results.json written by the harness's own functions from synthetic episode records
+    (successes[task][episode])."""
+    recs = [{"suite": suite, "task_index": t, "episode": e, "success": ok, "length": 100 if ok else 290}
+            for t, eps in enumerate(successes) for e, ok in enumerate(eps)]
+    summary = summarize(recs, {(suite, t): f"task{t}" for t in range(len(successes))})
+    summary.update(protocol="common (wait 10 no-op steps, cap per-suite MAX_STEPS, execute 8/8 actions per chunk)",
+                   config={"steps": steps, "churn": 0.0, "episodes": len(successes[0]), "workers": 2,
+                           "resolution": 64, "fast_render": True, "seed": 0, "policy": "x"})
+    write_results(out, summary)
+
+
+def quick(tmp: Path, *extra: str):
+    return parse_overrides(["preset=quick", f"data_root={tmp}/data", f"runs_root={tmp}/runs", f"eval_root={tmp}/eval",
+                            f"results={tmp}/libero.json", *extra])
+
+
+def test_aggregate_writes_json_table_and_plot(tmp_path: Path) -> None:
+    cfg = quick(tmp_path, "eval_steps=1,2", "tasks=0,1", "episodes=4")
+    # energy: 7/8 at 1 step, 8/8 at 2 steps; mse: 1/8 and 3/8
+    fake_eval(cfg.eval_dir(cfg.models()[0], 1), SUITE, 1, [[True] * 4, [True, True, True, False]])
+    fake_eval(cfg.eval_dir(cfg.models()[0], 2), SUITE, 2, [[True] * 4, [True] * 4])
+    fake_eval(cfg.eval_dir(cfg.models()[1], 1), SUITE, 1, [[True, False, False, False], [False] * 4])
+    fake_eval(cfg.eval_dir(cfg.models()[1], 2), SUITE, 2, [[True, True, False, False], [True, False, False, False]])
+    (tmp_path / "libero.json").write_text(json.dumps({"libero_goal": {"mse": {"2": {"success": 0.5, "episodes": 2}}},
+                                                      "protocol": "p", "notes": "libero_goal: older run"}))
+    paths = aggregate(cfg)
+    assert paths is not None
+    data = json.loads(paths["json"].read_text())
+    assert data[SUITE] == {"energy_lam1_beta1": {"1": {"success": 0.875, "episodes": 8}, "2": {"success": 1.0, "episodes": 8}},
+                           "mse": {"1": {"success": 0.125, "episodes": 8}, "2": {"success": 0.375, "episodes": 8}}}
+    assert data["libero_goal"]["mse"]["2"]["episodes"] == 2  # other suites are kept
+    assert data["notes"].splitlines()[0] == "libero_goal: older run" and "preset=quick" in data["notes"].splitlines()[1]
+    assert "common" in data["protocol"] and "init state i" in data["protocol"]
+    md = paths["md"].read_text()
+    lo, hi = wilson_interval(7, 8)
+    assert f"| energy_lam1_beta1 | 87.5 [{100 * lo:.0f}-{100 * hi:.0f}] n=8 | 100.0" in md
+    assert "1 step: best energy model energy_lam1_beta1 minus mse = +75.0 points" in md
+    assert paths["png"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and paths["png"].stat().st_size > 5000
+
+
+def test_collect_ignores_other_suites_and_checks_names(tmp_path: Path) -> None:
+    fake_eval(tmp_path / "a" / "steps_4", "libero_goal", 4, [[True, False]])
+    assert collect_results(SUITE, {"mse": tmp_path / "a"}) == ({}, "")
+    with pytest.raises(StudyError, match="must start with 'energy' or 'mse'"):
+        collect_results(SUITE, {"diffusion": tmp_path / "a"})
+    table, _ = collect_results("libero_goal", {"mse": tmp_path / "a"})
+    assert table == {"mse": {"4": {"success": 0.5, "episodes": 2}}}
+    paths = write_study_results("libero_goal", table, tmp_path / "out" / "r.json", "", "n")
+    assert paths["md"].name == "r_libero_goal.md" and paths["png"].is_file()
+
+
+def write_demo_file(path: Path, n: int, resolution: int, fast: bool) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with h5py.File(path, "w") as f:
+        data = f.create_group("data")
+        data.attrs["env_args"] = json.dumps({"env_kwargs": {"camera_heights": resolution, "fast_render": fast}})
+        for i in range(n):
+            data.create_group(f"demo_{i}")
+
+
+def fake_run(run: Path, step: int) -> None:
+    ck = run / "checkpoints" / f"step_{step:08d}"
+    ck.mkdir(parents=True)
+    (ck / "trainer_state.json").write_text(json.dumps({"step": step}))
+    (run / "policy").mkdir(exist_ok=True)
+    (run / "policy" / "config.json").write_text("{}")
+
+
+def test_plan_skips_finished_stages_and_resumes(tmp_path: Path) -> None:
+    from envs.libero import list_tasks
+    from envs.scripted_demos import task_file_name
+
+    cfg = quick(tmp_path)
+    demo_file = tmp_path / "data" / SUITE / task_file_name(list_tasks(SUITE)[0].name)
+    assert plan_demos(cfg)[0].state == "run"
+    write_demo_file(demo_file, 3, 64, True)
+    assert plan_demos(cfg)[0].state == "run" and "3/5 demos" in plan_demos(cfg)[0].detail
+    write_demo_file(demo_file, 5, 64, True)
+    assert plan_demos(cfg)[0].state == "done"
+
+    energy, mse = cfg.models()
+    fake_run(cfg.run_dir(energy), 300)  # finished
+    fake_run(cfg.run_dir(mse), 100)  # interrupted after its first checkpoint
+    jobs = {j.name: j for j in plan_training(cfg)}
+    assert jobs[energy.name].state == "done"
+    assert jobs["mse"].state == "resume" and "resume=true" in jobs["mse"].cmd and f"run_dir={cfg.run_dir(mse)}" in jobs["mse"].cmd
+    ev = {j.name: j for j in plan_eval(cfg)}
+    assert ev[f"{energy.name} steps=2"].state == "run" and ev["mse steps=2"].state == "wait"
+    fake_eval(cfg.eval_dir(energy, 2), SUITE, 2, [[True, False, True, False]])
+    assert {j.name: j.state for j in plan_eval(cfg)}[f"{energy.name} steps=2"] == "done"
+
+    # the CLI dry run prints the same plan and runs nothing
+    out = subprocess.run([sys.executable, str(REPO / "scripts" / "run_study.py"), "preset=quick", "dry_run=true",
+                          f"data_root={tmp_path}/data", f"runs_root={tmp_path}/runs", f"eval_root={tmp_path}/eval",
+                          f"results={tmp_path}/libero.json"], capture_output=True, text=True, timeout=120, cwd=REPO)
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    assert any(ln.strip().startswith("done  demos") for ln in lines)
+    assert any(ln.strip().startswith(f"done  train {energy.name}") for ln in lines)
+    assert any(ln.strip().startswith("resume  train mse") for ln in lines)
+    assert any("scripts/eval_rollouts.py --checkpoint" in ln and "--tasks 0 --fast-render" in ln for ln in lines)
+    assert "dry run: nothing executed" in lines[-1] and not (tmp_path / "libero.json").exists()
+
+
+def test_reused_folders_with_other_settings_are_refused(tmp_path: Path) -> None:
+    from envs.libero import list_tasks
+    from envs.scripted_demos import task_file_name
+    from envs.study import write_spec
+
+    cfg = quick(tmp_path)
+    write_demo_file(tmp_path / "data" / SUITE / task_file_name(list_tasks(SUITE)[0].name), 5, 128, False)
+    with pytest.raises(StudyError, match="128 px.*use another data_root"):
+        plan_demos(cfg)
+    write_spec(cfg, cfg.models()[1], "test machine")
+    with pytest.raises(StudyError, match=r"other settings \(seed\)"):
+        plan_training(quick(tmp_path, "seed=3"))
+
+
+def test_bad_input_gives_one_clear_error(tmp_path: Path) -> None:
+    assert parse_energy("1:1,0.5:1,1:0.1") == [(1.0, 1.0), (0.5, 1.0), (1.0, 0.1)]
+    for argv, msg in [(["suite=libero_100"], "unknown suite 'libero_100'; choose one of libero_spatial"),
+                      (["preset=huge"], "unknown preset 'huge'; choose one of quick, cpu, paper"),
+                      (["energy=1:3"], "need lambda in [0, 1] and beta in (0, 2]"),
+                      (["energy=1,1"], "write lambda:beta pairs"),
+                      (["energy=1:1,1:1"], "twice"),
+                      (["energy=none", "mse=false"], "no model to train"),
+                      (["eval_steps=0,2"], "integers >= 1"),
+                      (["tasks=12"], "out of range"),
+                      (["lr=3"], "unknown option 'lr'"),
+                      (["quick"], "write key=value")]:
+        with pytest.raises(StudyError, match=msg.replace("[", r"\[").replace("(", r"\(").replace(")", r"\)")):
+            parse_overrides(["preset=quick", *argv])
+    out = subprocess.run([sys.executable, str(REPO / "scripts" / "run_study.py"), "suite=libero_100"],
+                         capture_output=True, text=True, timeout=60, cwd=tmp_path)
+    assert out.returncode == 2 and out.stdout == ""
+    assert out.stderr.strip().splitlines() == [
+        "error: unknown suite 'libero_100'; choose one of libero_spatial, libero_object, libero_goal, libero_10, libero_90"]
