@@ -18,23 +18,28 @@ import os
 import sys
 from pathlib import Path
 
+import numpy as np
+
 DEFAULT_CHECKPOINT = "runs/latest"
 
 
 def best_evaluated_steps(checkpoint: Path) -> int | None:
-    """Steps with the highest mean success in an eval sweep of this checkpoint, if any.
+    """Steps with the highest success in an eval sweep of this checkpoint, if any.
 
-    Looks for steps_sweep.json written by scripts/eval_rollouts.py under eval/<run name>/
-    and under the checkpoint folder itself.
+    Reads steps_sweep.json ({"<steps>": {"<suite>": median success over tasks}}) written by
+    `scripts/eval_rollouts.py --steps 1,2,4,...` under eval/<run name>/ (its default --out)
+    or anywhere under the checkpoint folder; ties go to fewer steps.
     """
-    name = checkpoint.resolve().name if checkpoint.resolve().name != "policy" else checkpoint.resolve().parent.name
+    resolved = checkpoint.resolve()
+    name = resolved.parent.name if resolved.name == "policy" else resolved.name
     best: tuple[float, int] | None = None
-    for path in glob.glob(f"eval/{glob.escape(name)}*/steps_sweep.json") + glob.glob(f"{checkpoint}/**/steps_sweep.json", recursive=True):
+    for path in glob.glob(f"eval/{glob.escape(name)}*/steps_sweep.json") + glob.glob(f"{glob.escape(str(checkpoint))}/**/steps_sweep.json", recursive=True):
         try:
             sweep = json.loads(Path(path).read_text())
-            for steps, rate in sweep.get("mean_success", {}).items():
-                if best is None or (float(rate), -int(steps)) > (best[0], -best[1]):
-                    best = (float(rate), int(steps))
+            for steps, per_suite in sweep.items():
+                score = float(np.mean(list(per_suite.values())))
+                if best is None or (score, -int(steps)) > (best[0], -best[1]):
+                    best = (score, int(steps))
         except (OSError, ValueError, TypeError, AttributeError):
             continue
     return None if best is None else best[1]

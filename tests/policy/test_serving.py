@@ -230,3 +230,21 @@ def test_robot_client_example_runs_a_libero_episode_through_the_server(server, c
     out = capsys.readouterr().out
     assert rc == 0 and "episode 0: failure after 12 steps" in out and "done: 0/1" in out
     assert server.stats["requests"] - requests_before >= 2  # 12 ticks of 8-action chunks
+
+
+def test_serve_script_picks_the_best_evaluated_steps(tmp_path, monkeypatch):
+    import importlib.util
+    import json
+
+    spec = importlib.util.spec_from_file_location("serve_policy", ROOT / "scripts" / "serve_policy.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    monkeypatch.chdir(tmp_path)
+    run = tmp_path / "runs" / "libero_object" / "20261122-120000"
+    (run / "policy").mkdir(parents=True)
+    assert mod.best_evaluated_steps(run) is None
+    sweep = tmp_path / "eval" / run.name / "steps_sweep.json"
+    sweep.parent.mkdir(parents=True)
+    sweep.write_text(json.dumps({"1": {"libero_object": 0.5}, "2": {"libero_object": 0.8}, "4": {"libero_object": 0.8}}))
+    assert mod.best_evaluated_steps(run) == 2
+    assert mod.best_evaluated_steps(run / "policy") == 2
