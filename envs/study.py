@@ -26,6 +26,7 @@ from envs.libero import SUITES, list_tasks
 
 DEFAULT_ENERGY: tuple[tuple[float, float], ...] = ((1.0, 1.0), (0.5, 1.0), (1.0, 0.1))
 SPEC_FILE = "study_spec.json"  # written into a run dir before its training starts
+EVAL_MARKER = "study_eval.json"  # written into an eval dir before its rollouts start: the checkpoint step
 
 PRESETS: dict[str, dict[str, Any]] = {
     # CPU quickstart: 1 task, a handful of 64x64 demos, a few hundred steps, 2 models, steps 2.
@@ -116,6 +117,7 @@ class Job:
     cmd: list[str]
     state: str
     detail: str = ""
+    key: tuple[str, int] | None = None  # eval jobs: (model name, steps)
 
 
 # ---------------------------------------------------------------- options
@@ -331,11 +333,15 @@ def plan_eval(cfg: StudyConfig, trained: set[str] | None = None) -> list[Job]:
                 "--episodes", str(cfg.episodes), "--workers", str(cfg.workers), "--out", str(out),
                 "--device", cfg.device] + (["--tasks", ",".join(map(str, cfg.tasks))] if cfg.tasks is not None else []) \
                 + (["--fast-render"] if cfg.fast_render else [])
+            marker = out / EVAL_MARKER
+            if marker.is_file() and json.loads(marker.read_text())["train_step"] != checkpoint_step(cfg.run_dir(m)):
+                raise StudyError(f"{out} holds rollouts of another checkpoint of {m.name} (trained further since); "
+                                 f"delete that folder to evaluate the new one")
             if eval_finished(cfg, m, k):
                 state = "done"
             else:
                 state = "run" if m.name in trained else "wait"
-            jobs.append(Job("eval", f"{m.name} steps={k}", cmd, state, str(out)))
+            jobs.append(Job("eval", f"{m.name} steps={k}", cmd, state, str(out), (m.name, k)))
     return jobs
 
 
@@ -346,6 +352,13 @@ def write_spec(cfg: StudyConfig, m: ModelSpec, machine: str) -> None:
     if not (run / SPEC_FILE).is_file():
         text = json.dumps({"spec": training_spec(cfg, m), "machine": machine, "preset": cfg.preset}, indent=2)
         atomic_write_text(run / SPEC_FILE, text + "\n")
+
+
+def write_eval_marker(cfg: StudyConfig, m: ModelSpec, steps: int) -> None:
+    """Record which checkpoint step an evaluation folder's rollouts come from."""
+    out = cfg.eval_dir(m, steps)
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out / EVAL_MARKER, json.dumps({"train_step": checkpoint_step(cfg.run_dir(m))}) + "\n")
 
 
 # ---------------------------------------------------------------- aggregation
@@ -407,12 +420,18 @@ def markdown_table(suite: str, table: Table) -> str:
                 best = max(vals, key=vals.__getitem__)
                 lines.append(f"- {k} step{'s' * (k != '1')}: best energy model {best} minus mse = "
                              f"{100 * (vals[best] - mse[k]['success']):+.1f} points")
+        at2 = {n: r["2"]["success"] for n, r in energy.items() if "2" in r}
+        if at2 and "16" in mse:
+            best = max(at2, key=at2.__getitem__)
+            lines.append(f"- best energy model at 2 steps ({best}) minus mse at 16 steps = "
+                         f"{100 * (at2[best] - mse['16']['success']):+.1f} points")
     return "\n".join(lines) + "\n"
 
 
 def plot_success_vs_steps(suite: str, table: Table, path: str | Path) -> None:
     """Success rate against sampler steps (log2 axis), one line per model with 95% Wilson
-    error bars; energy models solid, the MSE model dashed (paper Fig. 9). Atomic write."""
+    error bars (dodged a little along x); energy models solid, the MSE model dashed (paper
+    Fig. 9). Atomic write."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -420,13 +439,14 @@ def plot_success_vs_steps(suite: str, table: Table, path: str | Path) -> None:
 
     fig, ax = plt.subplots(figsize=(5.0, 3.4))
     all_steps: set[int] = set()
-    for name, row in table.items():
+    for i, (name, row) in enumerate(table.items()):
         ks = sorted(int(k) for k in row)
         all_steps |= set(ks)
+        dodge = 2 ** (0.05 * (i - (len(table) - 1) / 2))  # small x offset so equal points stay visible
         ys = [float(row[str(k)]["success"]) for k in ks]
         cis = [_ci(row[str(k)]) for k in ks]
-        err = [[y - lo for y, (lo, _) in zip(ys, cis)], [hi - y for y, (_, hi) in zip(ys, cis)]]
-        ax.errorbar(ks, ys, yerr=err, marker="o", capsize=3, label=name, ls="--" if name.startswith("mse") else "-")
+        err = [[max(0.0, y - lo) for y, (lo, _) in zip(ys, cis)], [max(0.0, hi - y) for y, (_, hi) in zip(ys, cis)]]
+        ax.errorbar([k * dodge for k in ks], ys, yerr=err, marker="o", capsize=3, label=name, ls="--" if name.startswith("mse") else "-")
     ax.set_xscale("log", base=2)
     ax.set_xticks(sorted(all_steps), [str(k) for k in sorted(all_steps)])
     ax.set_xlabel("sampler steps (NFE)")

@@ -3,6 +3,7 @@ evaluation results, the resume/skip plan, and one-line errors. No training, no r
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import subprocess
 import sys
@@ -21,11 +22,23 @@ from envs.study import (
     plan_demos,
     plan_eval,
     plan_training,
+    write_eval_marker,
     write_study_results,
 )
 
 REPO = Path(__file__).resolve().parents[2]
 SUITE = "libero_object"
+
+
+def run_study(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
+    """scripts/run_study.py main() in this process (no interpreter start-up): (exit code, stdout, stderr)."""
+    spec = importlib.util.spec_from_file_location("run_study", REPO / "scripts" / "run_study.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)  # type: ignore[union-attr]
+    capsys.readouterr()
+    rc = module.main(argv)
+    out, err = capsys.readouterr()
+    return rc, out, err
 
 
 def fake_eval(out: Path, suite: str, steps: int, successes: list[list[bool]]) -> None:
@@ -46,19 +59,21 @@ def quick(tmp: Path, *extra: str):
 
 
 def test_aggregate_writes_json_table_and_plot(tmp_path: Path) -> None:
-    cfg = quick(tmp_path, "eval_steps=1,2", "tasks=0,1", "episodes=4")
+    cfg = quick(tmp_path, "eval_steps=1,2,16", "tasks=0,1", "episodes=4")
     # energy: 7/8 at 1 step, 8/8 at 2 steps; mse: 1/8 and 3/8
     fake_eval(cfg.eval_dir(cfg.models()[0], 1), SUITE, 1, [[True] * 4, [True, True, True, False]])
     fake_eval(cfg.eval_dir(cfg.models()[0], 2), SUITE, 2, [[True] * 4, [True] * 4])
     fake_eval(cfg.eval_dir(cfg.models()[1], 1), SUITE, 1, [[True, False, False, False], [False] * 4])
     fake_eval(cfg.eval_dir(cfg.models()[1], 2), SUITE, 2, [[True, True, False, False], [True, False, False, False]])
+    fake_eval(cfg.eval_dir(cfg.models()[1], 16), SUITE, 16, [[True, True, True, True], [True, True, True, False]])
     (tmp_path / "libero.json").write_text(json.dumps({"libero_goal": {"mse": {"2": {"success": 0.5, "episodes": 2}}},
                                                       "protocol": "p", "notes": "libero_goal: older run"}))
     paths = aggregate(cfg)
     assert paths is not None
     data = json.loads(paths["json"].read_text())
     assert data[SUITE] == {"energy_lam1_beta1": {"1": {"success": 0.875, "episodes": 8}, "2": {"success": 1.0, "episodes": 8}},
-                           "mse": {"1": {"success": 0.125, "episodes": 8}, "2": {"success": 0.375, "episodes": 8}}}
+                           "mse": {"1": {"success": 0.125, "episodes": 8}, "2": {"success": 0.375, "episodes": 8},
+                                   "16": {"success": 0.875, "episodes": 8}}}
     assert data["libero_goal"]["mse"]["2"]["episodes"] == 2  # other suites are kept
     assert data["notes"].splitlines()[0] == "libero_goal: older run" and "preset=quick" in data["notes"].splitlines()[1]
     assert "common" in data["protocol"] and "init state i" in data["protocol"]
@@ -66,6 +81,8 @@ def test_aggregate_writes_json_table_and_plot(tmp_path: Path) -> None:
     lo, hi = wilson_interval(7, 8)
     assert f"| energy_lam1_beta1 | 87.5 [{100 * lo:.0f}-{100 * hi:.0f}] n=8 | 100.0" in md
     assert "1 step: best energy model energy_lam1_beta1 minus mse = +75.0 points" in md
+    assert "(energy_lam1_beta1) minus mse at 16 steps = +12.5 points" in md
+    assert "| mse | 12.5 [" in md and md.count("| - |") == 1 and "| energy_lam1_beta1 | 87.5" in md
     assert paths["png"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and paths["png"].stat().st_size > 5000
 
 
@@ -76,8 +93,10 @@ def test_collect_ignores_other_suites_and_checks_names(tmp_path: Path) -> None:
         collect_results(SUITE, {"diffusion": tmp_path / "a"})
     table, _ = collect_results("libero_goal", {"mse": tmp_path / "a"})
     assert table == {"mse": {"4": {"success": 0.5, "episodes": 2}}}
+    table["energy_lam1_beta1"] = {"4": {"success": 0.0, "episodes": 50}}  # Wilson lo rounds above 0 here
     paths = write_study_results("libero_goal", table, tmp_path / "out" / "r.json", "", "n")
     assert paths["md"].name == "r_libero_goal.md" and paths["png"].is_file()
+    assert "| energy_lam1_beta1 | 0.0 [0-7] n=50 |" in paths["md"].read_text()
 
 
 def write_demo_file(path: Path, n: int, resolution: int, fast: bool) -> None:
@@ -97,7 +116,7 @@ def fake_run(run: Path, step: int) -> None:
     (run / "policy" / "config.json").write_text("{}")
 
 
-def test_plan_skips_finished_stages_and_resumes(tmp_path: Path) -> None:
+def test_plan_skips_finished_stages_and_resumes(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     from envs.libero import list_tasks
     from envs.scripted_demos import task_file_name
 
@@ -119,13 +138,17 @@ def test_plan_skips_finished_stages_and_resumes(tmp_path: Path) -> None:
     assert ev[f"{energy.name} steps=2"].state == "run" and ev["mse steps=2"].state == "wait"
     fake_eval(cfg.eval_dir(energy, 2), SUITE, 2, [[True, False, True, False]])
     assert {j.name: j.state for j in plan_eval(cfg)}[f"{energy.name} steps=2"] == "done"
+    write_eval_marker(cfg, energy, 2)  # rollouts of the step-300 checkpoint ...
+    fake_run(cfg.run_dir(energy), 600)  # ... then the model is trained further
+    with pytest.raises(StudyError, match="another checkpoint of energy_lam1_beta1.*delete that folder"):
+        plan_eval(quick(tmp_path, "train_steps=600"))
+    (cfg.eval_dir(energy, 2) / "study_eval.json").unlink()
 
     # the CLI dry run prints the same plan and runs nothing
-    out = subprocess.run([sys.executable, str(REPO / "scripts" / "run_study.py"), "preset=quick", "dry_run=true",
-                          f"data_root={tmp_path}/data", f"runs_root={tmp_path}/runs", f"eval_root={tmp_path}/eval",
-                          f"results={tmp_path}/libero.json"], capture_output=True, text=True, timeout=120, cwd=REPO)
-    assert out.returncode == 0, out.stderr
-    lines = out.stdout.splitlines()
+    rc, out, err = run_study(["preset=quick", "dry_run=true", f"data_root={tmp_path}/data", f"runs_root={tmp_path}/runs",
+                              f"eval_root={tmp_path}/eval", f"results={tmp_path}/libero.json"], capsys)
+    assert rc == 0, err
+    lines = out.splitlines()
     assert any(ln.strip().startswith("done  demos") for ln in lines)
     assert any(ln.strip().startswith(f"done  train {energy.name}") for ln in lines)
     assert any(ln.strip().startswith("resume  train mse") for ln in lines)
@@ -166,3 +189,23 @@ def test_bad_input_gives_one_clear_error(tmp_path: Path) -> None:
     assert out.returncode == 2 and out.stdout == ""
     assert out.stderr.strip().splitlines() == [
         "error: unknown suite 'libero_100'; choose one of libero_spatial, libero_object, libero_goal, libero_10, libero_90"]
+
+
+def test_rerun_of_a_finished_study_runs_nothing_and_aggregates(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from envs.libero import list_tasks
+    from envs.scripted_demos import task_file_name
+
+    cfg = quick(tmp_path)
+    write_demo_file(tmp_path / "data" / SUITE / task_file_name(list_tasks(SUITE)[0].name), 5, 64, True)
+    for m, wins in zip(cfg.models(), ([True, True, False, False], [False] * 4)):
+        fake_run(cfg.run_dir(m), 300)
+        fake_eval(cfg.eval_dir(m, 2), SUITE, 2, [wins])
+    rc, out, err = run_study(["preset=quick", f"data_root={tmp_path}/data", f"runs_root={tmp_path}/runs",
+                              f"eval_root={tmp_path}/eval", f"results={tmp_path}/libero.json"], capsys)
+    assert rc == 0, err
+    assert "$ " not in out  # no command was run
+    assert out.count("skip ") == 1 + 2 + 2
+    assert "| energy_lam1_beta1 | 50.0 [15-85] n=4 |" in out and "| mse | 0.0 [0-49] n=4 |" in out
+    assert out.strip().splitlines()[-1].startswith("done: study libero_object preset=quick in ")
+    data = json.loads((tmp_path / "libero.json").read_text())
+    assert data[SUITE] == {"energy_lam1_beta1": {"2": {"success": 0.5, "episodes": 4}}, "mse": {"2": {"success": 0.0, "episodes": 4}}}
