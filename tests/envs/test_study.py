@@ -121,6 +121,7 @@ def test_plan_skips_finished_stages_and_resumes(tmp_path: Path, capsys: pytest.C
     from envs.scripted_demos import task_file_name
 
     cfg = quick(tmp_path)
+    assert cfg.threads == 1 and parse_overrides(["preset=paper"]).threads == 0  # OMP_NUM_THREADS of the children
     demo_file = tmp_path / "data" / SUITE / task_file_name(list_tasks(SUITE)[0].name)
     assert plan_demos(cfg)[0].state == "run"
     write_demo_file(demo_file, 3, 64, True)

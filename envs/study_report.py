@@ -1,0 +1,139 @@
+"""Aggregation of the LIBERO study: evaluation results -> libero.json, a markdown table
+with 95% Wilson intervals, and a PNG of success rate against sampler steps.
+
+Pure functions of files written by ``envs.evaluate`` (no simulator, no training); used by
+``envs.study.aggregate`` and the tests.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from envs.eval_results import atomic_write_text
+
+
+class StudyError(ValueError):
+    """A bad study option or an inconsistent output folder (one line, names the fix)."""
+
+
+Table = dict[str, dict[str, dict[str, float | int]]]  # model -> str(steps) -> {"success", "episodes"}
+
+
+def collect_results(suite: str, eval_dirs: dict[str, Path]) -> tuple[Table, str]:
+    """Read ``<dir>/steps_<k>/results.json`` (as envs/evaluate.py writes them) for each model.
+
+    Args: eval_dirs maps a model name (starting with ``energy`` or ``mse``) to its folder.
+    Returns (table, protocol): success = successes / episodes pooled over the suite's
+    evaluated tasks; protocol is the harness's own protocol line ("" if nothing found).
+    """
+    table: Table = {}
+    protocol = ""
+    for name, folder in eval_dirs.items():
+        if not name.startswith(("energy", "mse")):
+            raise StudyError(f"model name {name!r} must start with 'energy' or 'mse'")
+        for path in sorted(Path(folder).glob("steps_*/results.json"), key=lambda p: int(p.parent.name[6:])):
+            res = json.loads(path.read_text())
+            d = res["suites"].get(suite)
+            if d is None or not d["episodes"]:
+                continue
+            steps = str(int(res.get("config", {}).get("steps", path.parent.name[6:])))
+            table.setdefault(name, {})[steps] = {"success": d["successes"] / d["episodes"], "episodes": int(d["episodes"])}
+            protocol = protocol or str(res.get("protocol", ""))
+    return table, protocol
+
+
+def _ci(entry: dict[str, float | int]) -> tuple[float, float]:
+    from envs.eval_results import wilson_interval
+
+    n = int(entry["episodes"])
+    return wilson_interval(round(float(entry["success"]) * n), n)
+
+
+def markdown_table(suite: str, table: Table) -> str:
+    """Models x steps: success % with the 95% Wilson interval and the episode count, plus
+    the comparisons of issue 8 computed from the same numbers."""
+    steps = sorted({int(k) for row in table.values() for k in row})
+    lines = [f"### {suite}: success rate (%) against sampler steps, 95% Wilson interval, episodes\n",
+             "| model | " + " | ".join(f"{k} step{'s' * (k > 1)}" for k in steps) + " |",
+             "|---|" + "---:|" * len(steps)]
+    for name, row in table.items():
+        cells = []
+        for k in steps:
+            e = row.get(str(k))
+            lo, hi = _ci(e) if e else (0.0, 0.0)
+            cells.append(f"{100 * e['success']:.1f} [{100 * lo:.0f}-{100 * hi:.0f}] n={e['episodes']}" if e else "-")
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    energy = {n: r for n, r in table.items() if n.startswith("energy")}
+    mse = next((r for n, r in table.items() if n.startswith("mse")), None)
+    if energy and mse:
+        lines.append("")
+        for k in ("1", "2"):
+            vals = {n: r[k]["success"] for n, r in energy.items() if k in r}
+            if vals and k in mse:
+                best = max(vals, key=vals.__getitem__)
+                lines.append(f"- {k} step{'s' * (k != '1')}: best energy model {best} minus mse = "
+                             f"{100 * (vals[best] - mse[k]['success']):+.1f} points")
+        at2 = {n: r["2"]["success"] for n, r in energy.items() if "2" in r}
+        if at2 and "16" in mse:
+            best = max(at2, key=at2.__getitem__)
+            lines.append(f"- best energy model at 2 steps ({best}) minus mse at 16 steps = "
+                         f"{100 * (at2[best] - mse['16']['success']):+.1f} points")
+    return "\n".join(lines) + "\n"
+
+
+def plot_success_vs_steps(suite: str, table: Table, path: str | Path) -> None:
+    """Success rate against sampler steps (log2 axis), one line per model with 95% Wilson
+    error bars (dodged a little along x); energy models solid, the MSE model dashed (paper
+    Fig. 9). Atomic write."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5.0, 3.4))
+    all_steps: set[int] = set()
+    for i, (name, row) in enumerate(table.items()):
+        ks = sorted(int(k) for k in row)
+        all_steps |= set(ks)
+        dodge = 2 ** (0.05 * (i - (len(table) - 1) / 2))  # small x offset so equal points stay visible
+        ys = [float(row[str(k)]["success"]) for k in ks]
+        cis = [_ci(row[str(k)]) for k in ks]
+        err = [[max(0.0, y - lo) for y, (lo, _) in zip(ys, cis)], [max(0.0, hi - y) for y, (_, hi) in zip(ys, cis)]]
+        ax.errorbar([k * dodge for k in ks], ys, yerr=err, marker="o", capsize=3, label=name, ls="--" if name.startswith("mse") else "-")
+    ax.set_xscale("log", base=2)
+    ax.set_xticks(sorted(all_steps), [str(k) for k in sorted(all_steps)])
+    ax.set_xlabel("sampler steps (NFE)")
+    ax.set_ylabel("success rate")
+    ax.set_ylim(-0.02, 1.02)
+    ax.set_title(f"{suite} (95% Wilson intervals)", fontsize=9)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    tmp = p.with_name(f".{p.stem}.tmp{p.suffix}")
+    fig.savefig(tmp, dpi=120)
+    plt.close(fig)
+    os.replace(tmp, p)
+
+
+def write_study_results(suite: str, table: Table, results_json: str | Path, protocol: str, notes: str) -> dict[str, Path]:
+    """Merge ``table`` into ``results_json`` as ``{suite: table, "protocol": ..., "notes": ...}``
+    (other suites are kept; notes hold one ``<suite>: ...`` line per suite) and write
+    ``<stem>_<suite>.md`` and ``<stem>_<suite>.png`` beside it. Returns the three paths."""
+    path = Path(results_json)
+    data: dict[str, Any] = json.loads(path.read_text()) if path.is_file() else {}
+    old_notes = [ln for ln in str(data.get("notes", "")).split("\n") if ln and not ln.startswith(f"{suite}:")]
+    data[suite] = table
+    data["protocol"] = protocol or data.get("protocol", "")
+    data["notes"] = "\n".join(sorted(old_notes + [f"{suite}: {notes}"]))
+    suites = {k: data[k] for k in sorted(data) if k not in ("protocol", "notes")}
+    atomic_write_text(path, json.dumps({**suites, "protocol": data["protocol"], "notes": data["notes"]}, indent=2) + "\n")
+    md, png = path.with_name(f"{path.stem}_{suite}.md"), path.with_name(f"{path.stem}_{suite}.png")
+    atomic_write_text(md, markdown_table(suite, table) + f"\nProtocol: {data['protocol']}\n\nNotes: {notes}\n")
+    plot_success_vs_steps(suite, table, png)
+    return {"json": path, "md": md, "png": png}
+
+
