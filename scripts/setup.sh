@@ -4,5 +4,15 @@
 # install the torch you need first and this script keeps it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-python -c "import torch" 2>/dev/null || python -m pip install -q "torch==2.13.0"
-python -m pip install -q -e ".[dev]"
+log=$(mktemp -t ddl-setup.XXXXXX.log)
+pip_quiet() {  # pip's chatter goes to a log that is shown only if the install fails
+  if ! python -m pip install --disable-pip-version-check "$@" >"$log" 2>&1; then
+    cat "$log" >&2
+    echo "setup failed: pip install $* (full log above)" >&2
+    exit 1
+  fi
+}
+echo "setup: installing dependencies (log: $log)"
+python -c "import torch" 2>/dev/null || pip_quiet "torch==2.13.0"
+pip_quiet -e ".[dev]"
+echo "setup: done ($(python -c 'import torch; print("torch", torch.__version__)'))"
