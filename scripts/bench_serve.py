@@ -42,7 +42,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--steps", type=int, default=2)
     p.add_argument("--requests", type=int, default=100, help="requests per client in the load runs")
     p.add_argument("--clients", type=int, default=8)
-    p.add_argument("--threads", type=int, default=2, help="torch threads")
+    p.add_argument("--threads", type=int, default=1, help="torch threads (serve_policy.py defaults to 1)")
     p.add_argument("--out", default="benchmarks/results/serve.json")
     args = p.parse_args(argv)
 
