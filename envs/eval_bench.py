@@ -14,6 +14,8 @@ from typing import Any
 
 import numpy as np
 
+from envs.eval_results import save_figure
+
 
 def _bench_worker(conn: Connection, suite: str, task: int, fast: bool, resolution: int) -> None:
     from envs.libero import get_init_states, make_env
@@ -101,12 +103,7 @@ def render_compare_png(official: dict[str, Any], fast: dict[str, Any], path: str
             axes[r][c].set_yticks([])
             axes[r][c].set_title(f"{label} ({nf // 1000}k faces): {key.split('_rgb')[0]}", fontsize=7)
     fig.tight_layout()
-    p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    tmp = p.with_name(f".{p.stem}.tmp.png")
-    fig.savefig(tmp, dpi=130)
-    plt.close(fig)
-    os.replace(tmp, p)
+    save_figure(fig, path, dpi=130)
 
 
 def machine_info() -> str:

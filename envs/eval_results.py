@@ -192,7 +192,7 @@ def plot_results(summary: dict[str, Any], path: str | os.PathLike, title: str = 
     if title:
         fig.suptitle(title, fontsize=9)
     fig.tight_layout()
-    _save_fig(fig, path)
+    save_figure(fig, path)
 
 
 def plot_steps_sweep(points: dict[int, dict[str, Any]], path: str | os.PathLike) -> None:
@@ -220,16 +220,17 @@ def plot_steps_sweep(points: dict[int, dict[str, Any]], path: str | os.PathLike)
     ax.set_ylim(0, 1.05)
     ax.legend(fontsize=7)
     fig.tight_layout()
-    _save_fig(fig, path)
+    save_figure(fig, path)
 
 
-def _save_fig(fig: Any, path: str | os.PathLike) -> None:
+def save_figure(fig: Any, path: str | os.PathLike, dpi: int = 120) -> None:
+    """Save a matplotlib figure atomically (temp file + rename) and close it."""
     import matplotlib.pyplot as plt
 
     p = Path(path)
     p.parent.mkdir(parents=True, exist_ok=True)
     tmp = p.with_name(f".{p.stem}.tmp{p.suffix}")
-    fig.savefig(tmp, dpi=120)
+    fig.savefig(tmp, dpi=dpi)
     plt.close(fig)
     os.replace(tmp, p)
 

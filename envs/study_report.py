@@ -8,11 +8,10 @@ Pure functions of files written by ``envs.evaluate`` (no simulator, no training)
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any
 
-from envs.eval_results import atomic_write_text
+from envs.eval_results import atomic_write_text, save_figure
 
 
 class StudyError(ValueError):
@@ -111,12 +110,7 @@ def plot_success_vs_steps(suite: str, table: Table, path: str | Path) -> None:
     ax.set_title(f"{suite} (95% Wilson intervals)", fontsize=9)
     ax.legend(fontsize=7)
     fig.tight_layout()
-    p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    tmp = p.with_name(f".{p.stem}.tmp{p.suffix}")
-    fig.savefig(tmp, dpi=120)
-    plt.close(fig)
-    os.replace(tmp, p)
+    save_figure(fig, path)
 
 
 def write_study_results(suite: str, table: Table, results_json: str | Path, protocol: str, notes: str) -> dict[str, Path]:
