@@ -56,16 +56,17 @@ class LossConfig:
 
     Attributes:
         kind: ``energy``, ``mse`` or a kernel (``rbf``, ``imq``, ``exp``).
-        lam: weight of the interaction term, in [0, 1]. 1 is strictly proper.
-        beta: norm exponent of the energy score, in (0, 2].
+        lam: weight of the interaction term, in [0, 1] (default 1: strictly proper).
+        beta: norm exponent of the energy score, in (0, 2] (default 1). ``kind='mse'``
+            fixes lam=0, beta=2 and refuses other values.
         population: m, the number of generator samples per data point.
         bandwidth: kernel bandwidth (s for rbf/exp, c for imq), in event-norm units.
         delta: smoothing of the norm for beta < 2.
     """
 
     kind: LossKind = "energy"
-    lam: float = 1.0
-    beta: float = 1.0
+    lam: float | None = None
+    beta: float | None = None
     population: int = 8
     bandwidth: float = 1.0
     delta: float = DEFAULT_DELTA
@@ -73,9 +74,15 @@ class LossConfig:
     def __post_init__(self) -> None:
         if self.kind not in ("energy", "mse", "rbf", "imq", "exp"):
             raise ValueError(f"loss kind {self.kind!r} is unknown; use energy, mse, rbf, imq or exp")
-        if self.kind == "mse" and (self.lam != 0.0 or self.beta != 2.0):
+        if self.kind == "mse":
+            if (self.lam not in (None, 0.0)) or (self.beta not in (None, 2.0)):
+                raise ValueError(f"loss kind 'mse' means lam=0, beta=2 (got lam={self.lam}, beta={self.beta}); "
+                                 "use kind='energy' for other values")
             object.__setattr__(self, "lam", 0.0)
             object.__setattr__(self, "beta", 2.0)
+        else:  # defaults: the strictly proper energy score (lam=1, beta=1)
+            object.__setattr__(self, "lam", 1.0 if self.lam is None else float(self.lam))
+            object.__setattr__(self, "beta", 1.0 if self.beta is None else float(self.beta))
         if self.population < 1:
             raise ValueError(f"population m={self.population} must be >= 1")
         _check_lambda_population(self.lam, self.population)

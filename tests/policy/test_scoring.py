@@ -37,9 +37,14 @@ def test_lambda0_beta2_with_population_averages_the_mse():
     torch.testing.assert_close(terms.loss, expected, rtol=0, atol=1e-6)
 
 
-def test_mse_config_is_the_classical_loss():
+def test_mse_config_is_the_classical_loss_and_refuses_other_parameters():
     cfg = LossConfig(kind="mse", population=1)
     assert cfg.is_classical and cfg.lam == 0.0 and cfg.beta == 2.0
+    assert LossConfig(kind="mse", lam=0.0, beta=2.0, population=1) == cfg
+    with pytest.raises(ValueError, match="'mse' means lam=0, beta=2"):
+        LossConfig(kind="mse", lam=0.5, population=1)
+    default = LossConfig()
+    assert (default.kind, default.lam, default.beta) == ("energy", 1.0, 1.0) and not default.is_classical
 
 
 def test_energy_terms_by_hand():
