@@ -15,7 +15,10 @@ import argparse
 import json
 import os
 import platform
+import signal
+import subprocess
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -32,6 +35,26 @@ def obs(size: int, seed: int) -> dict:
             "language": "put both the alphabet soup and the tomato sauce in the basket"}
 
 
+def _start_server(policy, args):
+    """The server in a thread of this process, or serve_policy.py in its own process."""
+    from policy.serving import PolicyServer
+
+    if args.in_thread:
+        server = PolicyServer(policy, steps=args.steps, port=0)
+        server.start_in_thread()
+        return server, None
+    ckpt = Path(tempfile.mkdtemp(prefix="bench_serve_")) / "policy"
+    policy.save_pretrained(ckpt)
+    proc = subprocess.Popen([sys.executable, str(Path(__file__).with_name("serve_policy.py")), "--checkpoint", str(ckpt),
+                             "--port", "0", "--steps", str(args.steps), "--threads", str(args.threads), "--device", "cpu"],
+                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    for line in proc.stdout:
+        if line.startswith("serving"):
+            proc.port = int(line.split("ws://")[1].split(" ")[0].rsplit(":", 1)[1])
+            return None, proc
+    raise RuntimeError("serve_policy.py exited before it announced its port")
+
+
 def pct(xs: list[float], q: float) -> float:
     return float(np.percentile(np.asarray(xs), q))
 
@@ -43,6 +66,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--requests", type=int, default=100, help="requests per client in the load runs")
     p.add_argument("--clients", type=int, default=8)
     p.add_argument("--threads", type=int, default=1, help="torch threads (serve_policy.py defaults to 1)")
+    p.add_argument("--in-thread", action="store_true",
+                   help="run the server in this process (default: scripts/serve_policy.py in its own process, as deployed)")
     p.add_argument("--out", default="benchmarks/results/serve.json")
     args = p.parse_args(argv)
 
@@ -50,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from policy.config import PolicyConfig
     from policy.policy import DiffusionPolicy
-    from policy.serving import PolicyClient, PolicyServer
+    from policy.serving import PolicyClient
     from policy.utils import atomic_write_json
 
     torch.set_num_threads(args.threads)
@@ -75,14 +100,13 @@ def main(argv: list[str] | None = None) -> int:
         policy.predict(batch1, args.steps)
         inproc.append((time.perf_counter() - t0) * 1e3)
 
-    server = PolicyServer(policy, steps=args.steps, port=0)
-    server.start_in_thread()
+    server, proc = _start_server(policy, args)
     failed = 0
     lock = threading.Lock()
 
     def client_run(k: int, count: int, lat: list[float], bar: tqdm | None) -> None:
         nonlocal failed
-        with PolicyClient("127.0.0.1", server.port) as client:
+        with PolicyClient("127.0.0.1", port) as client:
             for i in range(count):
                 t0 = time.perf_counter()
                 try:
@@ -96,6 +120,7 @@ def main(argv: list[str] | None = None) -> int:
                     if bar is not None:
                         bar.update()
 
+    port = server.port if server is not None else proc.port  # type: ignore[union-attr]
     one: list[float] = []
     with tqdm(total=n, desc="server, 1 client") as bar:
         t0 = time.perf_counter()
@@ -108,7 +133,10 @@ def main(argv: list[str] | None = None) -> int:
         [t.start() for t in threads]
         [t.join() for t in threads]
         rps8 = args.clients * args.requests / (time.perf_counter() - t0)
-    server.stop()
+    server.stop() if server is not None else None
+    if proc is not None:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(60)
 
     result = {
         "p50_ms": {"inproc": pct(inproc, 50), "server": pct(one, 50)},
@@ -119,6 +147,7 @@ def main(argv: list[str] | None = None) -> int:
         "throughput_ratio": rps8 / rps1,
         "p50_ms_8_clients": pct(many, 50),
         "requests": {"inproc": n, "one_client": n, "load": args.clients * args.requests},
+        "server": "in-process thread" if args.in_thread else "separate process (scripts/serve_policy.py)",
         "steps": args.steps, "model": model, "image_size": size, "torch_threads": args.threads,
         "machine": f"{platform.node()}: {os.cpu_count()} CPU cores, {platform.machine()}, torch {torch.__version__}",
         "date": time.strftime("%Y-%m-%d"),
