@@ -18,7 +18,6 @@ Images are tensors (N, C, H, W) float32 in [-1, 1]. Datasets:
 
 from __future__ import annotations
 
-import copy
 import json
 import pickle
 from dataclasses import dataclass
@@ -34,6 +33,7 @@ from tqdm.auto import tqdm
 
 from policy.diffusion import diffusion_loss, sample
 from policy.nets.unet import UNet, UNetConfig
+from policy.optim import EMA
 from policy.scoring import LossConfig
 from policy.utils import atomic_save_safetensors, atomic_write, atomic_write_text
 
@@ -194,13 +194,6 @@ class TrainConfig:
     seed: int = 0
 
 
-def ema_update(ema: nn.Module, model: nn.Module, decay: float) -> None:
-    """ema <- decay * ema + (1 - decay) * model, in place."""
-    with torch.no_grad():
-        for pe, pm in zip(ema.parameters(), model.parameters()):
-            pe.lerp_(pm, 1.0 - decay)
-
-
 def train_image_model(
     model: UNet,
     data: ImageData,
@@ -221,7 +214,7 @@ def train_image_model(
         raise ValueError(f"dataset {data.name} has no labels; drop class conditioning or give labels")
     torch.manual_seed(cfg.seed)
     model.to(device).train()
-    ema = copy.deepcopy(model).eval().requires_grad_(False)
+    ema = EMA(model, cfg.ema_decay)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / max(1, cfg.warmup)))
     g = torch.Generator().manual_seed(cfg.seed)
@@ -241,13 +234,13 @@ def train_image_model(
         nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
         opt.step()
         sched.step()
-        ema_update(ema, model, cfg.ema_decay)
+        ema.update(model)
         losses.append(float(value.detach()))
         if step % 50 == 0:
             bar.set_postfix(loss=f"{np.mean(losses[-50:]):.4f}")
             if log is not None:
                 log(step, float(np.mean(losses[-50:])))
-    return ema, losses
+    return ema.model, losses
 
 
 @torch.no_grad()
