@@ -48,21 +48,34 @@ class PolicyServer:
         max_message_bytes: larger frames get an error reply; frames over 4x this close the
             connection (websocket code 1009) so a client cannot exhaust memory.
         max_batch: most observations in one forward pass.
+        batch_window_ms: once a request is queued, how long the batcher may wait for requests
+            from the other connected clients before it runs the forward pass (closed-loop
+            clients whose replies went out together come back within a few ms; without the
+            wait they split into half-size batches). It waits only for clients that sent a
+            request in the last second, so a single client, or clients that all have a request
+            queued already, never wait; a window that gains nothing switches waiting off for the
+            next WINDOW_BACKOFF batches, so clients out of step rarely pay it; 0 disables it.
         metadata: extra entries for the metadata sent on connect.
     """
 
+    WINDOW_BACKOFF = 16
+
     def __init__(self, policy: BatchPolicy, steps: int = 2, churn: float = 0.0, host: str = "127.0.0.1", port: int = 8000,
                  api_key: str | None = None, max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES, max_batch: int = 32,
-                 metadata: dict[str, Any] | None = None) -> None:
-        if max_batch < 1 or max_message_bytes < 1024:
-            raise ValueError("max_batch must be >= 1 and max_message_bytes >= 1024")
+                 batch_window_ms: float = 5.0, metadata: dict[str, Any] | None = None) -> None:
+        if max_batch < 1 or max_message_bytes < 1024 or not 0 <= batch_window_ms <= 1000:
+            raise ValueError("max_batch must be >= 1, max_message_bytes >= 1024 and batch_window_ms in [0, 1000]")
+        self.batch_window_s = float(batch_window_ms) / 1e3
+        self._last_request: dict[int, float] = {}  # connection -> perf_counter of its last request
+        self._skip_waits = 0  # batches left that go without the window (see _gather)
         self.policy, self.steps, self.churn = policy, int(steps), float(churn)
         self.host, self.port, self.api_key = host, int(port), api_key or None
         self.max_message_bytes, self.max_batch = int(max_message_bytes), int(max_batch)
         self.metadata = {"action_dim": 7, "chunk_length": 8, "steps": self.steps, "churn": self.churn,
                          "observation_keys": {"package": ["agentview_rgb", "eye_in_hand_rgb", "joint_states", "gripper_states", "language"],
                                               "openpi": ["observation/image", "observation/wrist_image", "observation/state", "prompt"]},
-                         "max_message_bytes": self.max_message_bytes, "max_batch": self.max_batch, **(metadata or {})}
+                         "max_message_bytes": self.max_message_bytes, "max_batch": self.max_batch,
+                         "batch_window_ms": float(batch_window_ms), **(metadata or {})}
         self.stats = {"requests": 0, "errors": 0, "batches": 0}
         self._queue: asyncio.Queue | None = None
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="policy-infer")
@@ -83,9 +96,16 @@ class PolicyServer:
 
     # -- per connection ----------------------------------------------------------------
     async def _handle(self, ws: Any) -> None:
+        try:
+            await self._serve_connection(ws)
+        finally:
+            self._last_request.pop(id(ws), None)
+
+    async def _serve_connection(self, ws: Any) -> None:
         await ws.send(packb(self.metadata))
         async for message in ws:
             t0 = time.perf_counter()
+            self._last_request[id(ws)] = t0
             try:
                 reply = await self._answer(message, t0)
             except RequestError as e:
@@ -121,15 +141,48 @@ class PolicyServer:
         assert self._queue is not None
         loop = asyncio.get_running_loop()
         while True:
-            items = [await self._queue.get()]
-            while len(items) < self.max_batch and not self._queue.empty():
-                items.append(self._queue.get_nowait())
+            items = await self._gather()
             groups: dict[tuple, list] = {}
             for item in items:  # images of different sizes cannot share a batch
                 obs = item[0]
                 groups.setdefault((obs["agentview_rgb"].shape, obs["eye_in_hand_rgb"].shape), []).append(item)
             for group in groups.values():
                 await self._run_batch(loop, group)
+
+    async def _gather(self) -> list:
+        """The next batch: what is queued, plus what the other active clients send within the window.
+
+        A window that ran out without gaining a single request (clients out of step with each
+        other, e.g. robots on their own clocks) makes the next ``WINDOW_BACKOFF`` batches go
+        without waiting, so unsynchronised clients pay the window at most once in that many.
+        """
+        assert self._queue is not None
+        items = [await self._queue.get()]
+        self._drain(items)
+        if self._skip_waits:
+            self._skip_waits -= 1
+            return items
+        now = time.perf_counter()
+        expected = min(self.max_batch, sum(1 for t in self._last_request.values() if now - t < 1.0))
+        deadline, gained = now + self.batch_window_s, False
+        while len(items) < expected:
+            remaining = deadline - time.perf_counter()
+            if remaining <= 0:
+                break
+            try:
+                items.append(await asyncio.wait_for(self._queue.get(), remaining))
+            except TimeoutError:
+                break
+            gained = True
+            self._drain(items)
+        if self.batch_window_s and len(items) < expected and not gained:
+            self._skip_waits = self.WINDOW_BACKOFF
+        return items
+
+    def _drain(self, items: list) -> None:
+        assert self._queue is not None
+        while len(items) < self.max_batch and not self._queue.empty():
+            items.append(self._queue.get_nowait())
 
     async def _run_batch(self, loop: asyncio.AbstractEventLoop, group: list) -> None:
         batch = stack_observations([obs for obs, _, _ in group])

@@ -13,13 +13,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing as mp
 import os
 import platform
 import signal
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
@@ -40,13 +40,14 @@ def _start_server(policy, args):
     from policy.serving import PolicyServer
 
     if args.in_thread:
-        server = PolicyServer(policy, steps=args.steps, port=0)
+        server = PolicyServer(policy, steps=args.steps, port=0, batch_window_ms=args.batch_window_ms)
         server.start_in_thread()
         return server, None
     ckpt = Path(tempfile.mkdtemp(prefix="bench_serve_")) / "policy"
     policy.save_pretrained(ckpt)
     proc = subprocess.Popen([sys.executable, str(Path(__file__).with_name("serve_policy.py")), "--checkpoint", str(ckpt),
-                             "--port", "0", "--steps", str(args.steps), "--threads", str(args.threads), "--device", "cpu"],
+                             "--port", "0", "--steps", str(args.steps), "--threads", str(args.threads), "--device", "cpu",
+                             "--batch-window-ms", str(args.batch_window_ms)],
                             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     for line in proc.stdout:
         if line.startswith("serving"):
@@ -59,13 +60,60 @@ def pct(xs: list[float], q: float) -> float:
     return float(np.percentile(np.asarray(xs), q))
 
 
+def load_run(port: int, clients: int, count: int, size: int) -> tuple[float, list[float], list[int], int]:
+    """`clients` client processes (as separate robot controllers would be) in closed loop.
+
+    Returns (requests per second from the first request to the last reply, latencies, batch sizes, failures).
+    """
+    ctx = mp.get_context("spawn")
+    results, go = ctx.Queue(), ctx.Event()
+    procs = [ctx.Process(target=_gated_client, args=(go, port, k, count, size, results), daemon=True) for k in range(clients)]
+    [q.start() for q in procs]
+    ready = [results.get(timeout=120) for _ in procs]  # each has connected and made its observations
+    assert all(r == "ready" for r in ready)
+    t0 = time.perf_counter()
+    go.set()
+    out = [results.get(timeout=600) for _ in procs]
+    elapsed = time.perf_counter() - t0
+    [q.join(30) for q in procs]
+    lat = [x for o in out for x in o[0]]
+    batch = [x for o in out for x in o[1]]
+    return clients * count / elapsed, lat, batch, sum(o[2] for o in out)
+
+
+def _gated_client(go, port: int, k: int, count: int, size: int, results) -> None:
+    """A client that connects and prepares, reports ready, then starts on the common signal."""
+
+    from policy.serving import PolicyClient
+
+    observations = [obs(size, k * 100000 + i) for i in range(count)]
+    lat, batch, failed = [], [], 0
+    with PolicyClient("127.0.0.1", port) as client:
+        client.infer(observations[0])  # connection warm-up, not timed
+        results.put("ready")
+        go.wait()
+        for o in observations:
+            t0 = time.perf_counter()
+            try:
+                reply = client.infer(o)
+                ok = reply["actions"].shape == (8, 7) and np.isfinite(reply["actions"]).all()
+                batch.append(reply["server_timing"]["batch_size"])
+            except Exception:
+                ok = False
+            lat.append((time.perf_counter() - t0) * 1e3)
+            failed += 0 if ok else 1
+    results.put((lat, batch, failed))
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--checkpoint", default=None, help="pretrained policy (default: an untrained small-config policy; latency does not depend on weights)")
     p.add_argument("--steps", type=int, default=2)
-    p.add_argument("--requests", type=int, default=100, help="requests per client in the load runs")
+    p.add_argument("--requests", type=int, default=500, help="requests per client in the load runs")
+    p.add_argument("--latency-requests", type=int, default=200, help="paired in-process / server requests for the latency numbers")
     p.add_argument("--clients", type=int, default=8)
     p.add_argument("--threads", type=int, default=1, help="torch threads (serve_policy.py defaults to 1)")
+    p.add_argument("--batch-window-ms", type=float, default=5.0, help="the server's batching window (serve_policy.py's default)")
     p.add_argument("--in-thread", action="store_true",
                    help="run the server in this process (default: scripts/serve_policy.py in its own process, as deployed)")
     p.add_argument("--out", default="benchmarks/results/serve.json")
@@ -89,73 +137,69 @@ def main(argv: list[str] | None = None) -> int:
         policy = DiffusionPolicy(PolicyConfig(**small))
         model = "configs/model/small.yaml (untrained)"
     size = policy.config.image_size
-    batch1 = {k: (np.stack([v]) if isinstance(v, np.ndarray) else [v]) for k, v in obs(size, 0).items()}
-    for _ in range(5):
-        policy.predict(batch1, args.steps)
-
-    n = max(50, args.requests)
-    inproc = []
-    for _ in tqdm(range(n), desc="in-process predict"):
-        t0 = time.perf_counter()
-        policy.predict(batch1, args.steps)
-        inproc.append((time.perf_counter() - t0) * 1e3)
-
     server, proc = _start_server(policy, args)
+    port = server.port if server is not None else proc.port  # type: ignore[union-attr]
     failed = 0
-    lock = threading.Lock()
-
-    def client_run(k: int, count: int, lat: list[float], bar: tqdm | None) -> None:
-        nonlocal failed
+    try:
+        # Latency: in-process predict() and a server round trip, alternated request by request so
+        # that both see the same machine (this box drifts by several ms over a minute).
+        n = max(50, args.latency_requests)
+        observations = [obs(size, i) for i in range(n)]
+        inproc, one, server_ms = [], [], []
         with PolicyClient("127.0.0.1", port) as client:
-            for i in range(count):
+            for o in observations[:5]:
+                policy.predict({k: (np.stack([v]) if isinstance(v, np.ndarray) else [v]) for k, v in o.items()}, args.steps)
+                client.infer(o)
+            for o in tqdm(observations, desc="latency: in-process and server, alternated"):
+                batch1 = {k: (np.stack([v]) if isinstance(v, np.ndarray) else [v]) for k, v in o.items()}
+                t0 = time.perf_counter()
+                policy.predict(batch1, args.steps)
+                inproc.append((time.perf_counter() - t0) * 1e3)
                 t0 = time.perf_counter()
                 try:
-                    reply = client.infer(obs(size, k * 100000 + i))
+                    reply = client.infer(o)
                     ok = reply["actions"].shape == (8, 7) and np.isfinite(reply["actions"]).all()
+                    server_ms.append(reply["server_timing"]["infer_ms"])
                 except Exception:
                     ok = False
-                lat.append((time.perf_counter() - t0) * 1e3)
-                with lock:
-                    failed += 0 if ok else 1
-                    if bar is not None:
-                        bar.update()
+                one.append((time.perf_counter() - t0) * 1e3)
+                failed += 0 if ok else 1
+        # Throughput: closed-loop client processes, 1 and then `clients` of them.
+        print(f"load: 1 client x {args.requests}, then {args.clients} clients x {args.requests} requests", flush=True)
+        rps1, lat1, _, f1 = load_run(port, 1, args.requests, size)
+        rpsn, latn, batches, fn = load_run(port, args.clients, args.requests, size)
+        failed += f1 + fn
+    finally:
+        server.stop() if server is not None else None
+        if proc is not None:
+            proc.send_signal(signal.SIGTERM)
+            proc.wait(60)
 
-    port = server.port if server is not None else proc.port  # type: ignore[union-attr]
-    one: list[float] = []
-    with tqdm(total=n, desc="server, 1 client") as bar:
-        t0 = time.perf_counter()
-        client_run(0, n, one, bar)
-        rps1 = n / (time.perf_counter() - t0)
-    many: list[float] = []
-    with tqdm(total=args.clients * args.requests, desc=f"server, {args.clients} clients") as bar:
-        threads = [threading.Thread(target=client_run, args=(k + 1, args.requests, many, bar)) for k in range(args.clients)]
-        t0 = time.perf_counter()
-        [t.start() for t in threads]
-        [t.join() for t in threads]
-        rps8 = args.clients * args.requests / (time.perf_counter() - t0)
-    server.stop() if server is not None else None
-    if proc is not None:
-        proc.send_signal(signal.SIGTERM)
-        proc.wait(60)
-
+    paired = np.asarray(one) - np.asarray(inproc)
     result = {
         "p50_ms": {"inproc": pct(inproc, 50), "server": pct(one, 50)},
         "p99_ms": {"inproc": pct(inproc, 99), "server": pct(one, 99)},
-        "throughput_rps": {"1": rps1, str(args.clients): rps8},
+        "throughput_rps": {"1": rps1, str(args.clients): rpsn},
         "failed_requests": failed,
         "server_overhead_p50_ms": pct(one, 50) - pct(inproc, 50),
-        "throughput_ratio": rps8 / rps1,
-        "p50_ms_8_clients": pct(many, 50),
-        "requests": {"inproc": n, "one_client": n, "load": args.clients * args.requests},
+        "paired_overhead_p50_ms": float(np.median(paired)),
+        "server_infer_p50_ms": pct(server_ms, 50),
+        "throughput_ratio": rpsn / rps1,
+        "p50_ms_load": {"1": pct(lat1, 50), str(args.clients): pct(latn, 50)},
+        "mean_batch_size_load": float(np.mean(batches)),
+        "requests": {"latency_pairs": n, "load_1": args.requests, "load": args.clients * args.requests},
         "server": "in-process thread" if args.in_thread else "separate process (scripts/serve_policy.py)",
+        "clients": "latency: this process; load: one process per client (spawned)",
+        "batch_window_ms": args.batch_window_ms,
         "steps": args.steps, "model": model, "image_size": size, "torch_threads": args.threads,
         "machine": f"{platform.node()}: {os.cpu_count()} CPU cores, {platform.machine()}, torch {torch.__version__}",
         "date": time.strftime("%Y-%m-%d"),
     }
     atomic_write_json(args.out, result)
     print(json.dumps({k: result[k] for k in ("p50_ms", "p99_ms", "throughput_rps", "failed_requests")}, indent=1))
-    print(f"done: server overhead p50 {result['server_overhead_p50_ms']:.2f} ms, {args.clients}-client throughput "
-          f"{result['throughput_ratio']:.1f}x one client, {failed} failed; written to {args.out}")
+    print(f"done: server overhead p50 {result['server_overhead_p50_ms']:.2f} ms (paired median "
+          f"{result['paired_overhead_p50_ms']:.2f} ms), {args.clients}-client throughput {result['throughput_ratio']:.1f}x "
+          f"one client (mean batch {result['mean_batch_size_load']:.1f}), {failed} failed; written to {args.out}")
     return 1 if failed else 0
 
 

@@ -56,6 +56,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--api-key", default=os.environ.get("DDL_API_KEY"), help="require 'Authorization: Api-Key KEY' (default: $DDL_API_KEY)")
     p.add_argument("--max-message-mb", type=float, default=4.0, help="largest accepted request (default 4 MB)")
     p.add_argument("--max-batch", type=int, default=32, help="most requests batched into one forward pass")
+    p.add_argument("--batch-window-ms", type=float, default=5.0,
+                   help="how long a queued request may wait for requests of the other active clients (0: never)")
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1: measured fastest for serving on a 2-core CPU)")
     p.add_argument("--device", default="auto", help="torch device (default: cuda if available, else cpu)")
     return p.parse_args(argv)
@@ -99,7 +101,8 @@ def main(argv: list[str] | None = None) -> int:
     meta = {"checkpoint": str(ckpt.resolve()), "image_size": policy.config.image_size, "suites": list(policy.config.suites),
             "model": policy.config.to_dict()}
     server = PolicyServer(policy, steps=steps, churn=args.churn, host=args.host, port=args.port, api_key=args.api_key,
-                          max_message_bytes=int(args.max_message_mb * 1024 * 1024), max_batch=args.max_batch, metadata=meta)
+                          max_message_bytes=int(args.max_message_mb * 1024 * 1024), max_batch=args.max_batch,
+                          batch_window_ms=args.batch_window_ms, metadata=meta)
     import asyncio
     import threading
 

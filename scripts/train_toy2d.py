@@ -12,6 +12,7 @@ and the posterior-std check on the mixture. Writes JSON and PNG plots.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import platform
 import sys
@@ -46,6 +47,26 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
+def merge_targets(path: Path, results: dict) -> dict:
+    """Keep the targets of an earlier run in ``path`` that this run did not train (same config only)."""
+    if not path.exists():
+        return results
+    try:
+        old = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return results
+    same = {k: v for k, v in old.get("config", {}).items() if k != "targets"} == {
+        k: v for k, v in json.loads(json.dumps(results["config"])).items() if k != "targets"}
+    if not same:
+        return results
+    kept = {t: old[t] for t in TARGETS if t in old and t not in results}
+    if kept:
+        results = {**kept, **results}
+        results["config"] = {**results["config"], "targets": sorted({*results["config"]["targets"], *kept})}
+        results["wall_time_s_by_target"] = {**old.get("wall_time_s_by_target", {}), **results.get("wall_time_s_by_target", {})}
+    return results
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     name = "quick" if args.quick else args.config
@@ -73,7 +94,9 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    suffix = "" if name == "paper" and not overrides.keys() - {"seed"} else f"_{name}"
+    # --targets and --seed keep the paper config's name, so one run per target (e.g. on two
+    # cores) fills the same results file: targets already in it are kept (merged below).
+    suffix = "" if name == "paper" and not overrides.keys() - {"seed", "targets"} else f"_{name}"
     out = Path(args.out or f"benchmarks/results/toy2d{suffix}")
     out.mkdir(parents=True, exist_ok=True)
 
@@ -84,7 +107,9 @@ def main(argv: list[str] | None = None) -> int:
     results["machine"] = f"{platform.node() or 'cpu'}: {os.cpu_count()} CPU cores, {platform.processor() or platform.machine()}"
     results["date"] = time.strftime("%Y-%m-%d")
     results["wall_time_s"] = round(time.perf_counter() - t0, 1)
+    results["wall_time_s_by_target"] = {t: results["wall_time_s"] for t in cfg.targets}
     json_path = out.parent / f"{out.name}.json" if args.out is None else out / "toy2d.json"
+    results = merge_targets(json_path, results)
     atomic_write_json(json_path, results)
     mmd_plot(results, str(out / "mmd_vs_nfe.png"))
     for target, ms in models.items():

@@ -165,6 +165,88 @@ def test_concurrent_clients_are_served_and_batched(server):
     assert server.stats["batches"] - batches_before < 48  # some requests shared a forward pass
 
 
+class _RecordingPolicy:
+    """A BatchPolicy that records the size of every forward pass."""
+
+    def __init__(self) -> None:
+        self.batches: list[int] = []
+
+    def predict(self, obs, steps=2, churn=0.0):
+        self.batches.append(len(obs["language"]))
+        return np.zeros((len(obs["language"]), 8, 7), dtype=np.float32)
+
+
+@pytest.mark.parametrize("window_ms", [0.0, 400.0])
+def test_batch_window_gathers_staggered_requests_of_active_clients(window_ms):
+    """Requests of active clients that arrive within the window share one forward pass; without it they do not."""
+    rec = _RecordingPolicy()
+    srv = PolicyServer(rec, port=0, batch_window_ms=window_ms)
+    srv.start_in_thread()
+    try:
+        clients = [PolicyClient("127.0.0.1", srv.port) for _ in range(4)]
+        go = threading.Barrier(4)
+
+        def staggered(k: int) -> None:
+            go.wait()  # first together: each client becomes active (a request in the last second)
+            assert clients[k].infer(good_obs())["actions"].shape == (8, 7)
+            go.wait()
+            if k == 0:
+                rec.batches.clear()
+            go.wait()
+            time.sleep(0.05 * k)  # then arrivals 0, 50, 100, 150 ms apart
+            assert clients[k].infer(good_obs(seed=k))["actions"].shape == (8, 7)
+
+        threads = [threading.Thread(target=staggered, args=(k,)) for k in range(4)]
+        [t.start() for t in threads]
+        [t.join(30) for t in threads]
+        [c.close() for c in clients]
+    finally:
+        srv.stop()
+    assert sum(rec.batches) == 4
+    if window_ms:
+        assert rec.batches == [4]
+    else:
+        assert rec.batches == [1, 1, 1, 1]
+
+
+def test_batch_window_backs_off_for_clients_out_of_step():
+    """Clients that never arrive together pay the window once, then not for WINDOW_BACKOFF batches."""
+    rec = _RecordingPolicy()
+    srv = PolicyServer(rec, port=0, batch_window_ms=300.0)
+    srv.start_in_thread()
+    try:
+        a, b = PolicyClient("127.0.0.1", srv.port), PolicyClient("127.0.0.1", srv.port)
+        a.infer(good_obs())
+        t0 = time.perf_counter()
+        b.infer(good_obs())  # a is active but sends nothing: this one waits out the window
+        first = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        for _ in range(5):
+            a.infer(good_obs())
+            b.infer(good_obs())
+        rest = (time.perf_counter() - t0) / 10
+        a.close(), b.close()
+    finally:
+        srv.stop()
+    assert first >= 0.25 and rest < 0.1
+    assert rec.batches == [1] * 12
+
+
+def test_batch_window_never_delays_a_single_client():
+    rec = _RecordingPolicy()
+    srv = PolicyServer(rec, port=0, batch_window_ms=1000.0)
+    srv.start_in_thread()
+    try:
+        with PolicyClient("127.0.0.1", srv.port) as client:
+            client.infer(good_obs())
+            t0 = time.perf_counter()
+            for _ in range(5):
+                client.infer(good_obs())
+            assert (time.perf_counter() - t0) / 5 < 0.5  # far below the 1 s window
+    finally:
+        srv.stop()
+
+
 def _counting_infer(calls: list[int]):
     def infer(obs):
         calls.append(obs["t"])
