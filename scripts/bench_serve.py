@@ -93,16 +93,25 @@ def _gated_client(go, port: int, k: int, count: int, size: int, results) -> None
         results.put("ready")
         go.wait()
         for o in observations:
-            t0 = time.perf_counter()
-            try:
-                reply = client.infer(o)
-                ok = reply["actions"].shape == (8, 7) and np.isfinite(reply["actions"]).all()
-                batch.append(reply["server_timing"]["batch_size"])
-            except Exception:
-                ok = False
-            lat.append((time.perf_counter() - t0) * 1e3)
-            failed += 0 if ok else 1
+            ms, timing = timed_request(client, o)
+            lat.append(ms)
+            if timing is None:
+                failed += 1
+            else:
+                batch.append(timing["batch_size"])
     results.put((lat, batch, failed))
+
+
+def timed_request(client, observation: dict) -> tuple[float, dict | None]:
+    """One round trip: (milliseconds, the reply's server_timing, or None if the reply was bad or an error)."""
+    t0 = time.perf_counter()
+    try:
+        reply = client.infer(observation)
+        ok = reply["actions"].shape == (8, 7) and np.isfinite(reply["actions"]).all()
+        timing = reply["server_timing"] if ok else None
+    except Exception:
+        timing = None
+    return (time.perf_counter() - t0) * 1e3, timing
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -155,15 +164,12 @@ def main(argv: list[str] | None = None) -> int:
                 t0 = time.perf_counter()
                 policy.predict(batch1, args.steps)
                 inproc.append((time.perf_counter() - t0) * 1e3)
-                t0 = time.perf_counter()
-                try:
-                    reply = client.infer(o)
-                    ok = reply["actions"].shape == (8, 7) and np.isfinite(reply["actions"]).all()
-                    server_ms.append(reply["server_timing"]["infer_ms"])
-                except Exception:
-                    ok = False
-                one.append((time.perf_counter() - t0) * 1e3)
-                failed += 0 if ok else 1
+                ms, timing = timed_request(client, o)
+                one.append(ms)
+                if timing is None:
+                    failed += 1
+                else:
+                    server_ms.append(timing["infer_ms"])
         # Throughput: closed-loop client processes, 1 and then `clients` of them.
         print(f"load: 1 client x {args.requests}, then {args.clients} clients x {args.requests} requests", flush=True)
         rps1, lat1, _, f1 = load_run(port, 1, args.requests, size)
