@@ -21,7 +21,9 @@ from typing import Any, Callable, Generator
 import numpy as np
 
 from envs.scripted_bddl import Atom, order_subgoals, parse_goal
-from envs.scripted_pick import Grasp, is_flat_and_wide, pick, place, push, support_z
+from envs.scripted_door import drawer_place_xy
+from envs.scripted_pick import Grasp, pick, place, still_held, support_z
+from envs.scripted_push import is_flat_and_wide, push
 from envs.scripted_primitives import OPEN, Style, hold
 from envs.scripted_scene import SceneView
 
@@ -92,31 +94,68 @@ class ScriptedPlanner:
             return self.view.site_pos(target)[:2]
         return self.view.body_pos(target)[:2]
 
+    def free_spot(self, region: str, obj: str) -> np.ndarray:
+        """Where in ``region`` to put ``obj`` (2,): the point nearest the region's centre that keeps
+        ``obj``'s footprint clear of the objects already there; the point farthest from any other
+        object when several objects go to this region (both moka pots on one burner)."""
+        inside = drawer_place_xy(self, obj, region)  # an open drawer: clear of the drawer above
+        if inside is not None:
+            return inside
+        centre = self.view.site_pos(region)[:2]
+        shared = sum(a.predicate in ("on", "in") and a.args[1] == region for a in self.atoms) > 1
+        half = (0.45 if shared else 0.7) * self.view.region_half_size(region)[:2]
+        grid = np.linspace(-1.0, 1.0, 7)
+        points = centre + np.stack(np.meshgrid(grid, grid), axis=-1).reshape(-1, 2) * half
+        owner = self.env.parsed_problem["regions"].get(region, {}).get("target")
+        others = [self.view.object_box(n) for n in self.env.objects_dict
+                  if n not in (obj, owner) and n in self.env.obj_body_id]
+        if not others:
+            return centre
+        lo = np.array([b.lo[:2] for b in others])
+        hi = np.array([b.hi[:2] for b in others])
+        gap = np.maximum(np.maximum(lo[None] - points[:, None], points[:, None] - hi[None]), 0.0)
+        room = np.linalg.norm(gap, axis=2).min(axis=1)  # (P,) distance to the nearest other object
+        need = 0.5 * float(min(self.view.object_box(obj).size[:2])) + 0.01
+        free = np.nonzero(room >= need)[0]
+        if shared or not len(free):  # leave room for the next object, or find the least crowded spot
+            return points[int(np.argmax(room))]
+        return points[free[int(np.argmin(np.linalg.norm(points[free] - centre, axis=1)))]]
+
     def pick_and_place(self, obj: str, target: str, attempts: int = 2) -> Generator[np.ndarray, None, bool]:
-        """Grasp ``obj`` and put it on / in ``target``; re-grasps once if the object slips."""
+        """Grasp ``obj`` and put it on / in ``target``; re-grasps once if the object slips, and
+        starts over once if it is dropped on the way."""
         if is_flat_and_wide(self.view, obj) and target in self.env.object_sites_dict:
             atom = Atom("on", (obj, target))
-            ok = yield from push(self.view, obj, self.target_xy(target), self.style, self.rng,
+            ok = yield from push(self.view, obj, self.free_spot(target, obj), self.style, self.rng,
                                  done=lambda: self.holds(atom))
             if not ok:
                 self.failure = f"push of {obj} to {target} failed"
             return ok
-        grasp: Grasp | None = None
-        for _ in range(attempts):
-            grasp = yield from pick(self.view, obj, self.style, self.rng)
-            if grasp is not None:
+        from envs.scripted_insert import enclosing_container, put_inside  # a roofed region (microwave)
+        container = enclosing_container(self, obj, target)
+        if container is not None:
+            return (yield from put_inside(self, obj, target, container))
+        ok = False
+        for _ in range(2):  # pick again if the object was dropped on the way
+            grasp: Grasp | None = None
+            for _ in range(attempts):
+                grasp = yield from pick(self.view, obj, self.style, self.rng)
+                if grasp is not None:
+                    break
+                yield from hold(self.view, 0.0, OPEN, self.style, 3,
+                                pos=self.view.eef_pos() + np.array([0.0, 0.0, 0.05]))
+            if grasp is None:
+                self.failure = f"grasp of {obj} failed"
+                return False
+            xy = self.free_spot(target, obj) if target in self.env.object_sites_dict else self.target_xy(target)
+            surface = support_z(self.view, xy, {self.view.body_id(obj)})
+            ok = yield from place(self.view, grasp, xy, self.style, self.rng, surface=surface)
+            if ok or still_held(self.view, grasp):
                 break
-            yield from hold(self.view, 0.0, OPEN, self.style, 3,
-                            pos=self.view.eef_pos() + np.array([0.0, 0.0, 0.05]))
-        if grasp is None:
-            self.failure = f"grasp of {obj} failed"
-            return False
-        xy = self.target_xy(target)
-        surface = support_z(self.view, xy, {self.view.body_id(obj)})
-        ok = yield from place(self.view, grasp, xy, self.style, self.rng, surface=surface)
-        if not ok:
-            self.failure = f"transport of {obj} to {target} failed"
-        return ok
+        if ok:
+            return True
+        self.failure = f"transport of {obj} to {target} failed"
+        return False
 
 
 def run_episode(env: Any, planner: ScriptedPlanner, max_steps: int,

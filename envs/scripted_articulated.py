@@ -1,9 +1,18 @@
-"""Articulated-object primitives of the scripted demonstrator: turning knobs (stoves).
+"""Articulated-object primitives of the scripted demonstrator: knobs, drawers, doors.
 
-Opening and closing drawers and doors (``Open``/``Close`` atoms) are not scripted yet:
-the handles of LIBERO's cabinets are stacked so that a top-down gripper cannot reach a
-lower drawer's handle, and this planner only drives gripper-down orientations. Those
-sub-goals fail with a clear ``failure`` message instead of producing a wrong demo.
+* ``Turnon``/``Turnoff``: grasp a stove knob's grip bar from above and twist the wrist.
+* ``Open`` a drawer: the hand points into the cabinet (slightly downwards), grips the handle
+  bar with the fingers closing vertically (a gripper pointing down cannot reach a lower
+  drawer's handle under the stacked ones) and pulls along the slide axis read from MuJoCo;
+  what is to go into the drawer is first pushed out from under its pulled-out footprint.
+* ``Close`` a drawer: push its front, beside the handles, with the edge of the closed hand.
+* ``Close`` a hinged door (microwave): push the panel near its free end along the arc.
+* ``Open`` a hinged door is not scripted: it fails with a clear ``failure`` message. Putting
+  something *into* an enclosed container (the microwave) is not scripted either: the
+  pick-and-place of :mod:`envs.scripted_pick` lowers it from above, onto the roof.
+
+Drawers and doors live in :mod:`envs.scripted_door`; joint goals come from the object's
+``default_open_ranges`` / ``default_close_ranges`` (what LIBERO's predicates test).
 """
 from __future__ import annotations
 
@@ -12,6 +21,7 @@ from typing import TYPE_CHECKING, Generator
 import numpy as np
 
 from envs.scripted_bddl import Atom
+from envs.scripted_door import close_door, close_drawer, find_joint, open_drawer
 from envs.scripted_primitives import CLOSE, OPEN, close_gripper, maybe_pause, move_to, open_gripper, servo
 from envs.scripted_scene import Box
 
@@ -82,17 +92,22 @@ def turn_knob(planner: "ScriptedPlanner", atom: Atom) -> Actions:
 
 
 def open_articulated(planner: "ScriptedPlanner", atom: Atom) -> Actions:
-    """Not scripted yet (see the module docstring): fails with a message."""
-    planner.failure = f"opening {atom.args[0]} (drawers/doors) is not scripted yet"
-    return False
-    yield  # pragma: no cover  (makes this a generator)
+    """Open a drawer (grip its handle and pull, :func:`envs.scripted_door.open_drawer`).
+
+    Opening a hinged door is not scripted (none of the scripted suites needs it): fails with a message.
+    """
+    joint = find_joint(planner, atom.args[0])
+    if not joint.slide:
+        planner.failure = f"opening the door of {atom.args[0]} is not scripted"
+        return False
+    return (yield from open_drawer(planner, atom, joint))
 
 
 def close_articulated(planner: "ScriptedPlanner", atom: Atom) -> Actions:
-    """Not scripted yet (see the module docstring): fails with a message."""
-    planner.failure = f"closing {atom.args[0]} (drawers/doors) is not scripted yet"
-    return False
-    yield  # pragma: no cover
+    """Push a drawer or a hinged door shut (:func:`envs.scripted_door.close_drawer` / ``close_door``)."""
+    joint = find_joint(planner, atom.args[0])
+    handler = close_drawer if joint.slide else close_door
+    return (yield from handler(planner, atom, joint))
 
 
 __all__ = ["turn_knob", "open_articulated", "close_articulated"]

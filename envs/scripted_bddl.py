@@ -77,20 +77,12 @@ def parse_goal(bddl: str | Path) -> list[Atom]:
     return _atoms(goal[1])
 
 
-def container_of(region: str, objects: list[str]) -> str | None:
-    """The object a region belongs to (``wooden_cabinet_1_top_region`` -> ``wooden_cabinet_1``)."""
-    best = None
-    for name in objects:
-        if region.startswith(name + "_") and (best is None or len(name) > len(best)):
-            best = name
-    return best
-
-
 def order_subgoals(atoms: list[Atom]) -> list[Atom]:
     """Executable order: Turnon/Turnoff and Open first, then pick-and-place (In/On), Close last.
 
-    An ``In`` into a region of an articulated container (drawer, microwave) gets an
-    explicit ``open`` of that region first; the planner skips an ``open`` that already holds.
+    Every ``In`` gets an explicit ``open`` of its region first (a drawer must be pulled out
+    before something goes in); the planner skips an ``open`` that already holds, and one of
+    a region that cannot open (a basket, a tray) always holds.
     """
     first, opens, places, closes = [], [], [], []
     for a in atoms:
@@ -102,9 +94,6 @@ def order_subgoals(atoms: list[Atom]) -> list[Atom]:
             closes.append(a)
         else:
             places.append(a)
-    needed = []
-    for a in places:
-        if a.predicate == "in" and any(c.args[0] in a.args[1] or a.args[1].startswith(c.args[0])
-                                        for c in closes):
-            needed.append(Atom("open", (a.args[1],)))
+    needed = [Atom("open", (a.args[1],)) for a in places
+              if a.predicate == "in" and Atom("open", (a.args[1],)) not in opens]
     return first + opens + needed + places + closes

@@ -24,6 +24,7 @@ from envs.hdf5_writer import Demo, file_attrs, robot_state_vector, task_file_nam
 from envs.libero import MAX_STEPS, NOOP_ACTION, NUM_WAIT_STEPS, TaskInfo, hdf5_obs_fields, make_env
 from envs.scripted import ScriptedPlanner, run_episode
 from envs.scripted_bddl import parse_goal
+from envs.scripted_layout import repair_layout
 
 SEED_STRIDE = 1_000_003  # seeds of task i: i * SEED_STRIDE + attempt
 DEMO_STEP_FACTOR = 1.5
@@ -63,6 +64,7 @@ def plan_attempt(env: Any, task: TaskInfo, seed: int, max_steps: int | None = No
     t0 = time.time()
     env.seed(int(seed))
     env.reset()
+    repair_layout(env.env)  # objects on/in fixture regions: LIBERO's sampler puts them in the air
     for _ in range(NUM_WAIT_STEPS):
         env.step(NOOP_ACTION.astype(np.float64))
     state0 = np.asarray(env.get_sim_state()).copy()

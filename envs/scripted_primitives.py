@@ -19,7 +19,10 @@ import numpy as np
 
 from envs.scripted_scene import SceneView, rotation_error
 
-OPEN, CLOSE = -1.0, 1.0
+OPEN, CLOSE, KEEP = -1.0, 1.0, 0.0  # KEEP: the gripper holds its current opening
+FULL_OPENING = 0.08  # m, finger opening of the open Panda gripper
+SERVO_PUSH = 0.15  # action units added towards the target when the error is larger than ~5 mm
+GRIP_RATE = 0.25  # gripper target change per control step (0.01 per 2 ms simulation step)
 Primitive = Generator[np.ndarray, None, bool]
 
 
@@ -60,8 +63,11 @@ def servo(view: SceneView, pos: np.ndarray, yaw: float, grip: float, style: Styl
           vmax: float | None = None) -> np.ndarray:
     """One action (7,) driving the end effector towards ``pos`` (3,) with gripper-down ``yaw``."""
     cap = style.vmax if vmax is None else vmax
+    err = pos - view.eef_pos()
     a = np.zeros(7)
-    a[:3] = np.clip((pos - view.eef_pos()) * style.gain, -cap, cap)
+    # proportional, plus a push that saturates beyond ~1 cm: the OSC controller (no integral
+    # term) otherwise stalls a centimetre or two short of small set-point offsets
+    a[:3] = np.clip(err * style.gain + SERVO_PUSH * err / (np.linalg.norm(err) + 0.005), -cap, cap)
     a[3:6] = np.clip(rotation_error(view.down_yaw(yaw), view.eef_mat()) * style.rot_gain, -1.0, 1.0)
     a[6] = grip
     return a
@@ -110,6 +116,20 @@ def close_gripper(view: SceneView, yaw: float, style: Style, max_steps: int = 25
         last = now
         if i >= 4 and still >= 3:
             break
+    return True
+
+
+def narrow_gripper(view: SceneView, yaw: float, style: Style, opening: float) -> Primitive:
+    """From fully open, set the fingers' target to ``opening`` m apart (send ``KEEP`` afterwards).
+
+    robosuite's Panda gripper integrates ``sign(action)`` into its target at ``GRIP_RATE`` per
+    control step (closed +1, open -1) and the fingers lag behind, so the target is set by counting
+    steps rather than by watching the fingers (which would overshoot).
+    """
+    steps = int(round((1.0 - opening / FULL_OPENING) * 2.0 / GRIP_RATE))
+    here = view.eef_pos()
+    for _ in range(steps):
+        yield servo(view, here, yaw, CLOSE, style)
     return True
 
 

@@ -239,3 +239,25 @@ def xy_clearance(view: SceneView, point_xy: np.ndarray, exclude_bodies: set[int]
         return float("inf")
     gap = np.maximum(np.maximum(lo[keep, :2] - point_xy, point_xy - hi[keep, :2]), 0.0)
     return float(np.linalg.norm(gap, axis=1).min())
+
+
+def obstacle_distance(view: SceneView, points: np.ndarray, exclude_bodies: set[int], above_z: float) -> float:
+    """Smallest distance (m) from ``points`` (P,3) to a collision geom's oriented box.
+
+    Only geoms reaching above ``above_z`` count (what a finger descending to that height could
+    hit); robot geoms and ``exclude_bodies`` are ignored. Unlike world bounding boxes, oriented
+    boxes stay tight around the thin walls of a yawed drawer or basket.
+    """
+    m, d = view.model, view.data
+    lo, hi, bodies = _scene_boxes(view)
+    coll = np.nonzero((m.geom_contype != 0) | (m.geom_conaffinity != 0))[0]
+    keep = np.array([int(b) not in exclude_bodies and int(b) not in view.robot_bodies for b in bodies])
+    keep &= hi[:, 2] > above_z
+    if not keep.any():
+        return float("inf")
+    g = coll[keep]
+    mats = d.geom_xmat[g].reshape(-1, 3, 3)
+    rel = points[None, :, :] - d.geom_xpos[g][:, None, :]  # (G,P,3)
+    local = np.einsum("gji,gpj->gpi", mats, rel) - m.geom_aabb[g][:, None, :3]
+    gap = np.maximum(np.abs(local) - m.geom_aabb[g][:, None, 3:], 0.0)
+    return float(np.linalg.norm(gap, axis=2).min())
