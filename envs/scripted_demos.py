@@ -33,6 +33,9 @@ LIBERO's own collection allowed 600 steps): a slow but successful demonstration 
 a demonstration, and the kept ones are far shorter on average (``mean_steps`` in the bench)."""
 
 
+REPLAY_GRACE = 10  # extra steps a rendered replay may take to reach the goal (see render_attempt)
+
+
 def demo_step_budget(suite: str) -> int:
     """Step budget of one scripted attempt in ``suite``."""
     return int(DEMO_STEP_FACTOR * MAX_STEPS[suite])
@@ -80,19 +83,28 @@ def plan_attempt(env: Any, task: TaskInfo, seed: int, max_steps: int | None = No
 def render_attempt(env: Any, attempt: Attempt) -> Demo | None:
     """Replay ``attempt``'s actions from its first state in a rendered :class:`envs.libero.LiberoEnv`.
 
+    Planning stops at the first step where the goal holds, so a contact-rich last motion (a door
+    pushed shut) can end the replay a hair short of it; the replay then repeats the last action
+    for up to ``REPLAY_GRACE`` more steps, which are recorded like the others.
     Returns the :class:`Demo` (T steps) if the replay ends in success on its last action, else None.
     """
     env.set_init_state(attempt.init_state)
     states, robot, obs = [], [], {}
-    for t, action in enumerate(attempt.actions):
+    actions = list(attempt.actions)
+    t = 0
+    while t < len(actions):
         states.append(env.get_sim_state().copy())
         robot.append(robot_state_vector(env.raw_obs))
         for k, v in hdf5_obs_fields(env.raw_obs).items():
             obs.setdefault(k, []).append(v)
-        _, _, success, _, _ = env.step(action)
-        if success and t < len(attempt.actions) - 1:
-            attempt.actions = attempt.actions[: t + 1]  # replay succeeded earlier than planning
+        _, _, success, _, _ = env.step(actions[t])
+        if success:
+            del actions[t + 1:]  # the replay may succeed earlier than planning did
             break
+        if t == len(actions) - 1 and len(actions) < len(attempt.actions) + REPLAY_GRACE:
+            actions.append(actions[-1])
+        t += 1
+    attempt.actions = np.asarray(actions, np.float64).reshape(-1, 7)
     if not env.check_success():
         return None
     model_xml = env.sim.model.get_xml() if hasattr(env.sim.model, "get_xml") else ""
