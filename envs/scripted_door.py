@@ -29,8 +29,8 @@ from typing import TYPE_CHECKING, Generator
 import numpy as np
 
 from envs.scripted_bddl import Atom
-from envs.scripted_primitives import Style
-from envs.scripted_pose import close_on, follow_pose, hand_rotation, hold_pose, move_pose, pose_servo
+from envs.scripted_pose import follow_pose, hand_rotation
+from envs.scripted_primitives import Style, close_on, hold_pose, move_pose, pose_servo
 from envs.scripted_scene import Box, SceneView, _scene_boxes, xy_clearance
 
 if TYPE_CHECKING:

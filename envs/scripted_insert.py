@@ -25,7 +25,8 @@ import numpy as np
 from envs.scripted_bddl import Atom
 from envs.scripted_door import _turn, find_joint, qpos
 from envs.scripted_pick import rim_circle
-from envs.scripted_pose import close_on, hand_rotation, hold_pose, move_pose
+from envs.scripted_pose import hand_rotation
+from envs.scripted_primitives import close_on, hold_pose, move_pose
 from envs.scripted_scene import SceneView, _scene_boxes, obstacle_distance
 
 if TYPE_CHECKING:

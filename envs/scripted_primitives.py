@@ -59,41 +59,61 @@ class Style:
         )
 
 
-def servo(view: SceneView, pos: np.ndarray, yaw: float, grip: float, style: Style,
-          vmax: float | None = None) -> np.ndarray:
-    """One action (7,) driving the end effector towards ``pos`` (3,) with gripper-down ``yaw``."""
+def pose_servo(view: SceneView, pos: np.ndarray, rot: np.ndarray, grip: float, style: Style,
+               vmax: float | None = None, push: float = 0.0) -> np.ndarray:
+    """One action (7,) driving the grip site towards ``pos`` (3,) and rotation ``rot`` (3,3).
+
+    ``push`` (action units) is added towards the target and saturates beyond ~1 cm: the OSC
+    controller (no integral term) otherwise stalls a centimetre or two short of small offsets.
+    """
     cap = style.vmax if vmax is None else vmax
     err = pos - view.eef_pos()
     a = np.zeros(7)
-    # proportional, plus a push that saturates beyond ~1 cm: the OSC controller (no integral
-    # term) otherwise stalls a centimetre or two short of small set-point offsets
-    a[:3] = np.clip(err * style.gain + SERVO_PUSH * err / (np.linalg.norm(err) + 0.005), -cap, cap)
-    a[3:6] = np.clip(rotation_error(view.down_yaw(yaw), view.eef_mat()) * style.rot_gain, -1.0, 1.0)
+    a[:3] = np.clip(err * style.gain + push * err / (np.linalg.norm(err) + 0.005), -cap, cap)
+    a[3:6] = np.clip(rotation_error(rot, view.eef_mat()) * style.rot_gain, -1.0, 1.0)
     a[6] = grip
     return a
+
+
+def servo(view: SceneView, pos: np.ndarray, yaw: float, grip: float, style: Style,
+          vmax: float | None = None) -> np.ndarray:
+    """One action (7,) driving the end effector towards ``pos`` (3,) with gripper-down ``yaw``."""
+    return pose_servo(view, pos, view.down_yaw(yaw), grip, style, vmax, SERVO_PUSH)
+
+
+def move_pose(view: SceneView, pos: np.ndarray, rot: np.ndarray, grip: float, style: Style,
+              tol: float = 0.01, rot_tol: float = 0.08, max_steps: int = 120,
+              vmax: float | None = None, push: float = 0.0) -> Primitive:
+    """Servo to ``pos`` (3,) and ``rot`` (3,3) until within ``tol`` metres and ``rot_tol`` radians."""
+    for _ in range(max_steps):
+        err = np.linalg.norm(pos - view.eef_pos())
+        rerr = np.linalg.norm(rotation_error(rot, view.eef_mat()))
+        if err < tol and rerr < rot_tol:
+            return True
+        yield pose_servo(view, pos, rot, grip, style, vmax, push)
+    return False
 
 
 def move_to(view: SceneView, pos: np.ndarray, yaw: float, grip: float, style: Style,
             tol: float = 0.01, rot_tol: float = 0.08, max_steps: int = 120,
             vmax: float | None = None) -> Primitive:
-    """Servo to ``pos`` (3,) and ``yaw`` until within ``tol`` metres and ``rot_tol`` radians."""
-    target = view.down_yaw(yaw)
-    for _ in range(max_steps):
-        err = np.linalg.norm(pos - view.eef_pos())
-        rerr = np.linalg.norm(rotation_error(target, view.eef_mat()))
-        if err < tol and rerr < rot_tol:
-            return True
-        yield servo(view, pos, yaw, grip, style, vmax)
-    return False
+    """Servo to ``pos`` (3,) and gripper-down ``yaw`` until within ``tol`` metres and ``rot_tol`` radians."""
+    return (yield from move_pose(view, pos, view.down_yaw(yaw), grip, style, tol, rot_tol, max_steps, vmax, SERVO_PUSH))
+
+
+def hold_pose(view: SceneView, rot: np.ndarray, grip: float, style: Style, steps: int,
+              pos: np.ndarray | None = None, push: float = 0.0) -> Primitive:
+    """Stay at ``pos`` (default: here) with rotation ``rot`` for ``steps`` steps, gripper ``grip``."""
+    here = view.eef_pos() if pos is None else pos
+    for _ in range(steps):
+        yield pose_servo(view, here, rot, grip, style, push=push)
+    return True
 
 
 def hold(view: SceneView, yaw: float, grip: float, style: Style, steps: int,
          pos: np.ndarray | None = None) -> Primitive:
     """Stay at ``pos`` (default: where the hand is now) for ``steps`` steps with gripper ``grip``."""
-    here = view.eef_pos() if pos is None else pos
-    for _ in range(steps):
-        yield servo(view, here, yaw, grip, style)
-    return True
+    return (yield from hold_pose(view, view.down_yaw(yaw), grip, style, steps, pos, SERVO_PUSH))
 
 
 def maybe_pause(view: SceneView, yaw: float, grip: float, style: Style,
@@ -104,19 +124,23 @@ def maybe_pause(view: SceneView, yaw: float, grip: float, style: Style,
     return True
 
 
-def close_gripper(view: SceneView, yaw: float, style: Style, max_steps: int = 25) -> Primitive:
-    """Close the fingers in place until they stop moving (on an object or fully shut)."""
+def close_on(view: SceneView, rot: np.ndarray, style: Style, max_steps: int = 25, push: float = 0.0) -> Primitive:
+    """Close the fingers in place (rotation ``rot``) until they stop moving (on an object or fully shut)."""
     here = view.eef_pos()
-    last = view.finger_opening()
-    still = 0
+    last, still = view.finger_opening(), 0
     for i in range(max_steps):
-        yield servo(view, here, yaw, CLOSE, style)
+        yield pose_servo(view, here, rot, CLOSE, style, push=push)
         now = view.finger_opening()
         still = still + 1 if abs(now - last) < 5e-4 else 0
         last = now
         if i >= 4 and still >= 3:
             break
     return True
+
+
+def close_gripper(view: SceneView, yaw: float, style: Style, max_steps: int = 25) -> Primitive:
+    """Close the fingers in place, gripper down at ``yaw``, until they stop moving."""
+    return (yield from close_on(view, view.down_yaw(yaw), style, max_steps, SERVO_PUSH))
 
 
 def narrow_gripper(view: SceneView, yaw: float, style: Style, opening: float) -> Primitive:
