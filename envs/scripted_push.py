@@ -59,7 +59,7 @@ def push(view: SceneView, name: str, target_xy: np.ndarray, style: Style, rng: n
     re-aiming every step from the object's current position.
     """
     route = drag_route(view, name, target_xy)
-    for _ in range(3):  # re-grasp when the rim slips out of the fingers
+    for _ in range(5):  # re-grasp when the rim slips out of the fingers
         point, yaw = rim_grasp(view, name, rng)
         point[2] = view.table_z + 0.012 + float(rng.uniform(0.0, 0.004))
         here = view.eef_pos()
