@@ -30,7 +30,7 @@ import numpy as np
 
 from envs.scripted_bddl import Atom
 from envs.scripted_pose import follow_pose, hand_rotation
-from envs.scripted_primitives import Style, close_on, hold_pose, move_pose, pose_servo
+from envs.scripted_primitives import Primitive, Style, close_on, hold_pose, move_pose, pose_servo
 from envs.scripted_scene import Box, SceneView, _scene_boxes, xy_clearance
 
 if TYPE_CHECKING:
@@ -303,19 +303,27 @@ def _push_point(view: SceneView, joint: Joint, out: np.ndarray) -> np.ndarray:
     return points[int(np.argmax(room))]
 
 
+def descend_onto(view: SceneView, point: np.ndarray, lift: float, rot: np.ndarray, style: Style,
+                 rot_tol: float, tol: float) -> Primitive:
+    """Closed hand at rotation ``rot`` (3,3) over ``point`` (3,) at ``lift`` m above it (never
+    lower than the hand is now), then down onto it; True when every leg arrived."""
+    here = view.eef_pos()
+    above = point + UP * lift
+    ok = yield from move_pose(view, np.array([*above[:2], max(above[2], here[2])]), rot, CLOSE, style,
+                              tol=0.02, rot_tol=0.3, max_steps=100)
+    ok = ok and (yield from move_pose(view, above, rot, CLOSE, style, tol=0.015, rot_tol=rot_tol))
+    ok = ok and (yield from move_pose(view, point, rot, CLOSE, style, tol=tol, max_steps=60,
+                                      vmax=min(style.vmax, 0.6)))
+    return ok
+
+
 def close_drawer(planner: "ScriptedPlanner", atom: Atom, joint: Joint) -> Actions:
     """Push the drawer front shut with the edge of the closed hand, pointing down."""
     view, style, rng = planner.view, planner.style, planner.rng
     out = _slide_dir(joint)
     point = _push_point(view, joint, out)
     rot = hand_rotation(view, -UP, out)
-    above = point + UP * rng.uniform(0.08, 0.12)
-    here = view.eef_pos()
-    ok = yield from move_pose(view, np.array([*above[:2], max(above[2], here[2])]), rot, CLOSE, style,
-                              tol=0.02, rot_tol=0.3, max_steps=100)
-    ok = ok and (yield from move_pose(view, above, rot, CLOSE, style, tol=0.015, rot_tol=0.08))
-    ok = ok and (yield from move_pose(view, point, rot, CLOSE, style, tol=0.01, max_steps=60,
-                                      vmax=min(style.vmax, 0.6)))
+    ok = yield from descend_onto(view, point, float(rng.uniform(0.08, 0.12)), rot, style, rot_tol=0.08, tol=0.01)
     if not ok:
         planner.failure = f"could not reach the front of {atom.args[0]}"
         return False
@@ -361,13 +369,7 @@ def close_door(planner: "ScriptedPlanner", atom: Atom, joint: Joint) -> Actions:
         return hand_rotation(view, -UP, _turn(axis, q - q0, far))
 
     start, rot = spot(q0, PUSH_CLEAR), rot_at(q0)
-    here = view.eef_pos()
-    above = start + UP * rng.uniform(0.1, 0.14)
-    ok = yield from move_pose(view, np.array([*above[:2], max(above[2], here[2])]), rot, CLOSE, style,
-                              tol=0.02, rot_tol=0.3, max_steps=100)
-    ok = ok and (yield from move_pose(view, above, rot, CLOSE, style, tol=0.015, rot_tol=0.1))
-    ok = ok and (yield from move_pose(view, start, rot, CLOSE, style, tol=0.012, max_steps=60,
-                                      vmax=min(style.vmax, 0.6)))
+    ok = yield from descend_onto(view, start, float(rng.uniform(0.1, 0.14)), rot, style, rot_tol=0.1, tol=0.012)
     if not ok:
         planner.failure = f"could not reach the door of {atom.args[0]}"
         return False
