@@ -24,7 +24,7 @@ articulated object's own ``default_open_ranges`` / ``default_close_ranges`` (wha
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Generator
+from typing import TYPE_CHECKING, Callable, Generator
 
 import numpy as np
 
@@ -232,13 +232,7 @@ def open_drawer(planner: "ScriptedPlanner", atom: Atom, joint: Joint) -> Actions
     target = start + out * (travel + 0.01)
     done = lambda: (planner.holds(atom)  # noqa: E731
                     and abs(qpos(view, joint) - q0) >= abs(joint.open_goal - q0) - 0.003)
-    yield from follow_pose(view, lambda: target, lambda: rot, CLOSE, style, done, max_steps=90,
-                           vmax=min(style.vmax, 0.8))
-    yield from _retreat(view, rot, out, style, rng)
-    if not planner.holds(atom):
-        planner.failure = f"{atom.args[0]} did not open (joint at {qpos(view, joint):.3f})"
-        return False
-    return True
+    return (yield from _slide_drawer(planner, atom, joint, target, rot, out, done, 0.8, "open"))
 
 
 def drawer_place_xy(planner: "ScriptedPlanner", obj: str, region: str) -> np.ndarray | None:
@@ -330,11 +324,19 @@ def close_drawer(planner: "ScriptedPlanner", atom: Atom, joint: Joint) -> Action
     travel = abs(qpos(view, joint) - joint.close_goal) * np.linalg.norm(joint.axis)
     target = point - out * (travel + PUSH_IN)
     done = lambda: planner.holds(atom) and abs(qpos(view, joint) - joint.close_goal) < 0.003  # noqa: E731
+    return (yield from _slide_drawer(planner, atom, joint, target, rot, out, done, 0.5, "close"))
+
+
+def _slide_drawer(planner: "ScriptedPlanner", atom: Atom, joint: Joint, target: np.ndarray, rot: np.ndarray,
+                  out: np.ndarray, done: Callable[[], bool], vmax: float, verb: str) -> Actions:
+    """Drive the hand (holding or pushing the drawer) to ``target`` (3,) at ``rot`` until ``done()``,
+    let go and back off along ``out``; True when ``atom`` holds, else sets the planner's failure."""
+    view, style = planner.view, planner.style
     yield from follow_pose(view, lambda: target, lambda: rot, CLOSE, style, done, max_steps=90,
-                           vmax=min(style.vmax, 0.5))
-    yield from _retreat(view, rot, out, style, rng)
+                           vmax=min(style.vmax, vmax))
+    yield from _retreat(view, rot, out, style, planner.rng)
     if not planner.holds(atom):
-        planner.failure = f"{atom.args[0]} did not close (joint at {qpos(view, joint):.3f})"
+        planner.failure = f"{atom.args[0]} did not {verb} (joint at {qpos(view, joint):.3f})"
         return False
     return True
 

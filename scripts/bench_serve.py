@@ -133,6 +133,7 @@ def main(argv: list[str] | None = None) -> int:
     from policy.config import PolicyConfig
     from policy.policy import DiffusionPolicy
     from policy.serving import PolicyClient
+    from policy.wire import stack_observations
     from policy.utils import atomic_write_json
 
     torch.set_num_threads(args.threads)
@@ -157,10 +158,10 @@ def main(argv: list[str] | None = None) -> int:
         inproc, one, server_ms = [], [], []
         with PolicyClient("127.0.0.1", port) as client:
             for o in observations[:5]:
-                policy.predict({k: (np.stack([v]) if isinstance(v, np.ndarray) else [v]) for k, v in o.items()}, args.steps)
+                policy.predict(stack_observations([o]), args.steps)
                 client.infer(o)
             for o in tqdm(observations, desc="latency: in-process and server, alternated"):
-                batch1 = {k: (np.stack([v]) if isinstance(v, np.ndarray) else [v]) for k, v in o.items()}
+                batch1 = stack_observations([o])  # the batch the server builds from this request
                 t0 = time.perf_counter()
                 policy.predict(batch1, args.steps)
                 inproc.append((time.perf_counter() - t0) * 1e3)
