@@ -54,18 +54,19 @@ class PolicyServer:
             wait they split into half-size batches). It waits only for clients that sent a
             request in the last second, so a single client, or clients that all have a request
             queued already, never wait; a window that gains nothing switches waiting off for the
-            next WINDOW_BACKOFF batches, so clients out of step rarely pay it; 0 disables it.
+            next ``window_backoff`` batches, so clients out of step rarely pay it; 0 disables it.
+        window_backoff: batches served without the window after one whose window gained nothing.
         metadata: extra entries for the metadata sent on connect.
     """
 
-    WINDOW_BACKOFF = 16
-
     def __init__(self, policy: BatchPolicy, steps: int = 2, churn: float = 0.0, host: str = "127.0.0.1", port: int = 8000,
                  api_key: str | None = None, max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES, max_batch: int = 32,
-                 batch_window_ms: float = 5.0, metadata: dict[str, Any] | None = None) -> None:
-        if max_batch < 1 or max_message_bytes < 1024 or not 0 <= batch_window_ms <= 1000:
-            raise ValueError("max_batch must be >= 1, max_message_bytes >= 1024 and batch_window_ms in [0, 1000]")
+                 batch_window_ms: float = 5.0, window_backoff: int = 16, metadata: dict[str, Any] | None = None) -> None:
+        if max_batch < 1 or max_message_bytes < 1024 or not 0 <= batch_window_ms <= 1000 or window_backoff < 0:
+            raise ValueError("max_batch must be >= 1, max_message_bytes >= 1024, batch_window_ms in [0, 1000] "
+                             "and window_backoff >= 0")
         self.batch_window_s = float(batch_window_ms) / 1e3
+        self.window_backoff = int(window_backoff)
         self._last_request: dict[int, float] = {}  # connection -> perf_counter of its last request
         self._skip_waits = 0  # batches left that go without the window (see _gather)
         self.policy, self.steps, self.churn = policy, int(steps), float(churn)
@@ -153,7 +154,7 @@ class PolicyServer:
         """The next batch: what is queued, plus what the other active clients send within the window.
 
         A window that ran out without gaining a single request (clients out of step with each
-        other, e.g. robots on their own clocks) makes the next ``WINDOW_BACKOFF`` batches go
+        other, e.g. robots on their own clocks) makes the next ``window_backoff`` batches go
         without waiting, so unsynchronised clients pay the window at most once in that many.
         """
         assert self._queue is not None
@@ -176,7 +177,7 @@ class PolicyServer:
             gained = True
             self._drain(items)
         if self.batch_window_s and len(items) < expected and not gained:
-            self._skip_waits = self.WINDOW_BACKOFF
+            self._skip_waits = self.window_backoff
         return items
 
     def _drain(self, items: list) -> None:

@@ -180,7 +180,8 @@ class _RecordingPolicy:
 def test_batch_window_gathers_staggered_requests_of_active_clients(window_ms):
     """Requests of active clients that arrive within the window share one forward pass; without it they do not."""
     rec = _RecordingPolicy()
-    srv = PolicyServer(rec, port=0, batch_window_ms=window_ms)
+    # no back-off: a warm-up window that happens to wait in vain must not switch waiting off
+    srv = PolicyServer(rec, port=0, batch_window_ms=window_ms, window_backoff=0)
     srv.start_in_thread()
     try:
         clients = [PolicyClient("127.0.0.1", srv.port) for _ in range(4)]
@@ -210,7 +211,7 @@ def test_batch_window_gathers_staggered_requests_of_active_clients(window_ms):
 
 
 def test_batch_window_backs_off_for_clients_out_of_step():
-    """Clients that never arrive together pay the window once, then not for WINDOW_BACKOFF batches."""
+    """Clients that never arrive together pay the window once, then not for window_backoff (16) batches."""
     rec = _RecordingPolicy()
     srv = PolicyServer(rec, port=0, batch_window_ms=300.0)
     srv.start_in_thread()
