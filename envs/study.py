@@ -34,10 +34,17 @@ PRESETS: dict[str, dict[str, Any]] = {
     "quick": dict(tasks=[0], demos=5, resolution=64, fast_render=True, model="small", train_steps=300,
                   checkpoint_every=100, energy=[(1.0, 1.0)], eval_steps=[2], episodes=4,
                   data_root="data/study_quick", results="eval/study/quick/libero.json", threads=1),
-    # Small model on all tasks of the suite: a moderate CPU study (hours to a day).
-    "cpu": dict(tasks=None, demos=20, resolution=64, fast_render=True, model="small", train_steps=5000,
-                checkpoint_every=500, energy=list(DEFAULT_ENERGY), eval_steps=[1, 2, 4, 8, 16], episodes=10,
-                data_root="data/study_cpu", results="benchmarks/results/libero.json", threads=1),
+    # The CPU study as measured (docs/study.md): one task, 50 demos, 16k steps of the small model
+    # at lr 3e-4, energy (1, 1) against MSE, 50 episodes per step count; two jobs at a time.
+    "cpu": dict(tasks=[0], demos=50, resolution=64, fast_render=True, model="small", train_steps=16000,
+                checkpoint_every=2000, energy=[(1.0, 1.0)], eval_steps=[1, 2, 4, 8, 16], episodes=50, workers=1,
+                jobs=2, train_overrides=["train.lr=3e-4"], data_root="data/study_cpu",
+                results="benchmarks/results/libero.json", threads=1),
+    # The same small model on every task of the suite, three energy models (not yet run).
+    "cpu_suite": dict(tasks=None, demos=20, resolution=64, fast_render=True, model="small", train_steps=16000,
+                      checkpoint_every=2000, eval_steps=[1, 2, 4, 8, 16], episodes=10, workers=1, jobs=2,
+                      train_overrides=["train.lr=3e-4"], data_root="data/study_cpu",
+                      results="benchmarks/results/libero.json", threads=1),
     # The paper's configuration, for a GPU: 50 demos/task at 128 px, 250k steps, 50 episodes/task.
     "paper": dict(tasks=None, demos=50, resolution=128, fast_render=False, model="paper", train_steps=250_000,
                   checkpoint_every=10_000, energy=list(DEFAULT_ENERGY), eval_steps=[1, 2, 4, 8, 16], episodes=50,
@@ -89,6 +96,7 @@ class StudyConfig:
     results: str = "benchmarks/results/libero.json"
     dry_run: bool = False
     threads: int = 0  # > 0: OMP_NUM_THREADS for the subprocesses unless exported (0 = torch's default)
+    jobs: int = 1  # training / evaluation subprocesses run at a time (> 1: each logs to a file)
     train_overrides: list[str] = field(default_factory=list)  # extra train.*/data.*/model.* overrides
 
     def models(self) -> list[ModelSpec]:
@@ -116,6 +124,7 @@ class Job:
     state: str
     detail: str = ""
     key: tuple[str, int] | None = None  # eval jobs: (model name, steps)
+    log: Path | None = None  # where the job's output goes when jobs run in parallel
 
 
 # ---------------------------------------------------------------- options
@@ -190,9 +199,10 @@ def parse_overrides(argv: list[str]) -> StudyConfig:
     preset = kv.pop("preset", None) or default_preset()
     if preset not in PRESETS:
         raise StudyError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
-    cfg = StudyConfig(preset=preset, train_overrides=extra, **PRESETS[preset])
+    defaults = dict(PRESETS[preset])
+    cfg = StudyConfig(preset=preset, **{**defaults, "train_overrides": defaults.get("train_overrides", []) + extra})
     ints = {"demos": 1, "resolution": 8, "train_steps": 1, "checkpoint_every": 1, "seed": 0, "population": 2,
-            "episodes": 1, "workers": 1, "threads": 0}
+            "episodes": 1, "workers": 1, "threads": 0, "jobs": 1}
     for key, value in kv.items():
         if key in ints:
             cfg = replace(cfg, **{key: _parse_ints(key, value, ints[key])[0]})
@@ -297,13 +307,13 @@ def plan_training(cfg: StudyConfig) -> list[Job]:
             continue
         if step > 0:
             cmd = _py("train_policy.py") + ["resume=true", f"run_dir={run}", f"train.steps={cfg.train_steps}"]
-            jobs.append(Job("train", m.name, cmd, "resume", f"from step {step} in {run}"))
+            jobs.append(Job("train", m.name, cmd, "resume", f"from step {step} in {run}", log=run / "study_train.log"))
             continue
         cmd = _py("train_policy.py") + [
             f"suite={cfg.suite}", f"model={cfg.model}", *m.overrides(), f"train.steps={cfg.train_steps}",
             f"train.seed={cfg.seed}", f"train.checkpoint_every={cfg.checkpoint_every}",
             f"suite.data_dirs=[{Path(cfg.data_root) / cfg.suite}]", f"run_dir={run}", *cfg.train_overrides]
-        jobs.append(Job("train", m.name, cmd, "run", f"-> {run}"))
+        jobs.append(Job("train", m.name, cmd, "run", f"-> {run}", log=run / "study_train.log"))
     return jobs
 
 
@@ -339,7 +349,7 @@ def plan_eval(cfg: StudyConfig, trained: set[str] | None = None) -> list[Job]:
                 state = "done"
             else:
                 state = "run" if m.name in trained else "wait"
-            jobs.append(Job("eval", f"{m.name} steps={k}", cmd, state, str(out), (m.name, k)))
+            jobs.append(Job("eval", f"{m.name} steps={k}", cmd, state, str(out), (m.name, k), out / "study_eval.log"))
     return jobs
 
 
@@ -376,7 +386,9 @@ def aggregate(cfg: StudyConfig) -> dict[str, Path] | None:
     notes = (f"preset={cfg.preset}: model={cfg.model}, {cfg.train_steps} training steps, seed {cfg.seed}, "
              f"{cfg.demos} scripted demos per task at {cfg.resolution} px "
              f"({'fast' if cfg.fast_render else 'official'} rendering, same for evaluation), {tasks}, "
-             f"up to {cfg.episodes} episodes per task; trained on {'; '.join(sorted(machines)) or 'unknown machine'}")
+             f"up to {cfg.episodes} episodes per task"
+             + (f", training overrides {' '.join(cfg.train_overrides)}" if cfg.train_overrides else "")
+             + f"; trained on {'; '.join(sorted(machines)) or 'unknown machine'}")
     protocol = (f"{protocol}; episode i starts from official init state i; success = successes / episodes "
                 f"pooled over the evaluated tasks") if protocol else ""
     return write_study_results(cfg.suite, table, cfg.results, protocol, notes)

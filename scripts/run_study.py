@@ -4,15 +4,17 @@ MSE policies on the same data -> eval_rollouts at several sampler steps -> liber
 table and plot (success rate vs steps, 95% Wilson intervals).
 
   python scripts/run_study.py preset=quick                 # CPU quickstart (~5-10 min on 2 cores, 1 task)
-  python scripts/run_study.py suite=libero_object          # the study (preset paper on CUDA, else cpu)
+  python scripts/run_study.py suite=libero_object          # the study (preset paper on CUDA, else cpu:
+                                                           #   1 task, ~2.5 h on 2 cores)
   python scripts/run_study.py suite=libero_object preset=paper energy=1:1,0.5:1 episodes=20
   python scripts/run_study.py preset=quick dry_run=true    # print the plan, run nothing
 
-Keys (key=value; defaults from the preset quick | cpu | paper):
+Keys (key=value; defaults from the preset quick | cpu | cpu_suite | paper):
   suite tasks=all|0,3 demos resolution fast_render=true|false model=small|paper
   train_steps checkpoint_every seed energy=lambda:beta,... population mse=true|false
   eval_steps=1,2,4,8,16 episodes workers device data_root runs_root eval_root results dry_run
   threads (OMP_NUM_THREADS of the children; quick/cpu: 1, paper: 0 = torch default)
+  jobs (training / evaluation subprocesses at a time; cpu: 2, each logging to a file)
   train.* data.* model.*   passed on to scripts/train_policy.py
 Rerun the same command to resume: finished stages are skipped, interrupted ones resume.
 """
@@ -44,9 +46,19 @@ def _show(job) -> str:
     return f"{job.state:>6}  {job.stage} {job.name}: {job.detail}" + (f"\n        $ {shlex.join(job.cmd)}" if job.cmd else "")
 
 
-def run_stage(title: str, jobs: list, before=None, threads: int = 0) -> list[str]:
-    """Run the jobs that are not done (one subprocess each, output passed through);
-    returns the names of the failed ones. A failure never stops the other jobs.
+def _tail(path, n: int = 5) -> str:
+    """The last n lines of a log (progress-bar redraws split at carriage returns)."""
+    try:
+        lines = path.read_text(errors="replace").replace("\r", "\n").splitlines()
+    except OSError:
+        return ""
+    return "\n".join("        | " + ln for ln in [ln for ln in lines if ln.strip()][-n:])
+
+
+def run_stage(title: str, jobs: list, before=None, threads: int = 0, parallel: int = 1) -> list[str]:
+    """Run the jobs that are not done (one subprocess each); returns the names of the failed
+    ones. A failure never stops the other jobs. parallel > 1 runs that many at a time, each
+    writing to its own log file (job.log), with one progress bar over the jobs.
     threads > 0 sets OMP_NUM_THREADS for the children unless the user exported it: on a
     shared 2-core CPU torch's default 2 threads thrash (measured 11 s/step against 0.25)."""
     import os
@@ -57,27 +69,70 @@ def run_stage(title: str, jobs: list, before=None, threads: int = 0) -> list[str
     if threads > 0:
         env.setdefault("OMP_NUM_THREADS", str(threads))
 
-    failed = []
-    bar = tqdm(jobs, desc=title, unit="job", file=sys.stdout, dynamic_ncols=True)
-    for job in bar:
+    failed, todo = [], []
+    for job in jobs:
         if job.state == "done":
-            tqdm.write(f"skip {job.stage} {job.name}: {job.detail}", file=sys.stdout)
-            continue
-        if job.state == "wait":
-            tqdm.write(f"SKIP {job.stage} {job.name}: its model is not trained (see the training errors above)", file=sys.stdout)
+            print(f"skip {job.stage} {job.name}: {job.detail}", flush=True)
+        elif job.state == "wait":
+            print(f"SKIP {job.stage} {job.name}: its model is not trained (see the training errors above)", flush=True)
             failed.append(job.name)
-            continue
+        else:
+            todo.append(job)
+    if parallel > 1 and len(todo) > 1:
+        return failed + _run_parallel(title, len(jobs), todo, before, env, parallel)
+
+    bar = tqdm(total=len(jobs), initial=len(jobs) - len(todo), desc=title, unit="job", file=sys.stdout,
+               dynamic_ncols=True)
+    for job in todo:
         if before is not None:
             before(job)
         tqdm.write(f"$ {shlex.join(job.cmd)}", file=sys.stdout)
         bar.clear()  # the child's own progress bars draw on this line
         sys.stdout.flush()
         rc = subprocess.run(job.cmd, check=False, env=env).returncode
-        bar.refresh()
+        bar.update(1)
         if rc != 0:
             tqdm.write(f"FAILED ({job.stage} {job.name}, exit {rc}); going on with the next job", file=sys.stdout)
             failed.append(job.name)
     bar.close()
+    return failed
+
+
+def _run_parallel(title: str, total: int, todo: list, before, env: dict, parallel: int) -> list[str]:
+    """run_stage's parallel branch: up to ``parallel`` children at once, output to job.log."""
+    from tqdm import tqdm
+
+    failed, queue, running = [], list(todo), []
+    bar = tqdm(total=total, initial=total - len(todo), desc=title, unit="job", file=sys.stdout, dynamic_ncols=True)
+    try:
+        while queue or running:
+            while queue and len(running) < parallel:
+                job = queue.pop(0)
+                if before is not None:
+                    before(job)
+                job.log.parent.mkdir(parents=True, exist_ok=True)
+                log = open(job.log, "ab")  # noqa: SIM115 (closed when the child ends)
+                tqdm.write(f"$ {shlex.join(job.cmd)}\n        (output: {job.log})", file=sys.stdout)
+                running.append((job, subprocess.Popen(job.cmd, env=env, stdout=log, stderr=subprocess.STDOUT), log))
+            bar.set_postfix_str(", ".join(j.name for j, _, _ in running))
+            time.sleep(1.0)
+            for item in [r for r in running if r[1].poll() is not None]:
+                job, proc, log = item
+                log.close()
+                running.remove(item)
+                bar.update(1)
+                if proc.returncode != 0:
+                    tqdm.write(f"FAILED ({job.stage} {job.name}, exit {proc.returncode}); last lines of {job.log}:\n"
+                               f"{_tail(job.log)}", file=sys.stdout)
+                    failed.append(job.name)
+                else:
+                    tqdm.write(f"done {job.stage} {job.name}", file=sys.stdout)
+    finally:
+        for _, proc, log in running:  # interrupted: stop the children, keep what they wrote
+            proc.terminate()
+            proc.wait()
+            log.close()
+        bar.close()
     return failed
 
 
@@ -101,11 +156,11 @@ def main(argv: list[str]) -> int:
                 print(_show(job))
             print(f"dry run: nothing executed; results would go to {cfg.results}")
             return 0
-        n = cfg.threads
+        n, par = cfg.threads, cfg.jobs
         failed = {"demos": run_stage("[1/4] demos", plan_demos(cfg), threads=n)}
-        failed["train"] = run_stage("[2/4] train", plan_training(cfg), threads=n,
+        failed["train"] = run_stage("[2/4] train", plan_training(cfg), threads=n, parallel=par,
                                     before=lambda j: write_spec(cfg, models[j.name], describe_machine()))
-        failed["eval"] = run_stage("[3/4] eval", plan_eval(cfg), threads=n,
+        failed["eval"] = run_stage("[3/4] eval", plan_eval(cfg), threads=n, parallel=par,
                                    before=lambda j: write_eval_marker(cfg, models[j.key[0]], j.key[1]))
         paths = aggregate(cfg)
     except StudyError as exc:

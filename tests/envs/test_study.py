@@ -174,7 +174,7 @@ def test_reused_folders_with_other_settings_are_refused(tmp_path: Path) -> None:
 def test_bad_input_gives_one_clear_error(tmp_path: Path) -> None:
     assert parse_energy("1:1,0.5:1,1:0.1") == [(1.0, 1.0), (0.5, 1.0), (1.0, 0.1)]
     for argv, msg in [(["suite=libero_100"], "unknown suite 'libero_100'; choose one of libero_spatial"),
-                      (["preset=huge"], "unknown preset 'huge'; choose one of quick, cpu, paper"),
+                      (["preset=huge"], "unknown preset 'huge'; choose one of quick, cpu, cpu_suite, paper"),
                       (["energy=1:3"], "need lambda in [0, 1] and beta in (0, 2]"),
                       (["energy=1,1"], "write lambda:beta pairs"),
                       (["energy=1:1,1:1"], "twice"),
@@ -210,3 +210,28 @@ def test_rerun_of_a_finished_study_runs_nothing_and_aggregates(tmp_path: Path, c
     assert out.strip().splitlines()[-1].startswith("done: study libero_object preset=quick in ")
     data = json.loads((tmp_path / "libero.json").read_text())
     assert data[SUITE] == {"energy_lam1_beta1": {"2": {"success": 0.5, "episodes": 4}}, "mse": {"2": {"success": 0.0, "episodes": 4}}}
+
+
+def test_parallel_stage_runs_jobs_side_by_side_with_logs(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """jobs=2: two children at once, each writing to its own log; a failing one is reported
+    with the tail of its log and the others still run."""
+    from envs.study import Job
+
+    spec = importlib.util.spec_from_file_location("run_study", REPO / "scripts" / "run_study.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)  # type: ignore[union-attr]
+    stamp = "import sys, time; open(sys.argv[1], 'w').write(str(time.time())); time.sleep(1.5); print('hello', sys.argv[1])"
+    jobs = [Job("eval", f"ok{i}", [sys.executable, "-c", stamp, str(tmp_path / f"start{i}")], "run",
+                log=tmp_path / f"ok{i}" / "study_eval.log") for i in range(2)]
+    jobs.append(Job("eval", "bad", [sys.executable, "-c", "import sys; print('boom: bad key'); sys.exit(3)"], "run",
+                    log=tmp_path / "bad" / "study_eval.log"))
+    jobs.append(Job("eval", "old", [], "done", "finished earlier"))
+    seen = []
+    failed = module.run_stage("eval", jobs, before=lambda j: seen.append(j.name), threads=1, parallel=2)
+    out = capsys.readouterr().out
+    assert failed == ["bad"] and seen == ["ok0", "ok1", "bad"]
+    starts = [float((tmp_path / f"start{i}").read_text()) for i in range(2)]
+    assert abs(starts[0] - starts[1]) < 1.0  # both ran at once (each sleeps 1.5 s)
+    for i in range(2):
+        assert (tmp_path / f"ok{i}" / "study_eval.log").read_text().strip() == f"hello {tmp_path / f'start{i}'}"
+    assert "FAILED (eval bad, exit 3)" in out and "| boom: bad key" in out and "skip eval old" in out
