@@ -35,9 +35,9 @@ PRESETS: dict[str, dict[str, Any]] = {
                   checkpoint_every=100, energy=[(1.0, 1.0)], eval_steps=[2], episodes=4,
                   data_root="data/study_quick", results="eval/study/quick/libero.json", threads=1),
     # The CPU study as measured (docs/study.md): one task, 50 demos, 16k steps of the small model
-    # at lr 3e-4, energy (1, 1) against MSE, 50 episodes per step count; two jobs at a time.
+    # at lr 3e-4, energy (1, 1) and (0.5, 1) against MSE, 50 episodes per step count; two jobs at a time.
     "cpu": dict(tasks=[0], demos=50, resolution=64, fast_render=True, model="small", train_steps=16000,
-                checkpoint_every=2000, energy=[(1.0, 1.0)], eval_steps=[1, 2, 4, 8, 16], episodes=50, workers=1,
+                checkpoint_every=2000, energy=[(1.0, 1.0), (0.5, 1.0)], eval_steps=[1, 2, 4, 8, 16], episodes=50, workers=1,
                 jobs=2, train_overrides=["train.lr=3e-4"], data_root="data/study_cpu",
                 results="benchmarks/results/libero.json", threads=1),
     # The same small model on every task of the suite, three energy models (not yet run).

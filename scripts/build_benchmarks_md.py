@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-TOPICS = ("toy2d", "image", "train", "eval", "demos", "serve")
+TOPICS = ("toy2d", "image", "train", "eval", "demos", "serve", "libero")
 
 
 def build() -> str:

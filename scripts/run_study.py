@@ -5,7 +5,7 @@ table and plot (success rate vs steps, 95% Wilson intervals).
 
   python scripts/run_study.py preset=quick                 # CPU quickstart (~5-10 min on 2 cores, 1 task)
   python scripts/run_study.py suite=libero_object          # the study (preset paper on CUDA, else cpu:
-                                                           #   1 task, ~2.5 h on 2 cores)
+                                                           #   1 task, ~2 h on 2 cores)
   python scripts/run_study.py suite=libero_object preset=paper energy=1:1,0.5:1 episodes=20
   python scripts/run_study.py preset=quick dry_run=true    # print the plan, run nothing
 

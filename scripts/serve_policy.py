@@ -18,6 +18,8 @@ import os
 import sys
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
+
 import numpy as np
 
 DEFAULT_CHECKPOINT = "runs/latest"
