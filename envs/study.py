@@ -29,22 +29,21 @@ DEFAULT_ENERGY: tuple[tuple[float, float], ...] = ((1.0, 1.0), (0.5, 1.0), (1.0,
 SPEC_FILE = "study_spec.json"  # written into a run dir before its training starts
 EVAL_MARKER = "study_eval.json"  # written into an eval dir before its rollouts start: the checkpoint step
 
+# The CPU study as measured (docs/study.md): one task, 50 demos, 16k steps of the small model
+# at lr 3e-4, energy (1, 1) and (0.5, 1) against MSE, 50 episodes per step count; two jobs at a time.
+_CPU_STUDY: dict[str, Any] = dict(
+    tasks=[0], demos=50, resolution=64, fast_render=True, model="small", train_steps=16000, checkpoint_every=2000,
+    energy=[(1.0, 1.0), (0.5, 1.0)], eval_steps=[1, 2, 4, 8, 16], episodes=50, workers=1, jobs=2,
+    train_overrides=["train.lr=3e-4"], data_root="data/study_cpu", results="benchmarks/results/libero.json", threads=1)
+
 PRESETS: dict[str, dict[str, Any]] = {
     # CPU quickstart: 1 task, a handful of 64x64 demos, a few hundred steps, 2 models, steps 2.
     "quick": dict(tasks=[0], demos=5, resolution=64, fast_render=True, model="small", train_steps=300,
                   checkpoint_every=100, energy=[(1.0, 1.0)], eval_steps=[2], episodes=4,
                   data_root="data/study_quick", results="eval/study/quick/libero.json", threads=1),
-    # The CPU study as measured (docs/study.md): one task, 50 demos, 16k steps of the small model
-    # at lr 3e-4, energy (1, 1) and (0.5, 1) against MSE, 50 episodes per step count; two jobs at a time.
-    "cpu": dict(tasks=[0], demos=50, resolution=64, fast_render=True, model="small", train_steps=16000,
-                checkpoint_every=2000, energy=[(1.0, 1.0), (0.5, 1.0)], eval_steps=[1, 2, 4, 8, 16], episodes=50, workers=1,
-                jobs=2, train_overrides=["train.lr=3e-4"], data_root="data/study_cpu",
-                results="benchmarks/results/libero.json", threads=1),
-    # The same small model on every task of the suite, three energy models (not yet run).
-    "cpu_suite": dict(tasks=None, demos=20, resolution=64, fast_render=True, model="small", train_steps=16000,
-                      checkpoint_every=2000, eval_steps=[1, 2, 4, 8, 16], episodes=10, workers=1, jobs=2,
-                      train_overrides=["train.lr=3e-4"], data_root="data/study_cpu",
-                      results="benchmarks/results/libero.json", threads=1),
+    "cpu": _CPU_STUDY,
+    # The same on every task of the suite, 20 demos and 10 episodes per task, three energy models (not yet run).
+    "cpu_suite": {**_CPU_STUDY, "tasks": None, "demos": 20, "energy": list(DEFAULT_ENERGY), "episodes": 10},
     # The paper's configuration, for a GPU: 50 demos/task at 128 px, 250k steps, 50 episodes/task.
     "paper": dict(tasks=None, demos=50, resolution=128, fast_render=False, model="paper", train_steps=250_000,
                   checkpoint_every=10_000, energy=list(DEFAULT_ENERGY), eval_steps=[1, 2, 4, 8, 16], episodes=50,

@@ -57,8 +57,9 @@ def _tail(path, n: int = 5) -> str:
 
 def run_stage(title: str, jobs: list, before=None, threads: int = 0, parallel: int = 1) -> list[str]:
     """Run the jobs that are not done (one subprocess each); returns the names of the failed
-    ones. A failure never stops the other jobs. parallel > 1 runs that many at a time, each
-    writing to its own log file (job.log), with one progress bar over the jobs.
+    ones. A failure never stops the other jobs. With parallel > 1 (and more than one job to
+    run) that many run at a time, each writing to its own log file (job.log) under one
+    progress bar; otherwise one at a time with their output passed through.
     threads > 0 sets OMP_NUM_THREADS for the children unless the user exported it: on a
     shared 2-core CPU torch's default 2 threads thrash (measured 11 s/step against 0.25)."""
     import os
@@ -69,7 +70,7 @@ def run_stage(title: str, jobs: list, before=None, threads: int = 0, parallel: i
     if threads > 0:
         env.setdefault("OMP_NUM_THREADS", str(threads))
 
-    failed, todo = [], []
+    failed, queue = [], []
     for job in jobs:
         if job.state == "done":
             print(f"skip {job.stage} {job.name}: {job.detail}", flush=True)
@@ -77,61 +78,53 @@ def run_stage(title: str, jobs: list, before=None, threads: int = 0, parallel: i
             print(f"SKIP {job.stage} {job.name}: its model is not trained (see the training errors above)", flush=True)
             failed.append(job.name)
         else:
-            todo.append(job)
-    if parallel > 1 and len(todo) > 1:
-        return failed + _run_parallel(title, len(jobs), todo, before, env, parallel)
-
-    bar = tqdm(total=len(jobs), initial=len(jobs) - len(todo), desc=title, unit="job", file=sys.stdout,
+            queue.append(job)
+    to_logs = parallel > 1 and len(queue) > 1
+    width = parallel if to_logs else 1
+    bar = tqdm(total=len(jobs), initial=len(jobs) - len(queue), desc=title, unit="job", file=sys.stdout,
                dynamic_ncols=True)
-    for job in todo:
-        if before is not None:
-            before(job)
-        tqdm.write(f"$ {shlex.join(job.cmd)}", file=sys.stdout)
-        bar.clear()  # the child's own progress bars draw on this line
-        sys.stdout.flush()
-        rc = subprocess.run(job.cmd, check=False, env=env).returncode
-        bar.update(1)
-        if rc != 0:
-            tqdm.write(f"FAILED ({job.stage} {job.name}, exit {rc}); going on with the next job", file=sys.stdout)
-            failed.append(job.name)
-    bar.close()
-    return failed
-
-
-def _run_parallel(title: str, total: int, todo: list, before, env: dict, parallel: int) -> list[str]:
-    """run_stage's parallel branch: up to ``parallel`` children at once, output to job.log."""
-    from tqdm import tqdm
-
-    failed, queue, running = [], list(todo), []
-    bar = tqdm(total=total, initial=total - len(todo), desc=title, unit="job", file=sys.stdout, dynamic_ncols=True)
+    running = []  # (job, process, log file or None)
     try:
         while queue or running:
-            while queue and len(running) < parallel:
+            while queue and len(running) < width:
                 job = queue.pop(0)
                 if before is not None:
                     before(job)
-                job.log.parent.mkdir(parents=True, exist_ok=True)
-                log = open(job.log, "ab")  # noqa: SIM115 (closed when the child ends)
-                tqdm.write(f"$ {shlex.join(job.cmd)}\n        (output: {job.log})", file=sys.stdout)
-                running.append((job, subprocess.Popen(job.cmd, env=env, stdout=log, stderr=subprocess.STDOUT), log))
-            bar.set_postfix_str(", ".join(j.name for j, _, _ in running))
-            time.sleep(1.0)
+                log = None
+                if to_logs:
+                    job.log.parent.mkdir(parents=True, exist_ok=True)
+                    log = open(job.log, "ab")  # noqa: SIM115 (closed when the child ends)
+                    tqdm.write(f"$ {shlex.join(job.cmd)}\n        (output: {job.log})", file=sys.stdout)
+                else:
+                    tqdm.write(f"$ {shlex.join(job.cmd)}", file=sys.stdout)
+                    bar.clear()  # the child's own progress bars draw on this line
+                    sys.stdout.flush()
+                running.append((job, subprocess.Popen(job.cmd, env=env, stdout=log,
+                                                      stderr=subprocess.STDOUT if log else None), log))
+            if to_logs:
+                bar.set_postfix_str(", ".join(j.name for j, _, _ in running))
+            try:
+                running[0][1].wait(timeout=1.0)  # one at a time: returns as soon as the child ends
+            except subprocess.TimeoutExpired:
+                pass
             for item in [r for r in running if r[1].poll() is not None]:
                 job, proc, log = item
-                log.close()
                 running.remove(item)
                 bar.update(1)
+                if log is not None:
+                    log.close()
                 if proc.returncode != 0:
-                    tqdm.write(f"FAILED ({job.stage} {job.name}, exit {proc.returncode}); last lines of {job.log}:\n"
-                               f"{_tail(job.log)}", file=sys.stdout)
                     failed.append(job.name)
-                else:
+                    tqdm.write(f"FAILED ({job.stage} {job.name}, exit {proc.returncode}); going on with the next job"
+                               + (f"; last lines of {job.log}:\n{_tail(job.log)}" if log else ""), file=sys.stdout)
+                elif log is not None:
                     tqdm.write(f"done {job.stage} {job.name}", file=sys.stdout)
     finally:
         for _, proc, log in running:  # interrupted: stop the children, keep what they wrote
             proc.terminate()
             proc.wait()
-            log.close()
+            if log is not None:
+                log.close()
         bar.close()
     return failed
 
