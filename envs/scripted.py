@@ -25,7 +25,7 @@ from envs.scripted_door import drawer_place_xy
 from envs.scripted_pick import Grasp, pick, place, still_held, support_z
 from envs.scripted_push import is_flat_and_wide, push
 from envs.scripted_primitives import OPEN, Style, hold
-from envs.scripted_scene import SceneView
+from envs.scripted_scene import SceneView, box_distance, object_footprints
 
 __all__ = ["ScriptedPlanner", "parse_goal", "run_episode", "NOOP"]
 
@@ -107,14 +107,10 @@ class ScriptedPlanner:
         grid = np.linspace(-1.0, 1.0, 7)
         points = centre + np.stack(np.meshgrid(grid, grid), axis=-1).reshape(-1, 2) * half
         owner = self.env.parsed_problem["regions"].get(region, {}).get("target")
-        others = [self.view.object_box(n) for n in self.env.objects_dict
-                  if n not in (obj, owner) and n in self.env.obj_body_id]
-        if not others:
+        others = object_footprints(self.view, {obj, owner})
+        if others is None:
             return centre
-        lo = np.array([b.lo[:2] for b in others])
-        hi = np.array([b.hi[:2] for b in others])
-        gap = np.maximum(np.maximum(lo[None] - points[:, None], points[:, None] - hi[None]), 0.0)
-        room = np.linalg.norm(gap, axis=2).min(axis=1)  # (P,) distance to the nearest other object
+        room = box_distance(points, *others)  # (P,) distance to the nearest other object
         need = 0.5 * float(min(self.view.object_box(obj).size[:2])) + 0.01
         free = np.nonzero(room >= need)[0]
         if shared or not len(free):  # leave room for the next object, or find the least crowded spot

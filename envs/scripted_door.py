@@ -30,22 +30,20 @@ import numpy as np
 
 from envs.scripted_bddl import Atom
 from envs.scripted_pose import follow_pose, hand_rotation
-from envs.scripted_primitives import Primitive, Style, close_on, hold_pose, move_pose, pose_servo
+from envs.scripted_primitives import (CLOSE, CLOSE_STEP, FULL_OPENING, KEEP, OPEN, UP, Primitive, Style, close_on,
+                                      hold_pose, move_pose, pose_servo)
 from envs.scripted_scene import Box, SceneView, _scene_boxes, xy_clearance
 
 if TYPE_CHECKING:
     from envs.scripted import ScriptedPlanner
 
 Actions = Generator[np.ndarray, None, bool]
-OPEN, KEEP, CLOSE = -1.0, 0.0, 1.0  # gripper actions; KEEP holds the current finger target
-UP = np.array([0.0, 0.0, 1.0])
 HAND_HALF = 0.105  # m, half length of the Panda hand along the finger axis: its edge does the pushing
 HAND_LIFT = 0.026  # m, height of the hand's underside above the grip site when pointing down
 PUSH_CLEAR = 0.015  # m, gap between the hand and a surface before pushing it
 HAND_THICK = 0.032  # m, half thickness of the hand across the finger axis
 SWEEP_MARGIN = 0.035  # m, room left around a drawer's pulled-out footprint for the hand
 FINGER_WIDTH = 0.029  # m, from a finger's inner pad face to its outer side
-FULL_OPENING = 0.08  # m, finger opening of the open Panda gripper; one close step narrows it ~1 cm
 PUSH_IN = 0.03  # m, how far behind the pushed surface the hand is aimed while pushing
 
 
@@ -194,7 +192,7 @@ def _preshape_steps(view: SceneView, joint: Joint, bar: Box, out: np.ndarray) ->
     gaps += [zc - hi[i, 2] for i in np.nonzero(near)[0] if hi[i, 2] < bar.lo[2]]
     room = min(gaps, default=0.1)
     opening = float(np.clip(2.0 * (room - FINGER_WIDTH - 0.006), bar.size[2] + 0.015, FULL_OPENING))
-    return int(np.ceil((FULL_OPENING - opening) / 0.01))
+    return int(np.ceil((FULL_OPENING - opening) / CLOSE_STEP))
 
 
 def open_drawer(planner: "ScriptedPlanner", atom: Atom, joint: Joint) -> Actions:

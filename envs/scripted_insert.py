@@ -26,15 +26,13 @@ from envs.scripted_bddl import Atom
 from envs.scripted_door import _turn, find_joint, qpos
 from envs.scripted_pick import rim_circle
 from envs.scripted_pose import hand_rotation
-from envs.scripted_primitives import close_on, hold_pose, move_pose
+from envs.scripted_primitives import CLOSE, OPEN, UP, close_on, hold_pose, move_pose
 from envs.scripted_scene import SceneView, _scene_boxes, obstacle_distance
 
 if TYPE_CHECKING:
     from envs.scripted import ScriptedPlanner
 
 Actions = Generator[np.ndarray, None, bool]
-OPEN, CLOSE = -1.0, 1.0
-UP = np.array([0.0, 0.0, 1.0])
 TOP_DOWN_ROOM = 0.12  # m above an object that a hand pointing down needs to set it down
 FLOOR_GAP = 0.012  # m, the object's bottom above the cavity floor while sliding in
 HAND_MARGIN = 0.004  # m, the hand keeps this far from every geom (walls, panel, open door)

@@ -23,6 +23,8 @@ OPEN, CLOSE, KEEP = -1.0, 1.0, 0.0  # KEEP: the gripper holds its current openin
 FULL_OPENING = 0.08  # m, finger opening of the open Panda gripper
 SERVO_PUSH = 0.15  # action units added towards the target when the error is larger than ~5 mm
 GRIP_RATE = 0.25  # gripper target change per control step (0.01 per 2 ms simulation step)
+CLOSE_STEP = FULL_OPENING * GRIP_RATE / 2.0  # m, how much one CLOSE step narrows the fingers' target (1 cm)
+UP = np.array([0.0, 0.0, 1.0])
 Primitive = Generator[np.ndarray, None, bool]
 
 

@@ -14,7 +14,7 @@ import numpy as np
 
 from envs.scripted_pick import is_wide, rim_grasp
 from envs.scripted_primitives import CLOSE, OPEN, Primitive, Style, close_gripper, move_to, open_gripper, servo
-from envs.scripted_scene import SceneView
+from envs.scripted_scene import SceneView, box_distance, object_footprints
 
 LOG = logging.getLogger(__name__)
 
@@ -27,19 +27,16 @@ def drag_route(view: SceneView, name: str, target_xy: np.ndarray) -> list[np.nda
     """
     start = view.body_pos(name)[:2]
     radius = 0.5 * float(max(view.object_box(name).size[:2]))
-    boxes = [view.object_box(n) for n in view.env.objects_dict if n != name and n in view.env.obj_body_id]
-    if not boxes:
+    others = object_footprints(view, {name})
+    if others is None:
         return [target_xy]
-    lo = np.array([b.lo[:2] for b in boxes])
-    hi = np.array([b.hi[:2] for b in boxes])
     routes = [[target_xy], [np.array([start[0], target_xy[1]]), target_xy],
               [np.array([target_xy[0], start[1]]), target_xy]]
 
     def room(route: list[np.ndarray]) -> float:
         legs = [start] + route
         pts = np.concatenate([np.linspace(a, b, 10) for a, b in zip(legs[:-1], legs[1:])])
-        gap = np.maximum(np.maximum(lo[None] - pts[:, None], pts[:, None] - hi[None]), 0.0)
-        return float(np.linalg.norm(gap, axis=2).min()) - radius
+        return float(box_distance(pts, *others).min()) - radius
 
     scores = [room(r) - 0.002 * k for k, r in enumerate(routes)]  # ties: the straight line
     return list(routes[int(np.argmax(scores))])

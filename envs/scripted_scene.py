@@ -197,10 +197,15 @@ class SceneView:
         return float(self.data.qpos[self.model.joint(joint).qposadr[0]])
 
 
+def _collision_geoms(model: Any) -> np.ndarray:
+    """Ids (G,) of the geoms that collide (the order of :func:`_scene_boxes`'s rows)."""
+    return np.nonzero((model.geom_contype != 0) | (model.geom_conaffinity != 0))[0]
+
+
 def _scene_boxes(view: "SceneView") -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """World AABBs of every collision geom: (lo (G,3), hi (G,3), body id (G,))."""
     m, d = view.model, view.data
-    coll = np.nonzero((m.geom_contype != 0) | (m.geom_conaffinity != 0))[0]
+    coll = _collision_geoms(m)
     signs = np.array([[sx, sy, sz] for sx in (-1, 1) for sy in (-1, 1) for sz in (-1, 1)], float)
     aabb = m.geom_aabb[coll]
     local = aabb[:, None, :3] + signs[None] * aabb[:, None, 3:]
@@ -227,6 +232,21 @@ def clearance_height(view: SceneView, points_xy: np.ndarray, radius: float,
     return best
 
 
+def box_distance(points: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
+    """Distance (P,) from each of ``points`` (P, k) to the nearest of the boxes ``lo``..``hi`` (B, k)."""
+    gap = np.maximum(np.maximum(lo[None] - points[:, None], points[:, None] - hi[None]), 0.0)
+    return np.linalg.norm(gap, axis=2).min(axis=1)
+
+
+def object_footprints(view: SceneView, exclude: set[str]) -> tuple[np.ndarray, np.ndarray] | None:
+    """Horizontal bounding boxes (lo (B,2), hi (B,2)) of the movable objects not in ``exclude``;
+    None when there are none."""
+    boxes = [view.object_box(n) for n in view.env.objects_dict if n not in exclude and n in view.env.obj_body_id]
+    if not boxes:
+        return None
+    return np.array([b.lo[:2] for b in boxes]), np.array([b.hi[:2] for b in boxes])
+
+
 def xy_clearance(view: SceneView, point_xy: np.ndarray, exclude_bodies: set[int]) -> float:
     """Horizontal distance (m) from ``point_xy`` (2,) to the nearest geom standing on the table.
 
@@ -237,8 +257,7 @@ def xy_clearance(view: SceneView, point_xy: np.ndarray, exclude_bodies: set[int]
     keep &= (hi[:, 2] > view.table_z + 0.005) & ((hi[:, 0] - lo[:, 0]) < 0.5) & ((hi[:, 1] - lo[:, 1]) < 0.5)
     if not keep.any():
         return float("inf")
-    gap = np.maximum(np.maximum(lo[keep, :2] - point_xy, point_xy - hi[keep, :2]), 0.0)
-    return float(np.linalg.norm(gap, axis=1).min())
+    return float(box_distance(np.asarray(point_xy)[None], lo[keep, :2], hi[keep, :2])[0])
 
 
 def obstacle_distance(view: SceneView, points: np.ndarray, exclude_bodies: set[int], above_z: float) -> float:
@@ -250,7 +269,7 @@ def obstacle_distance(view: SceneView, points: np.ndarray, exclude_bodies: set[i
     """
     m, d = view.model, view.data
     lo, hi, bodies = _scene_boxes(view)
-    coll = np.nonzero((m.geom_contype != 0) | (m.geom_conaffinity != 0))[0]
+    coll = _collision_geoms(m)
     keep = np.array([int(b) not in exclude_bodies and int(b) not in view.robot_bodies for b in bodies])
     keep &= hi[:, 2] > above_z
     if not keep.any():
