@@ -39,14 +39,17 @@ class ScriptedPlanner:
         env: the inner robosuite environment (``BDDLBaseDomain``) whose ``sim`` is stepped.
         atoms: goal atoms from :func:`envs.scripted_bddl.parse_goal`.
         rng: random generator for the episode's style, offsets and yaws.
+        detour: route modes (m, 0 = off): every pick and every transfer first steps this far
+            left or right of its straight line (:func:`envs.scripted_primitives.fork`).
     """
 
-    def __init__(self, env: Any, atoms: list[Atom], rng: np.random.Generator) -> None:
+    def __init__(self, env: Any, atoms: list[Atom], rng: np.random.Generator, detour: float = 0.0) -> None:
         self.env = env
         self.view = SceneView(env)
         self.atoms = order_subgoals(atoms)
         self.rng = rng
         self.style = Style.sample(rng)
+        self.style.detour = float(detour)
         self.failure: str | None = None
 
     # ------------------------------------------------------------- predicates

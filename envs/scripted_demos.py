@@ -62,8 +62,9 @@ def make_planning_env(task: TaskInfo) -> Any:
                       camera_names=[], hard_reset=False, horizon=100_000)
 
 
-def plan_attempt(env: Any, task: TaskInfo, seed: int, max_steps: int | None = None) -> Attempt:
-    """Reset ``env`` (a planning env) to the layout of ``seed`` and run the scripted planner once."""
+def plan_attempt(env: Any, task: TaskInfo, seed: int, max_steps: int | None = None, detour: float = 0.0) -> Attempt:
+    """Reset ``env`` (a planning env) to the layout of ``seed`` and run the scripted planner once
+    (``detour`` > 0: with route modes, see :class:`envs.scripted.ScriptedPlanner`)."""
     t0 = time.time()
     env.seed(int(seed))
     env.reset()
@@ -72,7 +73,7 @@ def plan_attempt(env: Any, task: TaskInfo, seed: int, max_steps: int | None = No
         env.step(NOOP_ACTION.astype(np.float64))
     state0 = np.asarray(env.get_sim_state()).copy()
     env.set_init_state(state0)  # the exact path a replay takes
-    planner = ScriptedPlanner(env.env, parse_goal(task.bddl_file), np.random.default_rng(seed))
+    planner = ScriptedPlanner(env.env, parse_goal(task.bddl_file), np.random.default_rng(seed), detour)
     actions: list[np.ndarray] = []
     ok, steps = run_episode(env, planner, demo_step_budget(task.suite) if max_steps is None else max_steps,
                             on_step=lambda a, r: actions.append(a))
@@ -136,13 +137,32 @@ def tried_seeds(out: Path, task: TaskInfo) -> tuple[list[int], int]:
     return kept, nxt
 
 
+def check_detour(out: Path, task: TaskInfo, detour: float) -> None:
+    """Refuse to add demonstrations with route modes ``detour`` to a task whose file or shards
+    in ``out`` were made with another value (one line naming the fix)."""
+    final = Path(out) / task_file_name(task.name)
+    seen: list[float] = []
+    if final.exists():
+        with h5py.File(final, "r") as f:
+            seen.append(float(f["data"].attrs.get("scripted_detour", 0.0)))
+    marker = partial_dir(out, task) / "detour.txt"
+    if marker.exists():
+        seen.append(float(marker.read_text()))
+    other = [v for v in seen if abs(v - detour) > 1e-9]
+    if other:
+        raise ValueError(f"{final.parent} holds demos of {task.name!r} made with --detour {other[0]:g}, not "
+                         f"{detour:g}; use another --out folder for demonstrations with other route modes")
+
+
 def generate_task_demos(task: TaskInfo, out: Path, needed: int, resolution: int = 128,
                         fast_render: bool = False, max_attempts: int | None = None,
-                        progress: Callable[[str, bool], None] | None = None) -> tuple[int, int]:
+                        progress: Callable[[str, bool], None] | None = None, detour: float = 0.0) -> tuple[int, int]:
     """Plan and render until ``needed`` new shards exist for ``task``; returns (kept, attempts)."""
     out = Path(out)
     part = partial_dir(out, task)
+    check_detour(out, task, detour)
     part.mkdir(parents=True, exist_ok=True)
+    (part / "detour.txt").write_text(f"{detour!r}")  # the shards' route modes, checked on a rerun
     _, attempt_no = tried_seeds(out, task)
     max_attempts = 3 * needed + 5 if max_attempts is None else max_attempts
     penv = make_planning_env(task)
@@ -153,7 +173,7 @@ def generate_task_demos(task: TaskInfo, out: Path, needed: int, resolution: int 
             seed = task.index * SEED_STRIDE + attempt_no
             attempt_no += 1
             tries += 1
-            attempt = plan_attempt(penv, task, seed)
+            attempt = plan_attempt(penv, task, seed, detour=detour)
             demo = None
             if attempt.success:
                 if renv is None:
@@ -174,7 +194,8 @@ def generate_task_demos(task: TaskInfo, out: Path, needed: int, resolution: int 
     return kept, tries
 
 
-def assemble_task_file(task: TaskInfo, out: Path, limit: int, resolution: int, fast_render: bool) -> int:
+def assemble_task_file(task: TaskInfo, out: Path, limit: int, resolution: int, fast_render: bool,
+                       detour: float = 0.0) -> int:
     """Merge the task file's existing demos and the shards (up to ``limit``) into the task file.
 
     Written atomically; used shards are deleted afterwards. Returns the number of demos.
@@ -194,7 +215,7 @@ def assemble_task_file(task: TaskInfo, out: Path, limit: int, resolution: int, f
         if not groups or (old is not None and not handles):
             return len(groups)  # nothing new to write
         tmp_target = final.with_name(final.name + ".new")
-        n = write_task_file(tmp_target, file_attrs(task, resolution, fast_render), groups)
+        n = write_task_file(tmp_target, file_attrs(task, resolution, fast_render, detour), groups)
     finally:
         for h in handles:
             h.close()
@@ -203,6 +224,8 @@ def assemble_task_file(task: TaskInfo, out: Path, limit: int, resolution: int, f
     tmp_target.replace(final)
     for p in list(part.glob("demo_seed*.hdf5")):
         p.unlink()  # fail markers stay, so a rerun does not retry known failures
+    if not any(part.glob("fail_seed*")):
+        (part / "detour.txt").unlink(missing_ok=True)  # the task file records it from now on
     if not any(part.iterdir()):
         part.rmdir()
     if part.parent.exists() and not any(part.parent.iterdir()):

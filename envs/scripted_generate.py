@@ -11,7 +11,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from envs.libero import TaskInfo, check_suite, list_tasks
-from envs.scripted_demos import assemble_task_file, generate_task_demos, tried_seeds
+from envs.scripted_demos import assemble_task_file, check_detour, generate_task_demos, tried_seeds
 
 
 @dataclass
@@ -26,6 +26,7 @@ class GenerateConfig:
     resolution: int = 128
     fast_render: bool = False
     max_attempts_factor: float = 3.0
+    detour: float = 0.0  # route modes of the scripted demonstrator (m, 0 = off)
 
     def selected(self) -> list[TaskInfo]:
         """The tasks named by ``tasks`` ('all' or comma-separated indices)."""
@@ -46,9 +47,9 @@ def _worker(args: tuple) -> tuple[str, int, int]:
     import os
 
     os.environ.setdefault("LP_NUM_THREADS", "1")
-    task, out, needed, resolution, fast_render, max_attempts, q = args
+    task, out, needed, resolution, fast_render, max_attempts, q, detour = args
     kept, tries = generate_task_demos(task, out, needed, resolution, fast_render, max_attempts,
-                                      progress=lambda name, ok: q.put((name, ok)))
+                                      progress=lambda name, ok: q.put((name, ok)), detour=detour)
     return task.name, kept, tries
 
 
@@ -56,11 +57,14 @@ def generate_suite(cfg: GenerateConfig) -> dict[str, int]:
     """Generate the missing demonstrations of the selected tasks; returns task name -> demo count."""
     if cfg.demos_per_task <= 0 or cfg.workers <= 0 or cfg.resolution <= 0:
         raise ValueError("--demos-per-task, --workers and --resolution must be positive")
+    if not 0.0 <= cfg.detour <= 0.3:
+        raise ValueError(f"--detour must be between 0 (off) and 0.3 m, got {cfg.detour:g}")
     tasks = cfg.selected()
     out = Path(cfg.out) / cfg.suite
     out.mkdir(parents=True, exist_ok=True)
     jobs = []
     for task in tasks:
+        check_detour(out, task, cfg.detour)
         kept, _ = tried_seeds(out, task)
         missing = cfg.demos_per_task - len(kept)
         if missing > 0:
@@ -73,7 +77,7 @@ def generate_suite(cfg: GenerateConfig) -> dict[str, int]:
         if jobs:
             with ctx.Pool(min(cfg.workers, len(jobs))) as pool:
                 payload = [(t, out, m, cfg.resolution, cfg.fast_render,
-                            int(cfg.max_attempts_factor * m) + 5, q) for t, m in jobs]
+                            int(cfg.max_attempts_factor * m) + 5, q, cfg.detour) for t, m in jobs]
                 pending = pool.map_async(_worker, payload, chunksize=1)
                 while True:
                     try:
@@ -88,5 +92,6 @@ def generate_suite(cfg: GenerateConfig) -> dict[str, int]:
                 pending.get()  # re-raise a worker's exception
     summary = {}
     for task in tasks:
-        summary[task.name] = assemble_task_file(task, out, cfg.demos_per_task, cfg.resolution, cfg.fast_render)
+        summary[task.name] = assemble_task_file(task, out, cfg.demos_per_task, cfg.resolution, cfg.fast_render,
+                                                cfg.detour)
     return summary

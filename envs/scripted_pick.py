@@ -13,7 +13,7 @@ import logging
 
 import numpy as np
 
-from envs.scripted_primitives import (CLOSE, KEEP, OPEN, Primitive, Style, close_gripper, maybe_pause,
+from envs.scripted_primitives import (CLOSE, KEEP, OPEN, Primitive, Style, close_gripper, fork, maybe_pause,
                                       move_to, narrow_gripper, open_gripper)
 from envs.scripted_scene import SceneView, clearance_height, obstacle_distance
 
@@ -208,9 +208,13 @@ def pick(view: SceneView, name: str, style: Style, rng: np.random.Generator,
     body = view.body_id(name)
     above = target + np.array([0.0, 0.0, rng.uniform(0.07, 0.11)])
     here = view.eef_pos()
-    z = max(travel_z(view, here[:2], above[:2], 0.02, 0.06, {body}, style), above[2])
+    via = fork(here[:2], above[:2], style, rng)
+    legs = [here[:2]] + ([] if via is None else [via]) + [above[:2]]
+    z = max(max(travel_z(view, a, b, 0.02, 0.06, {body}, style) for a, b in zip(legs, legs[1:])), above[2])
     if here[2] < z - 0.03:
         ok = yield from move_to(view, np.array([here[0], here[1], z]), yaw, OPEN, style, tol=0.03, rot_tol=0.5)
+    if via is not None:
+        yield from move_to(view, np.array([via[0], via[1], z]), yaw, OPEN, style, tol=0.03, rot_tol=0.5)
     ok = yield from move_to(view, np.array([above[0], above[1], max(z, above[2])]), yaw, OPEN, style, tol=0.02)
     if not ok:
         return None
@@ -268,9 +272,14 @@ def place(view: SceneView, grasp: Grasp, target_xy: np.ndarray, style: Style,
     here = view.eef_pos()
     hang = float(grasp.hang[2])
     goal_xy = target_xy + grasp.hang[:2] + rng.normal(0.0, style.jitter * 0.5, 2)
-    z = travel_z(view, here[:2], goal_xy, hang, radius, {body}, style)
+    via = fork(here[:2], goal_xy, style, rng)
+    legs = [here[:2]] + ([] if via is None else [via]) + [goal_xy]
+    z = max(travel_z(view, a, b, hang, radius, {body}, style) for a, b in zip(legs, legs[1:]))
     ok = yield from move_to(view, np.array([here[0], here[1], max(z, here[2])]), grasp.yaw, CLOSE, style,
                             tol=0.03, rot_tol=0.3, vmax=grasp.vmax)
+    if via is not None:
+        yield from move_to(view, np.array([via[0], via[1], z]), grasp.yaw, CLOSE, style,
+                           tol=0.03, rot_tol=0.3, vmax=grasp.vmax)
     ok = yield from move_to(view, np.array([goal_xy[0], goal_xy[1], z]), grasp.yaw, CLOSE, style,
                             tol=0.012, rot_tol=0.08, max_steps=150, vmax=grasp.vmax)
     if not still_held(view, grasp):

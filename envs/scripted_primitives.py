@@ -39,6 +39,8 @@ class Style:
         pause_prob: chance of a short pause (no motion) between primitives.
         jitter: standard deviation (m) of approach and placement offsets.
         travel_lift: extra height (m) above the computed safe travel height.
+        detour: route modes (m, 0 = off; not drawn by :meth:`sample`): each transfer first steps
+            this far sideways, left or right of its straight line (50/50), see :func:`fork`.
     """
 
     gain: float = 10.0
@@ -47,6 +49,7 @@ class Style:
     pause_prob: float = 0.0
     jitter: float = 0.0
     travel_lift: float = 0.0
+    detour: float = 0.0
 
     @classmethod
     def sample(cls, rng: np.random.Generator) -> "Style":
@@ -174,3 +177,23 @@ def follow(view: SceneView, waypoint: Callable[[], np.ndarray], yaw: float, grip
             return True
         yield servo(view, waypoint(), yaw, grip, style, vmax)
     return done()
+
+
+def fork(here_xy: np.ndarray, goal_xy: np.ndarray, style: Style, rng: np.random.Generator) -> np.ndarray | None:
+    """Route modes: a waypoint (2,) ``style.detour`` m to the left or right (50/50) of the
+    straight line from ``here_xy`` to ``goal_xy``, or None when route modes are off.
+
+    The sideways step is perpendicular to the line, so the two modes start with opposite
+    motions and their average stands still: the discrete multimodality of human teleoperation
+    (going round one side or the other) that a mean-predicting policy cannot represent.
+    The side is drawn only when route modes are on, so demonstrations without them keep
+    their random stream (and their actions) unchanged.
+    """
+    if style.detour <= 0.0:
+        return None
+    line = np.asarray(goal_xy, float) - np.asarray(here_xy, float)
+    length = float(np.linalg.norm(line))
+    if length < 1e-6:
+        return None
+    side = 1.0 if rng.random() < 0.5 else -1.0
+    return np.asarray(here_xy, float) + side * style.detour * np.array([-line[1], line[0]]) / length

@@ -45,6 +45,10 @@ PRESETS: dict[str, dict[str, Any]] = {
     # The same on every task of the suite, 20 demos and 10 episodes per task, three energy models (not yet run).
     "cpu_suite": {**_CPU_STUDY, "tasks": None, "demos": 20, "energy": list(DEFAULT_ENERGY), "episodes": 10},
     # The paper's configuration, for a GPU: 50 demos/task at 128 px, 250k steps, 50 episodes/task.
+    # The cpu study on demonstrations with route modes (every reach and transfer first steps 12 cm
+    # left or right, 50/50): a discrete multimodality whose average action stands still.
+    "cpu_bimodal": {**_CPU_STUDY, "detour": 0.12, "energy": [(1.0, 1.0)], "data_root": "data/study_cpu_bimodal",
+                    "results": "benchmarks/results/libero_bimodal.json"},
     "paper": dict(tasks=None, demos=50, resolution=128, fast_render=False, model="paper", train_steps=250_000,
                   checkpoint_every=10_000, energy=list(DEFAULT_ENERGY), eval_steps=[1, 2, 4, 8, 16], episodes=50,
                   data_root="data", results="benchmarks/results/libero.json", device="cuda"),
@@ -78,6 +82,7 @@ class StudyConfig:
     demos: int = 20
     resolution: int = 64
     fast_render: bool = True
+    detour: float = 0.0  # route modes of the scripted demonstrations (m, 0 = off; generate_demos.py --detour)
     model: str = "small"
     train_steps: int = 5000
     checkpoint_every: int = 500
@@ -207,6 +212,11 @@ def parse_overrides(argv: list[str]) -> StudyConfig:
             cfg = replace(cfg, **{key: _parse_ints(key, value, ints[key])[0]})
         elif key in ("fast_render", "mse", "dry_run"):
             cfg = replace(cfg, **{key: _parse_bool(key, value)})
+        elif key == "detour":
+            try:
+                cfg = replace(cfg, detour=float(value))
+            except ValueError:
+                raise StudyError(f"detour must be a number of metres (0 = off), got {value!r}") from None
         elif key == "energy":
             cfg = replace(cfg, energy=parse_energy(value))
         elif key == "eval_steps":
@@ -251,7 +261,11 @@ def count_demos(cfg: StudyConfig) -> dict[str, int]:
             with h5py.File(path, "r") as f:
                 n = sum(k.startswith("demo_") for k in f["data"])
                 env = json.loads(f["data"].attrs.get("env_args", "{}")).get("env_kwargs", {})
+                detour = float(f["data"].attrs.get("scripted_detour", 0.0))
             seen = (env.get("camera_heights", cfg.resolution), bool(env.get("fast_render", cfg.fast_render)))
+            if abs(detour - cfg.detour) > 1e-9:
+                raise StudyError(f"{path} holds demos made with route modes detour={detour:g} but the study wants "
+                                 f"detour={cfg.detour:g}; use another data_root")
             if seen != (cfg.resolution, cfg.fast_render):
                 raise StudyError(f"{path} holds demos at {seen[0]} px, fast_render={seen[1]} but the study wants "
                                  f"{cfg.resolution} px, fast_render={cfg.fast_render}; use another data_root")
@@ -266,7 +280,8 @@ def plan_demos(cfg: StudyConfig) -> list[Job]:
     cmd = _py("generate_demos.py") + [
         "--suite", cfg.suite, "--tasks", "all" if cfg.tasks is None else ",".join(map(str, cfg.tasks)),
         "--demos-per-task", str(cfg.demos), "--workers", str(cfg.workers), "--out", cfg.data_root,
-        "--resolution", str(cfg.resolution)] + (["--fast-render"] if cfg.fast_render else [])
+        "--resolution", str(cfg.resolution)] + (["--fast-render"] if cfg.fast_render else []) + (
+        ["--detour", f"{cfg.detour:g}"] if cfg.detour else [])
     have = sum(min(v, cfg.demos) for v in counts.values())
     detail = f"{have}/{cfg.demos * len(counts)} demos in {Path(cfg.data_root) / cfg.suite}"
     return [Job("demos", cfg.suite, cmd, "run" if short else "done", detail)]
@@ -276,7 +291,8 @@ def training_spec(cfg: StudyConfig, m: ModelSpec) -> dict[str, Any]:
     """What must stay fixed for a run dir to be resumed or reused (steps may grow)."""
     return {"suite": cfg.suite, "model": cfg.model, "seed": cfg.seed, "loss": asdict(m), "data_root": cfg.data_root,
             "tasks": cfg.task_indices(), "demos": cfg.demos, "resolution": cfg.resolution,
-            "fast_render": cfg.fast_render, "train_overrides": cfg.train_overrides}
+            "fast_render": cfg.fast_render, "train_overrides": cfg.train_overrides,
+            **({"detour": cfg.detour} if cfg.detour else {})}  # absent when off: older run dirs stay valid
 
 
 def checkpoint_step(run: Path) -> int:
@@ -384,7 +400,9 @@ def aggregate(cfg: StudyConfig) -> dict[str, Path] | None:
     tasks = "all tasks" if cfg.tasks is None else f"tasks {','.join(map(str, cfg.tasks))}"
     notes = (f"preset={cfg.preset}: model={cfg.model}, {cfg.train_steps} training steps, seed {cfg.seed}, "
              f"{cfg.demos} scripted demos per task at {cfg.resolution} px "
-             f"({'fast' if cfg.fast_render else 'official'} rendering, same for evaluation), {tasks}, "
+             f"({'fast' if cfg.fast_render else 'official'} rendering, same for evaluation)"
+             + (f" with route modes (every reach and transfer first steps {cfg.detour:g} m left or right, 50/50)"
+                if cfg.detour else "") + f", {tasks}, "
              f"up to {cfg.episodes} episodes per task"
              + (f", training overrides {' '.join(cfg.train_overrides)}" if cfg.train_overrides else "")
              + f"; trained on {'; '.join(sorted(machines)) or 'unknown machine'}")

@@ -21,6 +21,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--out", default="data/", help="output root; files go to <out>/<suite>/ (default data/)")
     p.add_argument("--resolution", type=int, default=128, help="square camera resolution (default 128)")
     p.add_argument("--fast-render", action="store_true", help="render with simplified visual meshes")
+    p.add_argument("--detour", type=float, default=0.0,
+                   help="route modes (m, default 0 = off): every reach and every transfer first steps this far "
+                        "left or right (50/50) of its straight line, a discrete multimodality whose average "
+                        "action stands still (the study's preset cpu_bimodal uses 0.12)")
     p.add_argument("--max-attempts-factor", type=float, default=3.0,
                    help="give up on a task after factor * missing attempts (default 3)")
     return p.parse_args(argv)
@@ -33,7 +37,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         cfg = GenerateConfig(suite=args.suite, tasks=args.tasks, demos_per_task=args.demos_per_task,
                              workers=args.workers, out=Path(args.out), resolution=args.resolution,
-                             fast_render=args.fast_render, max_attempts_factor=args.max_attempts_factor)
+                             fast_render=args.fast_render, max_attempts_factor=args.max_attempts_factor,
+                             detour=args.detour)
         summary = generate_suite(cfg)
     except (ValueError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)

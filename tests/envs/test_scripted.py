@@ -202,3 +202,50 @@ def test_generate_script_two_workers_then_resume(tmp_path: Path) -> None:
     for p in files:
         with h5py.File(p, "r") as f:
             assert int(f["data"].attrs["num_demos"]) == 2
+
+
+# --------------------------------------------------------------- route modes (--detour)
+def test_fork_steps_sideways_both_ways_and_is_off_by_default() -> None:
+    from envs.scripted_primitives import Style, fork
+
+    rng = np.random.default_rng(0)
+    here, goal = np.array([0.0, 0.0]), np.array([0.0, 0.5])
+    assert fork(here, goal, Style(), rng) is None  # off: no draw from the random stream
+    assert rng.random() == np.random.default_rng(0).random()
+    vias = np.array([fork(here, goal, Style(detour=0.12), rng) for _ in range(40)])
+    np.testing.assert_allclose(np.abs(vias[:, 0]), 0.12)  # perpendicular to the line, 12 cm away
+    np.testing.assert_allclose(vias[:, 1], 0.0, atol=1e-12)
+    assert 10 < (vias[:, 0] > 0).sum() < 30  # both sides, about half each
+    assert fork(here, here, Style(detour=0.12), rng) is None  # no line to step beside
+
+
+@pytest.mark.sim
+def test_route_mode_demos_go_round_either_side_and_succeed() -> None:
+    """Planned (physics only) with --detour 0.12: the reach towards the can first steps ~12 cm
+    sideways, to the left in some episodes and to the right in others, and every episode succeeds."""
+    from envs.libero import get_task
+    from envs.scripted import ScriptedPlanner, run_episode
+    from envs.scripted_demos import make_planning_env
+    from envs.scripted_layout import repair_layout
+
+    task = get_task("libero_object", 0)
+    env = make_planning_env(task)
+    sides = []
+    try:
+        for seed in range(4):
+            env.seed(seed)
+            env.reset()
+            repair_layout(env.env)
+            planner = ScriptedPlanner(env.env, parse_goal(task.bddl_file), np.random.default_rng(seed), detour=0.12)
+            start = planner.view.eef_pos()[:2].copy()
+            path: list[np.ndarray] = []
+            ok, _ = run_episode(env, planner, 400, on_step=lambda a, r: path.append(planner.view.eef_pos()[:2].copy()))
+            assert ok, f"seed {seed}: {planner.failure}"
+            reach = np.array(path[:40]) - start  # the reach towards the can, before the grasp
+            line = np.array([0.0, -1.0])  # the can lies in front of the start, along -y
+            lateral = reach @ np.array([-line[1], line[0]])
+            sides.append(np.sign(lateral[np.argmax(np.abs(lateral))]))
+            assert np.abs(lateral).max() > 0.08, f"seed {seed}: reach strayed only {np.abs(lateral).max():.3f} m"
+    finally:
+        env.close()
+    assert set(sides) == {-1.0, 1.0}, f"all reaches went round one side: {sides}"

@@ -99,11 +99,13 @@ def test_collect_ignores_other_suites_and_checks_names(tmp_path: Path) -> None:
     assert "| energy_lam1_beta1 | 0.0 [0-7] n=50 |" in paths["md"].read_text()
 
 
-def write_demo_file(path: Path, n: int, resolution: int, fast: bool) -> None:
+def write_demo_file(path: Path, n: int, resolution: int, fast: bool, detour: float | None = None) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     with h5py.File(path, "w") as f:
         data = f.create_group("data")
         data.attrs["env_args"] = json.dumps({"env_kwargs": {"camera_heights": resolution, "fast_render": fast}})
+        if detour is not None:
+            data.attrs["scripted_detour"] = detour
         for i in range(n):
             data.create_group(f"demo_{i}")
 
@@ -171,10 +173,36 @@ def test_reused_folders_with_other_settings_are_refused(tmp_path: Path) -> None:
         plan_training(quick(tmp_path, "seed=3"))
 
 
+def test_route_mode_demos_are_kept_apart(tmp_path: Path) -> None:
+    from envs.libero import list_tasks
+    from envs.scripted_demos import task_file_name
+
+    bimodal = parse_overrides(["preset=cpu_bimodal", f"data_root={tmp_path}/data", f"runs_root={tmp_path}/runs"])
+    assert bimodal.detour == 0.12 and [m.name for m in bimodal.models()] == ["energy_lam1_beta1", "mse"]
+    assert bimodal.results.endswith("libero_bimodal.json")
+    job = plan_demos(bimodal)[0]
+    assert job.state == "run" and job.cmd[-2:] == ["--detour", "0.12"]
+    unimodal = quick(tmp_path)
+    assert "--detour" not in plan_demos(unimodal)[0].cmd
+    path = tmp_path / "data" / SUITE / task_file_name(list_tasks(SUITE)[0].name)
+    write_demo_file(path, 50, 64, True, detour=0.0)  # demos without route modes in the same folder
+    with pytest.raises(StudyError, match="route modes detour=0 but the study wants detour=0.12; use another data_root"):
+        plan_demos(bimodal)
+    write_demo_file(path, 50, 64, True, detour=0.12)
+    assert plan_demos(bimodal)[0].state == "done"
+    # the route modes are part of a run's identity only when on: run dirs of earlier studies stay valid
+    from envs.study import training_spec
+
+    assert "detour" not in training_spec(unimodal, unimodal.models()[0])
+    assert training_spec(bimodal, bimodal.models()[0])["detour"] == 0.12
+    with pytest.raises(StudyError, match="detour must be a number of metres"):
+        parse_overrides(["preset=quick", "detour=left"])
+
+
 def test_bad_input_gives_one_clear_error(tmp_path: Path) -> None:
     assert parse_energy("1:1,0.5:1,1:0.1") == [(1.0, 1.0), (0.5, 1.0), (1.0, 0.1)]
     for argv, msg in [(["suite=libero_100"], "unknown suite 'libero_100'; choose one of libero_spatial"),
-                      (["preset=huge"], "unknown preset 'huge'; choose one of quick, cpu, cpu_suite, paper"),
+                      (["preset=huge"], "unknown preset 'huge'; choose one of quick, cpu, cpu_suite, cpu_bimodal, paper"),
                       (["energy=1:3"], "need lambda in [0, 1] and beta in (0, 2]"),
                       (["energy=1,1"], "write lambda:beta pairs"),
                       (["energy=1:1,1:1"], "twice"),
