@@ -32,7 +32,7 @@ from envs.scripted_bddl import Atom
 from envs.scripted_pose import follow_pose, hand_rotation
 from envs.scripted_primitives import (CLOSE, CLOSE_STEP, FULL_OPENING, KEEP, OPEN, UP, Primitive, Style, close_on,
                                       hold_pose, move_pose, pose_servo)
-from envs.scripted_scene import Box, SceneView, _scene_boxes, xy_clearance
+from envs.scripted_scene import Box, SceneView, _scene_boxes, _scene_mask, xy_clearance
 
 if TYPE_CHECKING:
     from envs.scripted import ScriptedPlanner
@@ -186,7 +186,7 @@ def _preshape_steps(view: SceneView, joint: Joint, bar: Box, out: np.ndarray) ->
     lat = np.sort(np.stack([lo @ lateral, hi @ lateral], axis=1), axis=1)
     fwd = np.maximum(lo @ out, hi @ out)
     near = ((lat[:, 1] > b_lat[0]) & (lat[:, 0] < b_lat[1]) & (fwd > float(bar.lo @ out) - 0.01)
-            & np.array([int(b) != joint.body and int(b) not in view.robot_bodies for b in bodies]))
+            & _scene_mask(view, bodies, {joint.body}))
     zc = float(bar.center[2])
     gaps = [lo[i, 2] - zc for i in np.nonzero(near)[0] if lo[i, 2] > bar.hi[2]]
     gaps += [zc - hi[i, 2] for i in np.nonzero(near)[0] if hi[i, 2] < bar.lo[2]]

@@ -16,6 +16,8 @@ from typing import Any
 
 import numpy as np
 
+from envs.scripted_scene import subtree
+
 __all__ = ["repair_layout"]
 
 DROP_STEP = 0.002  # m, resolution of the lowering search
@@ -25,14 +27,7 @@ IN_JITTER = 0.01  # m, spread of objects placed in a container region (drawer) a
 
 def _object_bodies(env: Any, name: str) -> set[int]:
     """Body ids of the subtree rooted at movable object ``name``."""
-    model = env.sim.model._model
-    root = int(env.obj_body_id[name])
-    out, stack = set(), [root]
-    while stack:
-        b = stack.pop()
-        out.add(b)
-        stack.extend(int(c) for c in np.nonzero(model.body_parentid == b)[0] if c != b)
-    return out
+    return set(subtree(env.sim.model._model, int(env.obj_body_id[name])))
 
 
 def _penetrates(env: Any, bodies: set[int], depth: float = -1e-4) -> bool:

@@ -69,9 +69,6 @@ class SceneView:
         robot = env.robots[0]
         self._eef_site = robot.eef_site_id
         self._finger_qpos_idx = list(robot._ref_gripper_joint_pos_indexes)
-        self._body_children: dict[int, list[int]] = {}
-        for b in range(self.model.nbody):
-            self._body_children.setdefault(int(self.model.body_parentid[b]), []).append(b)
         # the downward-pointing gripper orientation the robot starts with, yaw removed
         self.down = self._level(self.eef_mat())
         fingers = [self.model.body(n).id for n in ("gripper0_leftfinger", "gripper0_rightfinger")]
@@ -119,12 +116,7 @@ class SceneView:
 
     # -------------------------------------------------------------- objects
     def _subtree(self, body: int) -> list[int]:
-        out, stack = [], [body]
-        while stack:
-            b = stack.pop()
-            out.append(b)
-            stack.extend(self._body_children.get(b, []))
-        return out
+        return subtree(self.model, body)
 
     def body_id(self, name: str) -> int:
         """MuJoCo body id of a BDDL object or fixture ``name``."""
@@ -197,6 +189,22 @@ class SceneView:
         return float(self.data.qpos[self.model.joint(joint).qposadr[0]])
 
 
+def subtree(model: Any, root: int) -> list[int]:
+    """Ids of the MuJoCo bodies in the kinematic subtree of body ``root`` (``root`` first)."""
+    out, stack = [], [int(root)]
+    while stack:
+        b = stack.pop()
+        out.append(b)
+        stack.extend(int(c) for c in np.nonzero(model.body_parentid == b)[0] if c != b)
+    return out
+
+
+def _scene_mask(view: "SceneView", bodies: np.ndarray, exclude_bodies: set[int]) -> np.ndarray:
+    """Boolean mask (G,) of the geom rows whose body is neither the robot's nor in ``exclude_bodies``."""
+    skip = exclude_bodies | view.robot_bodies
+    return np.array([int(b) not in skip for b in bodies], dtype=bool)
+
+
 def _collision_geoms(model: Any) -> np.ndarray:
     """Ids (G,) of the geoms that collide (the order of :func:`_scene_boxes`'s rows)."""
     return np.nonzero((model.geom_contype != 0) | (model.geom_conaffinity != 0))[0]
@@ -222,7 +230,7 @@ def clearance_height(view: SceneView, points_xy: np.ndarray, radius: float,
     1 m (floor, table top, walls) count only by their top surface.
     """
     lo, hi, bodies = _scene_boxes(view)
-    keep = np.array([int(b) not in exclude_bodies and int(b) not in view.robot_bodies for b in bodies])
+    keep = _scene_mask(view, bodies, exclude_bodies)
     lo, hi = lo[keep], hi[keep]
     best = -np.inf
     for p in points_xy:
@@ -253,7 +261,7 @@ def xy_clearance(view: SceneView, point_xy: np.ndarray, exclude_bodies: set[int]
     Robot geoms, ``exclude_bodies`` and table-sized geoms are ignored.
     """
     lo, hi, bodies = _scene_boxes(view)
-    keep = np.array([int(b) not in exclude_bodies and int(b) not in view.robot_bodies for b in bodies])
+    keep = _scene_mask(view, bodies, exclude_bodies)
     keep &= (hi[:, 2] > view.table_z + 0.005) & ((hi[:, 0] - lo[:, 0]) < 0.5) & ((hi[:, 1] - lo[:, 1]) < 0.5)
     if not keep.any():
         return float("inf")
@@ -270,7 +278,7 @@ def obstacle_distance(view: SceneView, points: np.ndarray, exclude_bodies: set[i
     m, d = view.model, view.data
     lo, hi, bodies = _scene_boxes(view)
     coll = _collision_geoms(m)
-    keep = np.array([int(b) not in exclude_bodies and int(b) not in view.robot_bodies for b in bodies])
+    keep = _scene_mask(view, bodies, exclude_bodies)
     keep &= hi[:, 2] > above_z
     if not keep.any():
         return float("inf")
