@@ -3,7 +3,7 @@ so the default tests share one (libero_goal task 0, 64x64 cameras)."""
 
 from __future__ import annotations
 
-from typing import Iterator
+from typing import Callable, Iterator
 
 import numpy as np
 import pytest
@@ -32,3 +32,32 @@ def goal_state(goal_env) -> np.ndarray:
     addr = goal_env.sim.model.get_joint_qpos_addr(DRAWER_JOINT)
     state[1 + addr] = DRAWER_OPEN  # flattened MuJoCo state = [time, qpos, qvel]
     return state
+
+
+@pytest.fixture
+def make_planner() -> Iterator[Callable[..., tuple]]:
+    """``make(suite, index, seed=0, rng_seed=None) -> (planning env, ScriptedPlanner)``: the
+    camera-less env of the task reset to the layout of ``seed`` and settled by the protocol's
+    no-op steps, with a planner drawing from ``rng_seed`` (default ``seed``); the envs are
+    closed when the test ends."""
+    from envs.libero import NOOP_ACTION, NUM_WAIT_STEPS, get_task
+    from envs.scripted import ScriptedPlanner
+    from envs.scripted_bddl import parse_goal
+    from envs.scripted_demos import make_planning_env
+
+    made = []
+
+    def make(suite: str, index: int, seed: int = 0, rng_seed: int | None = None) -> tuple:
+        task = get_task(suite, index)
+        env = make_planning_env(task)
+        made.append(env)
+        env.seed(seed)
+        env.reset()
+        for _ in range(NUM_WAIT_STEPS):
+            env.step(NOOP_ACTION.astype(np.float64))
+        rng = np.random.default_rng(seed if rng_seed is None else rng_seed)
+        return env, ScriptedPlanner(env.env, parse_goal(task.bddl_file), rng)
+
+    yield make
+    for env in made:
+        env.close()

@@ -52,31 +52,20 @@ def test_planner_opens_the_middle_drawer() -> None:
 
 
 @pytest.mark.sim
-def test_drawer_place_xy_keeps_the_far_rim_clear_of_the_handle_above() -> None:
-    from envs.libero import NOOP_ACTION, NUM_WAIT_STEPS
-    from envs.scripted import ScriptedPlanner
-    from envs.scripted_demos import make_planning_env
+def test_drawer_place_xy_keeps_the_far_rim_clear_of_the_handle_above(make_planner) -> None:
     from envs.scripted_door import _geoms, _slide_dir, drawer_place_xy, find_joint
 
-    task = get_task("libero_10", 3)  # the bottom drawer starts open, under the middle drawer's handle
-    env = make_planning_env(task)
-    try:
-        env.seed(500_000)
-        env.reset()
-        for _ in range(NUM_WAIT_STEPS):
-            env.step(NOOP_ACTION.astype(np.float64))
-        planner = ScriptedPlanner(env.env, parse_goal(task.bddl_file), np.random.default_rng(0))
-        region, bowl = "white_cabinet_1_bottom_region", "akita_black_bowl_1"
-        xy = drawer_place_xy(planner, bowl, region)
-        out = _slide_dir(find_joint(planner, region))
-        handle = max(_geoms(planner.view, find_joint(planner, "white_cabinet_1_middle_region").body),
-                     key=lambda g: float((g @ out).min()))
-        radius = 0.5 * float(planner.view.object_box(bowl).size[:2].max())
-        centre = planner.view.site_pos(region)[:2]
-        under = float((handle @ out).max()) - (float(centre @ out[:2]) - radius)  # rim under the handle (m)
-        assert under > 0.02  # the region's centre is a bad spot: the rim would land on the handle
-        assert float(xy @ out[:2]) - radius > float((handle @ out).max()) - 0.005  # (nearly) clear of it
-        assert np.all(np.abs(xy - centre) <= planner.view.region_half_size(region)[:2])  # still In
-        assert drawer_place_xy(planner, bowl, "kitchen_table_akita_black_bowl_init_region") is None
-    finally:
-        env.close()
+    # libero_10 task 3: the bottom drawer starts open, under the middle drawer's handle
+    _, planner = make_planner("libero_10", 3, seed=500_000, rng_seed=0)
+    region, bowl = "white_cabinet_1_bottom_region", "akita_black_bowl_1"
+    xy = drawer_place_xy(planner, bowl, region)
+    out = _slide_dir(find_joint(planner, region))
+    handle = max(_geoms(planner.view, find_joint(planner, "white_cabinet_1_middle_region").body),
+                 key=lambda g: float((g @ out).min()))
+    radius = 0.5 * float(planner.view.object_box(bowl).size[:2].max())
+    centre = planner.view.site_pos(region)[:2]
+    under = float((handle @ out).max()) - (float(centre @ out[:2]) - radius)  # rim under the handle (m)
+    assert under > 0.02  # the region's centre is a bad spot: the rim would land on the handle
+    assert float(xy @ out[:2]) - radius > float((handle @ out).max()) - 0.005  # (nearly) clear of it
+    assert np.all(np.abs(xy - centre) <= planner.view.region_half_size(region)[:2])  # still In
+    assert drawer_place_xy(planner, bowl, "kitchen_table_akita_black_bowl_init_region") is None
