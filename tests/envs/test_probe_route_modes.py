@@ -1,0 +1,55 @@
+"""scripts/probe_route_modes.py: the fork axis, side and strength statistics, and its one-line errors."""
+from __future__ import annotations
+
+import importlib.util
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[2]
+_spec = importlib.util.spec_from_file_location("probe_route_modes", REPO / "scripts" / "probe_route_modes.py")
+probe = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(probe)  # type: ignore[union-attr]
+
+
+def _chunks(lateral: np.ndarray, forward: float = -0.3) -> np.ndarray:
+    """Chunks (N, 8, 7) moving ``lateral`` (N,) along x and ``forward`` along y."""
+    out = np.zeros((len(lateral), 8, 7), np.float32)
+    out[:, :, 0] = lateral[:, None]
+    out[:, :, 1] = forward
+    return out
+
+
+def test_axis_sides_and_strength_tell_averaging_from_committing() -> None:
+    rng = np.random.default_rng(0)
+    demo_side = rng.choice([-1.0, 1.0], size=40)
+    first = np.stack([0.8 * demo_side + rng.normal(0, 0.02, 40), -0.3 + rng.normal(0, 0.02, 40)], axis=1)
+    axis = probe.fork_axis(first)
+    assert abs(abs(axis[0]) - 1.0) < 1e-3  # the fork is across x, whatever the sign convention
+    coord = first @ axis
+    scale = float(np.abs(coord).mean())
+    # a mean-predicting policy: every draw stands still sideways
+    mean = probe.summarise(np.stack([probe.sides(_chunks(np.zeros(40)), axis)] * 4), scale)
+    assert mean["strength"] < 0.01 and mean["observations"] == 40 and mean["samples"] == 4
+    # a policy that picks either side at the same observation, at the demonstrations' speed
+    draws = np.stack([probe.sides(_chunks(0.8 * rng.choice([-1.0, 1.0], size=40)), axis) for _ in range(8)])
+    both = probe.summarise(draws, scale)
+    assert abs(both["strength"] - 1.0) < 0.05 and both["both_sides"] > 0.9 and 0.3 < both["p_left"] < 0.7
+    # a policy that always goes one way: committed, but never both sides
+    one = probe.summarise(np.stack([probe.sides(_chunks(np.full(40, 0.8)), axis)] * 8), scale)
+    assert one["both_sides"] == 0.0 and one["p_left"] in (0.0, 1.0)
+
+
+def test_bad_paths_give_one_line(tmp_path: Path) -> None:
+    def run(*argv: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, str(REPO / "scripts" / "probe_route_modes.py"), *argv],
+                              capture_output=True, text=True, timeout=120)
+
+    out = run("--checkpoint", str(tmp_path), "--data", str(tmp_path))
+    assert out.returncode == 2 and out.stderr.strip().splitlines() == [out.stderr.strip()]
+    assert out.stderr.startswith(f"error: demonstration folder {tmp_path} has no *.hdf5 files")
+    (tmp_path / "other_task_demo.hdf5").write_bytes(b"")  # a file, but of another task
+    out = run("--checkpoint", str(tmp_path), "--data", str(tmp_path))
+    assert out.returncode == 2 and out.stderr.startswith("error: no demonstration file of 'pick_up_the_alphabet_soup")
