@@ -47,7 +47,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     # The paper's configuration, for a GPU: 50 demos/task at 128 px, 250k steps, 50 episodes/task.
     # The cpu study on demonstrations with route modes (every reach and transfer first steps 12 cm
     # left or right, 50/50): a discrete multimodality whose average action stands still.
-    "cpu_bimodal": {**_CPU_STUDY, "detour": 0.12, "energy": [(1.0, 1.0)], "data_root": "data/study_cpu_bimodal",
+    "cpu_bimodal": {**_CPU_STUDY, "detour": 0.12, "energy": [(1.0, 1.0), (1.0, 0.1)], "data_root": "data/study_cpu_bimodal",
                     "results": "benchmarks/results/libero_bimodal.json"},
     "paper": dict(tasks=None, demos=50, resolution=128, fast_render=False, model="paper", train_steps=250_000,
                   checkpoint_every=10_000, energy=list(DEFAULT_ENERGY), eval_steps=[1, 2, 4, 8, 16], episodes=50,

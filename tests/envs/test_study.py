@@ -178,7 +178,7 @@ def test_route_mode_demos_are_kept_apart(tmp_path: Path) -> None:
     from envs.scripted_demos import task_file_name
 
     bimodal = parse_overrides(["preset=cpu_bimodal", f"data_root={tmp_path}/data", f"runs_root={tmp_path}/runs"])
-    assert bimodal.detour == 0.12 and [m.name for m in bimodal.models()] == ["energy_lam1_beta1", "mse"]
+    assert bimodal.detour == 0.12 and [m.name for m in bimodal.models()] == ["energy_lam1_beta1", "energy_lam1_beta0.1", "mse"]
     assert bimodal.results.endswith("libero_bimodal.json")
     job = plan_demos(bimodal)[0]
     assert job.state == "run" and job.cmd[-2:] == ["--detour", "0.12"]
