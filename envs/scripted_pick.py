@@ -177,10 +177,11 @@ def grasp_point(view: SceneView, name: str, grip_point: np.ndarray | None = None
     return np.array([xy[0], xy[1], z])
 
 
-def travel_z(view: SceneView, start_xy: np.ndarray, end_xy: np.ndarray, hang: float,
+def travel_z(view: SceneView, path_xy: list[np.ndarray], hang: float,
              radius: float, exclude: set[int], style: Style) -> float:
-    """Grip-site height (m) at which a load hanging ``hang`` m below the hand clears the path."""
-    pts = np.linspace(start_xy, end_xy, 12)
+    """Grip-site height (m) at which a load hanging ``hang`` m below the hand clears the path
+    through the waypoints ``path_xy`` ((2,) each; 12 samples per leg)."""
+    pts = np.concatenate([np.linspace(a, b, 12) for a, b in zip(path_xy[:-1], path_xy[1:])])
     top = clearance_height(view, pts, radius, exclude)
     return min(max(top, view.table_z) + hang + 0.04 + style.travel_lift, view.table_z + MAX_REACH_Z)
 
@@ -209,8 +210,8 @@ def pick(view: SceneView, name: str, style: Style, rng: np.random.Generator,
     above = target + np.array([0.0, 0.0, rng.uniform(0.07, 0.11)])
     here = view.eef_pos()
     via = fork(here[:2], above[:2], style, rng)
-    legs = [here[:2]] + ([] if via is None else [via]) + [above[:2]]
-    z = max(max(travel_z(view, a, b, 0.02, 0.06, {body}, style) for a, b in zip(legs, legs[1:])), above[2])
+    path = [here[:2]] + ([] if via is None else [via]) + [above[:2]]
+    z = max(travel_z(view, path, 0.02, 0.06, {body}, style), above[2])
     if here[2] < z - 0.03:
         ok = yield from move_to(view, np.array([here[0], here[1], z]), yaw, OPEN, style, tol=0.03, rot_tol=0.5)
     if via is not None:
@@ -273,8 +274,8 @@ def place(view: SceneView, grasp: Grasp, target_xy: np.ndarray, style: Style,
     hang = float(grasp.hang[2])
     goal_xy = target_xy + grasp.hang[:2] + rng.normal(0.0, style.jitter * 0.5, 2)
     via = fork(here[:2], goal_xy, style, rng)
-    legs = [here[:2]] + ([] if via is None else [via]) + [goal_xy]
-    z = max(travel_z(view, a, b, hang, radius, {body}, style) for a, b in zip(legs, legs[1:]))
+    path = [here[:2]] + ([] if via is None else [via]) + [goal_xy]
+    z = travel_z(view, path, hang, radius, {body}, style)
     ok = yield from move_to(view, np.array([here[0], here[1], max(z, here[2])]), grasp.yaw, CLOSE, style,
                             tol=0.03, rot_tol=0.3, vmax=grasp.vmax)
     if via is not None:

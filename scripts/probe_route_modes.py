@@ -55,8 +55,8 @@ def fork_axis(first: np.ndarray) -> np.ndarray:
 
 
 def sides(chunks: np.ndarray, axis: np.ndarray) -> np.ndarray:
-    """Signed fork coordinate (N,) of action chunks (N, 8, 7): their first actions' mean along ``axis``."""
-    return chunks[:, :HEAD, :2].mean(axis=1) @ axis
+    """Signed fork coordinate (...,) of action chunks (..., 8, 7): their first actions' mean along ``axis``."""
+    return chunks[..., :HEAD, :2].mean(axis=-2) @ axis
 
 
 def held_out_observations(args: argparse.Namespace, resolution: int) -> list[dict]:
@@ -121,11 +121,10 @@ def main(argv: list[str] | None = None) -> int:
     scale = float(np.abs(demo_coord).mean())
     train_obs = [{**{cam: d.images[cam][0] for cam in d.images}, "joint_states": d.proprio[0, :7],
                   "gripper_states": d.proprio[0, 7:], "language": d.language} for d in demos]
-    train = sides(draw(policy, train_obs, args.steps, args.samples).reshape(-1, 8, 7), axis)
-    train = train.reshape(args.samples, len(demos))
+    train = sides(draw(policy, train_obs, args.steps, args.samples), axis)  # (samples, demos)
     resolution = demos[0].images[next(iter(demos[0].images))].shape[1]
     held = held_out_observations(args, resolution)
-    test = sides(draw(policy, held, args.steps, args.samples).reshape(-1, 8, 7), axis).reshape(args.samples, len(held))
+    test = sides(draw(policy, held, args.steps, args.samples), axis)  # (samples, states)
     summary = {
         "checkpoint": str(args.checkpoint), "steps": args.steps, "task": task.name, "axis": axis.round(4).tolist(),
         "demos": {"n": len(demos), "p_left": float((demo_coord > 0).mean()), "strength": 1.0},
