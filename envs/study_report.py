@@ -18,7 +18,8 @@ class StudyError(ValueError):
     """A bad study option or an inconsistent output folder (one line, names the fix)."""
 
 
-Table = dict[str, dict[str, dict[str, float | int]]]  # model -> str(steps) -> {"success", "episodes"}
+Table = dict[str, dict[str, dict[str, float | int]]]  # model -> str(steps) -> {"success", "episodes"[, "success_length"]}
+JSON_KEYS = ("success", "episodes")  # what libero.json keeps of a cell (issue 8's format)
 
 
 def collect_results(suite: str, eval_dirs: dict[str, Path]) -> tuple[Table, str]:
@@ -26,7 +27,9 @@ def collect_results(suite: str, eval_dirs: dict[str, Path]) -> tuple[Table, str]
 
     Args: eval_dirs maps a model name (starting with ``energy`` or ``mse``) to its folder.
     Returns (table, protocol): success = successes / episodes pooled over the suite's
-    evaluated tasks; protocol is the harness's own protocol line ("" if nothing found).
+    evaluated tasks; success_length (when any episode succeeded) = the mean length in env
+    steps of the successful episodes, pooled the same way (a policy that hesitates at a
+    fork succeeds later); protocol is the harness's own protocol line ("" if nothing found).
     """
     table: Table = {}
     protocol = ""
@@ -39,7 +42,11 @@ def collect_results(suite: str, eval_dirs: dict[str, Path]) -> tuple[Table, str]
             if d is None or not d["episodes"]:
                 continue
             steps = str(int(res.get("config", {}).get("steps", path.parent.name[6:])))
-            table.setdefault(name, {})[steps] = {"success": d["successes"] / d["episodes"], "episodes": int(d["episodes"])}
+            cell: dict[str, float | int] = {"success": d["successes"] / d["episodes"], "episodes": int(d["episodes"])}
+            ok = [(t["successes"], t["mean_success_length"]) for t in d.get("tasks", []) if t.get("mean_success_length")]
+            if ok:
+                cell["success_length"] = sum(n * length for n, length in ok) / sum(n for n, _ in ok)
+            table.setdefault(name, {})[steps] = cell
             protocol = protocol or str(res.get("protocol", ""))
     return table, protocol
 
@@ -80,6 +87,12 @@ def markdown_table(suite: str, table: Table) -> str:
             best = max(at2, key=at2.__getitem__)
             lines.append(f"- best energy model at 2 steps ({best}) minus mse at 16 steps = "
                          f"{100 * (at2[best] - mse['16']['success']):+.1f} points")
+    if any("success_length" in e for row in table.values() for e in row.values()):
+        lines += ["", "Mean length of the successful episodes (env steps; hesitation shows as a longer episode):", "",
+                  "| model | " + " | ".join(f"{k} step{'s' * (k > 1)}" for k in steps) + " |", "|---|" + "---:|" * len(steps)]
+        for name, row in table.items():
+            cells = [f"{row[str(k)]['success_length']:.0f}" if "success_length" in row.get(str(k), {}) else "-" for k in steps]
+            lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -120,7 +133,7 @@ def write_study_results(suite: str, table: Table, results_json: str | Path, prot
     path = Path(results_json)
     data: dict[str, Any] = json.loads(path.read_text()) if path.is_file() else {}
     old_notes = [ln for ln in str(data.get("notes", "")).split("\n") if ln and not ln.startswith(f"{suite}:")]
-    data[suite] = table
+    data[suite] = {name: {k: {key: e[key] for key in JSON_KEYS} for k, e in row.items()} for name, row in table.items()}
     data["protocol"] = protocol or data.get("protocol", "")
     data["notes"] = "\n".join(sorted(old_notes + [f"{suite}: {notes}"]))
     suites = {k: data[k] for k in sorted(data) if k not in ("protocol", "notes")}

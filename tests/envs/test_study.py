@@ -43,8 +43,8 @@ def run_study(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int,
 
 def fake_eval(out: Path, suite: str, steps: int, successes: list[list[bool]]) -> None:
     """results.json written by the harness's own functions from synthetic episode records
-    (successes[task][episode])."""
-    recs = [{"suite": suite, "task_index": t, "episode": e, "success": ok, "length": 100 if ok else 290}
+    (successes[task][episode]); a success of task t lasts 100 + 20 t steps, a failure 290."""
+    recs = [{"suite": suite, "task_index": t, "episode": e, "success": ok, "length": 100 + 20 * t if ok else 290}
             for t, eps in enumerate(successes) for e, ok in enumerate(eps)]
     summary = summarize(recs, {(suite, t): f"task{t}" for t in range(len(successes))})
     summary.update(protocol="common (wait 10 no-op steps, cap per-suite MAX_STEPS, execute 8/8 actions per chunk)",
@@ -82,7 +82,10 @@ def test_aggregate_writes_json_table_and_plot(tmp_path: Path) -> None:
     assert f"| energy_lam1_beta1 | 87.5 [{100 * lo:.0f}-{100 * hi:.0f}] n=8 | 100.0" in md
     assert "1 step: best energy model energy_lam1_beta1 minus mse = +75.0 points" in md
     assert "(energy_lam1_beta1) minus mse at 16 steps = +12.5 points" in md
-    assert "| mse | 12.5 [" in md and md.count("| - |") == 1 and "| energy_lam1_beta1 | 87.5" in md
+    assert "| mse | 12.5 [" in md and "| energy_lam1_beta1 | 87.5" in md
+    # mean length of the successes, pooled over tasks by their successes: (4 * 100 + 3 * 120) / 7 = 108.6
+    assert "| energy_lam1_beta1 | 109 | 110 | - |" in md and "| mse | 100 | 107 | 109 |" in md
+    assert md.count("| - |") == 2 and "success_length" not in paths["json"].read_text()
     assert paths["png"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and paths["png"].stat().st_size > 5000
 
 
@@ -92,7 +95,7 @@ def test_collect_ignores_other_suites_and_checks_names(tmp_path: Path) -> None:
     with pytest.raises(StudyError, match="must start with 'energy' or 'mse'"):
         collect_results(SUITE, {"diffusion": tmp_path / "a"})
     table, _ = collect_results("libero_goal", {"mse": tmp_path / "a"})
-    assert table == {"mse": {"4": {"success": 0.5, "episodes": 2}}}
+    assert table == {"mse": {"4": {"success": 0.5, "episodes": 2, "success_length": 100.0}}}
     table["energy_lam1_beta1"] = {"4": {"success": 0.0, "episodes": 50}}  # Wilson lo rounds above 0 here
     paths = write_study_results("libero_goal", table, tmp_path / "out" / "r.json", "", "n")
     assert paths["md"].name == "r_libero_goal.md" and paths["png"].is_file()
