@@ -38,6 +38,7 @@ from policy.optim import EMA, cosine_warmup_scheduler
 from policy.policy import DiffusionPolicy
 from policy.scoring import LossConfig, median_bandwidth
 from policy.training_checkpoint import list_checkpoints, load_checkpoint, save_checkpoint
+from policy.utils import atomic_write_text
 
 EvalFn = Callable[[DiffusionPolicy, int], dict[str, float]]
 
@@ -158,7 +159,7 @@ def train(
         model = torch.nn.parallel.DistributedDataParallel(net, device_ids=[local_rank] if device.type == "cuda" else None)
 
     main = rank == 0
-    logger = _Logger(run_dir, train_cfg, main, wandb_config) if main else None
+    logger = _Logger(run_dir, train_cfg, main, wandb_config, start_step=step) if main else None
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" and train_cfg.bf16 else nullcontext()
     bar = tqdm(total=train_cfg.steps, initial=step, desc="train", disable=not (progress and main), dynamic_ncols=True)
     first = last = math.nan
@@ -224,11 +225,30 @@ def _weighting(cfg: TrainConfig) -> Weighting:
     return "sigmoid" if cfg.weighting == "sigmoid" else "none"
 
 
-class _Logger:
-    """metrics.jsonl (one JSON object per line) + wandb (offline by default)."""
+def trim_metrics(path: Path, last_step: int) -> None:
+    """Keep only the lines of ``path`` (metrics.jsonl) logged at steps <= ``last_step``: a
+    run killed after its last checkpoint logged steps that the resumed run logs again, and a
+    run killed before its first checkpoint starts over (``last_step`` 0). Unreadable lines (a
+    write cut short) go too. Atomic rewrite; no file, nothing to do."""
+    if not path.is_file():
+        return
+    kept = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            if int(json.loads(line)["step"]) <= last_step:
+                kept.append(line + "\n")
+        except (ValueError, KeyError, TypeError):
+            continue
+    atomic_write_text(path, "".join(kept))
 
-    def __init__(self, run_dir: Path, cfg: TrainConfig, main: bool, wandb_config: dict[str, Any] | None) -> None:
+
+class _Logger:
+    """metrics.jsonl (one JSON object per line, continued from ``start_step``) + wandb (offline by default)."""
+
+    def __init__(self, run_dir: Path, cfg: TrainConfig, main: bool, wandb_config: dict[str, Any] | None,
+                 start_step: int = 0) -> None:
         run_dir.mkdir(parents=True, exist_ok=True)
+        trim_metrics(run_dir / "metrics.jsonl", start_step)
         self.file = open(run_dir / "metrics.jsonl", "a", encoding="utf-8")
         self.wandb = None
         mode = os.environ.get("WANDB_MODE", cfg.wandb_mode)

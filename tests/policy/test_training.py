@@ -147,11 +147,27 @@ def test_script_run_layout_and_missing_data(tmp_path: Path, synthetic_suite: Pat
     # resume=true continues runs/latest with its own config; group changes are refused
     refused = _script("resume=true", "loss=mse", cwd=tmp_path)
     assert refused.returncode != 0 and "keeps the run's suite/loss/model" in refused.stderr
+    # a run killed after its checkpoint at step 3 had logged step 4 and half a line: both go
+    with open(latest / "metrics.jsonl", "a") as f:
+        f.write(json.dumps({"step": 4, "loss": 9.9}) + "\n" + '{"step": 5, "lo')
     resumed = _script("resume=true", "train.steps=5", cwd=tmp_path)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert "done: 5 steps" in resumed.stdout
     steps = [json.loads(x)["step"] for x in (latest / "metrics.jsonl").read_text().splitlines()]
     assert steps == [1, 2, 3, 4, 5]
+
+
+def test_trim_metrics_keeps_the_steps_up_to_the_checkpoint(tmp_path: Path) -> None:
+    from policy.training import trim_metrics
+
+    path = tmp_path / "metrics.jsonl"
+    trim_metrics(path, 0)  # no file: nothing to do, nothing written
+    assert not path.exists()
+    path.write_text("".join(json.dumps({"step": s, "loss": 1.0}) + "\n" for s in (20, 40, 60)) + "not json\n{}\n")
+    trim_metrics(path, 40)
+    assert [json.loads(x)["step"] for x in path.read_text().splitlines()] == [20, 40]
+    trim_metrics(path, 0)  # a fresh start in a run dir whose first attempt never checkpointed
+    assert path.read_text() == ""
 
 
 @pytest.mark.slow
