@@ -44,11 +44,15 @@ PRESETS: dict[str, dict[str, Any]] = {
     "cpu": _CPU_STUDY,
     # The same on every task of the suite, 20 demos and 10 episodes per task, three energy models (not yet run).
     "cpu_suite": {**_CPU_STUDY, "tasks": None, "demos": 20, "energy": list(DEFAULT_ENERGY), "episodes": 10},
-    # The paper's configuration, for a GPU: 50 demos/task at 128 px, 250k steps, 50 episodes/task.
     # The cpu study on demonstrations with route modes (every reach and transfer first steps 12 cm
     # left or right, 50/50): a discrete multimodality whose average action stands still.
     "cpu_bimodal": {**_CPU_STUDY, "detour": 0.12, "energy": [(1.0, 1.0), (1.0, 0.1)], "data_root": "data/study_cpu_bimodal",
                     "results": "benchmarks/results/libero_bimodal.json"},
+    # Its replication on a second task (cream cheese): the best energy model of task 0 against MSE,
+    # at the step counts issue 8's criteria name (the demos go into the same data_root).
+    "cpu_bimodal_task1": {**_CPU_STUDY, "detour": 0.12, "tasks": [1], "energy": [(1.0, 0.1)], "eval_steps": [1, 2, 16],
+                          "data_root": "data/study_cpu_bimodal", "results": "benchmarks/results/libero_bimodal_task1.json"},
+    # The paper's configuration, for a GPU: 50 demos/task at 128 px, 250k steps, 50 episodes/task.
     "paper": dict(tasks=None, demos=50, resolution=128, fast_render=False, model="paper", train_steps=250_000,
                   checkpoint_every=10_000, energy=list(DEFAULT_ENERGY), eval_steps=[1, 2, 4, 8, 16], episodes=50,
                   data_root="data", results="benchmarks/results/libero.json", device="cuda"),

@@ -8,9 +8,10 @@ table and plot (success rate vs steps, 95% Wilson intervals).
                                                            #   1 task, ~2 h on 2 cores)
   python scripts/run_study.py suite=libero_object preset=paper energy=1:1,0.5:1 episodes=20
   python scripts/run_study.py suite=libero_object preset=cpu_bimodal   # cpu, on demos with route modes
+  python scripts/run_study.py suite=libero_object preset=cpu_bimodal_task1   # its replication on task 1
   python scripts/run_study.py preset=quick dry_run=true    # print the plan, run nothing
 
-Keys (key=value; defaults from the preset quick | cpu | cpu_suite | cpu_bimodal | paper):
+Keys (key=value; defaults from the preset quick | cpu | cpu_suite | cpu_bimodal[_task1] | paper):
   suite tasks=all|0,3 demos resolution fast_render=true|false detour=0.12 (route modes of the demos, m)
   model=small|paper
   train_steps checkpoint_every seed energy=lambda:beta,... population mse=true|false
