@@ -36,6 +36,11 @@ _CPU_STUDY: dict[str, Any] = dict(
     energy=[(1.0, 1.0), (0.5, 1.0)], eval_steps=[1, 2, 4, 8, 16], episodes=50, workers=1, jobs=2,
     train_overrides=["train.lr=3e-4"], data_root="data/study_cpu", results="benchmarks/results/libero.json", threads=1)
 
+# The cpu study on demonstrations with route modes (every reach and transfer first steps 12 cm
+# left or right, 50/50): a discrete multimodality whose average action stands still.
+_BIMODAL_STUDY: dict[str, Any] = {**_CPU_STUDY, "detour": 0.12, "energy": [(1.0, 1.0), (1.0, 0.1)],
+                                  "data_root": "data/study_cpu_bimodal", "results": "benchmarks/results/libero_bimodal.json"}
+
 PRESETS: dict[str, dict[str, Any]] = {
     # CPU quickstart: 1 task, a handful of 64x64 demos, a few hundred steps, 2 models, steps 2.
     "quick": dict(tasks=[0], demos=5, resolution=64, fast_render=True, model="small", train_steps=300,
@@ -44,14 +49,11 @@ PRESETS: dict[str, dict[str, Any]] = {
     "cpu": _CPU_STUDY,
     # The same on every task of the suite, 20 demos and 10 episodes per task, three energy models (not yet run).
     "cpu_suite": {**_CPU_STUDY, "tasks": None, "demos": 20, "energy": list(DEFAULT_ENERGY), "episodes": 10},
-    # The cpu study on demonstrations with route modes (every reach and transfer first steps 12 cm
-    # left or right, 50/50): a discrete multimodality whose average action stands still.
-    "cpu_bimodal": {**_CPU_STUDY, "detour": 0.12, "energy": [(1.0, 1.0), (1.0, 0.1)], "data_root": "data/study_cpu_bimodal",
-                    "results": "benchmarks/results/libero_bimodal.json"},
+    "cpu_bimodal": _BIMODAL_STUDY,
     # Its replication on a second task (cream cheese): the best energy model of task 0 against MSE,
     # at the step counts issue 8's criteria name (the demos go into the same data_root).
-    "cpu_bimodal_task1": {**_CPU_STUDY, "detour": 0.12, "tasks": [1], "energy": [(1.0, 0.1)], "eval_steps": [1, 2, 16],
-                          "data_root": "data/study_cpu_bimodal", "results": "benchmarks/results/libero_bimodal_task1.json"},
+    "cpu_bimodal_task1": {**_BIMODAL_STUDY, "tasks": [1], "energy": [(1.0, 0.1)], "eval_steps": [1, 2, 16],
+                          "results": "benchmarks/results/libero_bimodal_task1.json"},
     # The paper's configuration, for a GPU: 50 demos/task at 128 px, 250k steps, 50 episodes/task.
     "paper": dict(tasks=None, demos=50, resolution=128, fast_render=False, model="paper", train_steps=250_000,
                   checkpoint_every=10_000, energy=list(DEFAULT_ENERGY), eval_steps=[1, 2, 4, 8, 16], episodes=50,

@@ -62,9 +62,8 @@ def markdown_table(suite: str, table: Table) -> str:
     """Models x steps: success % with the 95% Wilson interval and the episode count, plus
     the comparisons of issue 8 computed from the same numbers."""
     steps = sorted({int(k) for row in table.values() for k in row})
-    lines = [f"### {suite}: success rate (%) against sampler steps, 95% Wilson interval, episodes\n",
-             "| model | " + " | ".join(f"{k} step{'s' * (k > 1)}" for k in steps) + " |",
-             "|---|" + "---:|" * len(steps)]
+    head = ["| model | " + " | ".join(f"{k} step{'s' * (k > 1)}" for k in steps) + " |", "|---|" + "---:|" * len(steps)]
+    lines = [f"### {suite}: success rate (%) against sampler steps, 95% Wilson interval, episodes\n", *head]
     for name, row in table.items():
         cells = []
         for k in steps:
@@ -88,8 +87,7 @@ def markdown_table(suite: str, table: Table) -> str:
             lines.append(f"- best energy model at 2 steps ({best}) minus mse at 16 steps = "
                          f"{100 * (at2[best] - mse['16']['success']):+.1f} points")
     if any("success_length" in e for row in table.values() for e in row.values()):
-        lines += ["", "Mean length of the successful episodes (env steps; hesitation shows as a longer episode):", "",
-                  "| model | " + " | ".join(f"{k} step{'s' * (k > 1)}" for k in steps) + " |", "|---|" + "---:|" * len(steps)]
+        lines += ["", "Mean length of the successful episodes (env steps; hesitation shows as a longer episode):", "", *head]
         for name, row in table.items():
             cells = [f"{row[str(k)]['success_length']:.0f}" if "success_length" in row.get(str(k), {}) else "-" for k in steps]
             lines.append(f"| {name} | " + " | ".join(cells) + " |")
