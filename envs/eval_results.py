@@ -117,6 +117,7 @@ def summarize(episodes: Iterable[dict[str, Any]], task_names: dict[tuple[str, in
             "errors": sum(r.get("error") is not None for r in recs),
             "mean_length": statistics.fmean(r["length"] for r in recs),
             "mean_success_length": statistics.fmean(ok_len) if ok_len else None,
+            "outcomes": count_outcomes(recs),
         }
         suites.setdefault(suite, {"tasks": []})["tasks"].append(task)
     for suite, d in suites.items():
@@ -132,6 +133,7 @@ def summarize(episodes: Iterable[dict[str, Any]], task_names: dict[tuple[str, in
             mean_over_tasks=statistics.fmean(rates),
             median_over_tasks=statistics.median(rates),
             errors=sum(t["errors"] for t in tasks),
+            outcomes=merge_outcomes(t["outcomes"] for t in tasks),
         )
     all_rates = [t["success_rate"] for d in suites.values() for t in d["tasks"]]
     n = sum(d["episodes"] for d in suites.values())
@@ -149,6 +151,32 @@ def summarize(episodes: Iterable[dict[str, Any]], task_names: dict[tuple[str, in
     }
 
 
+def count_outcomes(recs: Iterable[dict[str, Any]]) -> dict[str, int] | None:
+    """Episodes per outcome label (``envs.eval_outcome.OUTCOMES`` order), or None when no
+    record has one (logs written before outcomes were recorded)."""
+    from envs.eval_outcome import OUTCOMES
+
+    labels = [r["outcome"] for r in recs if r.get("outcome") is not None]
+    if not labels:
+        return None
+    return {k: labels.count(k) for k in (*OUTCOMES, *sorted(set(labels) - set(OUTCOMES))) if k in labels}
+
+
+def merge_outcomes(parts: Iterable[dict[str, int] | None]) -> dict[str, int] | None:
+    """Sum of per-task outcome counts (None parts skipped; None when all are)."""
+    out: dict[str, int] = {}
+    for part in parts:
+        for k, v in (part or {}).items():
+            out[k] = out.get(k, 0) + v
+    return out or None
+
+
+def failure_text(outcomes: dict[str, int] | None) -> str:
+    """``missed_grasp 8, dropped 3``: the failed episodes by outcome, most first ('-' if none / unknown)."""
+    fails = sorted(((v, k) for k, v in (outcomes or {}).items() if k != "success"), key=lambda x: -x[0])
+    return ", ".join(f"{k} {v}" for v, k in fails) or "-"
+
+
 def markdown_table(summary: dict[str, Any], title: str = "") -> str:
     """Per-suite and per-task success rates as a markdown table (percent, 95% Wilson CI)."""
     pct = lambda x: f"{100 * x:.1f}"  # noqa: E731
@@ -161,11 +189,13 @@ def markdown_table(summary: dict[str, Any], title: str = "") -> str:
     o = summary["overall"]
     lines.append(f"| **all** | {o['episodes']} | {pct(o['success_rate'])} | {pct(o['ci95'][0])}-{pct(o['ci95'][1])} "
                  f"| {pct(o['mean_over_tasks'])} | {pct(o['median_over_tasks'])} | |")
-    lines += ["", "| suite | task | name | episodes | success % | 95% CI | mean length |", "|---|---:|---|---:|---:|---:|---:|"]
+    lines += ["", "| suite | task | name | episodes | success % | 95% CI | mean length | failures |",
+              "|---|---:|---|---:|---:|---:|---:|---|"]
     for suite, d in summary["suites"].items():
         for t in d["tasks"]:
             lines.append(f"| {suite} | {t['task_index']} | {t['name']} | {t['episodes']} | {pct(t['success_rate'])} "
-                         f"| {pct(t['ci95'][0])}-{pct(t['ci95'][1])} | {t['mean_length']:.0f} |")
+                         f"| {pct(t['ci95'][0])}-{pct(t['ci95'][1])} | {t['mean_length']:.0f} "
+                         f"| {failure_text(t.get('outcomes'))} |")
     return "\n".join(lines) + "\n"
 
 

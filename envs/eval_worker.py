@@ -25,6 +25,8 @@ from typing import Any
 
 import numpy as np
 
+from envs.eval_outcome import OutcomeTracker, classify
+
 
 @dataclass
 class EpisodeSpec:
@@ -54,6 +56,7 @@ class _Episode:
         self.env_time = 0.0
         self.t0 = time.time()
         self.frames: list[np.ndarray] = []
+        self.tracker: OutcomeTracker | None = None  # built after the wait steps
 
     def record(self, obs: dict[str, Any]) -> None:
         if self.spec.video_path is not None:
@@ -67,7 +70,12 @@ class _Episode:
                 video = self.spec.video_path
             except Exception as exc:  # a video problem must not turn a success into a failure
                 video = f"video failed: {_error_line(exc)}"
+        if self.tracker is not None:
+            outcome = self.tracker.summary(success, error)
+        else:  # the episode ended before it started (reset failure, abort)
+            outcome = {"grasps": 0, "lift_m": None, "outcome": classify(success, error, 0, None, False)}
         return {
+            **outcome,
             "suite": self.spec.suite,
             "task_index": self.spec.task_index,
             "episode": self.spec.episode,
@@ -96,7 +104,7 @@ def write_video(path: str, frames: list[np.ndarray], fps: int = 20) -> None:
 
 def worker_main(conn: Connection, resolution: int, fast_render: bool) -> None:
     """Entry point of a worker process (spawn context). Serves episodes until "close"."""
-    from envs.libero import NOOP_ACTION, make_env
+    from envs.libero import NOOP_ACTION, get_task, make_env
 
     env = None
     env_key: tuple[str, int] | None = None
@@ -118,6 +126,8 @@ def worker_main(conn: Connection, resolution: int, fast_render: bool) -> None:
         ep.env_time += time.perf_counter() - t
         ep.env_steps += 1
         ep.record(obs)
+        if ep.tracker is not None:
+            ep.tracker.step(action)
         return obs, terminated
 
     try:
@@ -143,6 +153,7 @@ def worker_main(conn: Connection, resolution: int, fast_render: bool) -> None:
                     ep.record(obs)
                     for _ in range(spec.wait_steps):  # success is not checked while waiting
                         obs, _ = step(NOOP_ACTION)
+                    ep.tracker = OutcomeTracker(env.robosuite_env, get_task(spec.suite, spec.task_index).bddl_file)
                     conn.send(("obs", obs))
                 except Exception as exc:
                     conn.send(("done", ep.result(False, f"env reset failed: {_error_line(exc)}")))

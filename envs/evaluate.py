@@ -195,7 +195,8 @@ def run_evaluation(policy: Any, cfg: EvalConfig, init_state_fn: InitStateFn | No
 
     def fail_and_restart(w: _Worker, reason: str) -> _Worker:
         if w.spec is not None:
-            finish(w, {"success": False, "length": w.t, "env_steps": 0, "error": reason, "video": None})
+            finish(w, {"success": False, "length": w.t, "env_steps": 0, "error": reason, "video": None,
+                       "outcome": "error"})
         w.kill()
         nw = _Worker(ctx, cfg, w.wid)
         assign(nw)
@@ -250,7 +251,8 @@ def run_evaluation(policy: Any, cfg: EvalConfig, init_state_fn: InitStateFn | No
                         w.conn.send(("abort", error))
                     except (BrokenPipeError, OSError):
                         pass
-                    finish(w, {"success": False, "length": w.t, "env_steps": 0, "error": error, "video": None})
+                    finish(w, {"success": False, "length": w.t, "env_steps": 0, "error": error, "video": None,
+                               "outcome": "error"})
                     assign(w)
                     continue
                 chunk = chunks[b, : cfg.replan_every]

@@ -18,7 +18,8 @@ class StudyError(ValueError):
     """A bad study option or an inconsistent output folder (one line, names the fix)."""
 
 
-Table = dict[str, dict[str, dict[str, float | int]]]  # model -> str(steps) -> {"success", "episodes"[, "success_length"]}
+# model -> str(steps) -> {"success", "episodes"[, "success_length"][, "outcomes"]}
+Table = dict[str, dict[str, dict[str, Any]]]
 JSON_KEYS = ("success", "episodes")  # what libero.json keeps of a cell (issue 8's format)
 
 
@@ -29,7 +30,8 @@ def collect_results(suite: str, eval_dirs: dict[str, Path]) -> tuple[Table, str]
     Returns (table, protocol): success = successes / episodes pooled over the suite's
     evaluated tasks; success_length (when any episode succeeded) = the mean length in env
     steps of the successful episodes, pooled the same way (a policy that hesitates at a
-    fork succeeds later); protocol is the harness's own protocol line ("" if nothing found).
+    fork succeeds later); outcomes (when the episodes recorded them) = episodes per outcome
+    label (``envs.eval_outcome``); protocol is the harness's own protocol line ("" if nothing found).
     """
     table: Table = {}
     protocol = ""
@@ -42,16 +44,18 @@ def collect_results(suite: str, eval_dirs: dict[str, Path]) -> tuple[Table, str]
             if d is None or not d["episodes"]:
                 continue
             steps = str(int(res.get("config", {}).get("steps", path.parent.name[6:])))
-            cell: dict[str, float | int] = {"success": d["successes"] / d["episodes"], "episodes": int(d["episodes"])}
+            cell: dict[str, Any] = {"success": d["successes"] / d["episodes"], "episodes": int(d["episodes"])}
             ok = [(t["successes"], t["mean_success_length"]) for t in d.get("tasks", []) if t.get("mean_success_length")]
             if ok:
                 cell["success_length"] = sum(n * length for n, length in ok) / sum(n for n, _ in ok)
+            if d.get("outcomes"):
+                cell["outcomes"] = d["outcomes"]
             table.setdefault(name, {})[steps] = cell
             protocol = protocol or str(res.get("protocol", ""))
     return table, protocol
 
 
-def _ci(entry: dict[str, float | int]) -> tuple[float, float]:
+def _ci(entry: dict[str, Any]) -> tuple[float, float]:
     from envs.eval_results import wilson_interval
 
     n = int(entry["episodes"])
@@ -90,6 +94,13 @@ def markdown_table(suite: str, table: Table) -> str:
         lines += ["", "Mean length of the successful episodes (env steps; hesitation shows as a longer episode):", "", *head]
         for name, row in table.items():
             cells = [f"{row[str(k)]['success_length']:.0f}" if "success_length" in row.get(str(k), {}) else "-" for k in steps]
+            lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    if any("outcomes" in e for row in table.values() for e in row.values()):
+        from envs.eval_results import failure_text
+
+        lines += ["", "Failed episodes by outcome (envs/eval_outcome.py; '?' = not recorded by that evaluation):", "", *head]
+        for name, row in table.items():
+            cells = [failure_text(row[str(k)]["outcomes"]) if "outcomes" in row.get(str(k), {}) else "?" for k in steps]
             lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 

@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 
 from envs.eval_policies import NoopPolicy, ReplayPolicy, load_policy
-from envs.eval_results import EPISODES_FILE, load_episodes, summarize, wilson_interval
+from envs.eval_outcome import LIFT_M, classify
+from envs.eval_results import EPISODES_FILE, failure_text, load_episodes, markdown_table, summarize, wilson_interval
 from envs.evaluate import EvalConfig, run_evaluation
 from envs.libero import get_init_states
 
@@ -28,6 +29,26 @@ def test_wilson_interval_and_summary() -> None:
     s = summarize(recs, {("s", 0): "a"})["suites"]["s"]
     assert [t["success_rate"] for t in s["tasks"]] == [0.5, 0.5, 1.0]
     assert s["median_over_tasks"] == 0.5 and abs(s["mean_over_tasks"] - 2 / 3) < 1e-12 and s["episodes"] == 12
+    assert s["outcomes"] is None and s["tasks"][0]["outcomes"] is None  # logs from before outcomes
+
+
+def test_outcome_labels_and_their_counts() -> None:
+    assert classify(True, None, 1, 0.2, False) == "success"
+    assert classify(False, "policy raised", 3, 0.2, True) == "error"  # an error wins over everything
+    assert classify(False, None, 0, 0.0, False) == "no_grasp"
+    assert classify(False, None, 2, LIFT_M / 2, False) == "missed_grasp"
+    assert classify(False, None, 2, 0.15, False) == "dropped"
+    assert classify(False, None, 1, 0.15, True) == "held_at_cap"
+    assert classify(False, None, 1, None, False) == "failed"  # the goal moves no object (a drawer)
+    outcomes = ["success", "missed_grasp", "missed_grasp", "dropped", "success", "no_grasp"]
+    recs = [{"suite": "s", "task_index": i % 2, "episode": i, "success": o == "success", "length": 10, "error": None,
+             "outcome": o} for i, o in enumerate(outcomes)]
+    s = summarize(recs, {})["suites"]["s"]
+    assert s["tasks"][0]["outcomes"] == {"success": 2, "missed_grasp": 1}
+    assert s["outcomes"] == {"success": 2, "no_grasp": 1, "missed_grasp": 2, "dropped": 1}  # OUTCOMES order
+    assert failure_text(s["outcomes"]) == "missed_grasp 2, no_grasp 1, dropped 1" and failure_text(None) == "-"
+    table = markdown_table(summarize(recs, {}))
+    assert "| 10 | missed_grasp 1 |" in table and "| 10 | no_grasp 1, missed_grasp 1, dropped 1 |" in table  # ties: OUTCOMES order
 
 
 def _cfg(out: Path, **kw) -> EvalConfig:
@@ -65,6 +86,8 @@ def test_success_detection_cap_resume_and_raising_policy(tmp_path, goal_state) -
     assert recs[0]["success"] and recs[0]["length"] == 1 and recs[0]["error"] is None
     assert not recs[1]["success"] and recs[1]["length"] == 16 and recs[1]["env_steps"] == 10 + 16
     assert recs[1]["error"] is None
+    # the no-op policy never closes the gripper; the drawer goal moves no object
+    assert (recs[0]["outcome"], recs[1]["outcome"], recs[1]["grasps"], recs[1]["lift_m"]) == ("success", "no_grasp", 0, None)
     task = summary["suites"][GOAL_SUITE]["tasks"][0]
     assert task["successes"] == 1 and task["episodes"] == 2
     assert (out / "results.md").read_text().count("| libero_goal |") == 2 and (out / "results.png").stat().st_size > 0
@@ -78,6 +101,7 @@ def test_success_detection_cap_resume_and_raising_policy(tmp_path, goal_state) -
     recs = sorted(load_episodes(out / EPISODES_FILE), key=lambda r: r["episode"])
     assert [r["episode"] for r in recs] == [0, 1] and recs[0] == json.loads(keep[0])
     assert not recs[1]["success"] and "policy raised RuntimeError: policy exploded" in recs[1]["error"]
+    assert recs[1]["outcome"] == "error" and "| error 1 |" in (out / "results.md").read_text()
     assert summary["suites"][GOAL_SUITE]["successes"] == 1 and summary["suites"][GOAL_SUITE]["errors"] == 1
     with pytest.raises(ValueError, match="steps=2"):
         run_evaluation(NoopPolicy(), _cfg(out, steps=4), init_state)

@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 
 import envs  # noqa: F401  (headless rendering defaults)  # pyflakes: ignore
+from envs.eval_outcome import OutcomeTracker, classify
 from envs.hdf5_writer import DATA_ATTRS, DEMO_KEYS, OBS_KEYS, check_official_layout, task_file_name
 from envs.libero import get_init_states, list_tasks
 from envs.scripted_bddl import Atom, order_subgoals, parse_goal
@@ -134,16 +135,34 @@ def test_demo_replays_to_success_and_images_match(demo_file: Path) -> None:
     env = make_planning_env(task)  # a fresh simulator, physics only
     env.reset()
     replayed: dict[int, np.ndarray] = {}
+    tracker: list[OutcomeTracker] = []  # the evaluation's outcome tracker watches the replay
+    held: list[bool] = []
     with h5py.File(demo_file, "r") as f:
         g = f["data/demo_0"]
         t = int(g.attrs["num_samples"])
+        actions = np.asarray(g["actions"])
         check = sorted({0, t // 3, (2 * t) // 3, t - 1})
-        success, worst = replay_actions(env, g, on_state=lambda i, e: replayed.__setitem__(i, e.get_sim_state().copy())
-                                        if i in check else None)
+
+        def on_state(i: int, e) -> None:
+            if i in check:
+                replayed[i] = e.get_sim_state().copy()
+            if i == 0:
+                tracker.append(OutcomeTracker(e.env, task.bddl_file))
+            else:
+                tracker[0].step(actions[i - 1])
+            held.append(tracker[0].held())
+
+        success, worst = replay_actions(env, g, on_state=on_state)
+        tracker[0].step(actions[-1])
         stored = {k: g["obs"][k][check] for k in ("agentview_rgb", "eye_in_hand_rgb", "joint_states")}
     env.close()
     assert success, "replaying the stored actions from the first state did not reach the goal"
     assert worst < 1e-6, f"replayed states drift from the stored ones by {worst}"
+    # one close command, the soup carried well above LIFT_M in the hand on the way, not at the start
+    out = tracker[0].summary(success, None)
+    assert out["outcome"] == "success" and out["grasps"] == 1 and out["lift_m"] > 0.05, out
+    assert not held[0] and any(held)
+    assert classify(False, None, out["grasps"], out["lift_m"], True) == "held_at_cap"
     renv = make_env("libero_object", 0, resolution=32, fast_render=True)
     renv.reset(seed=0)
     try:

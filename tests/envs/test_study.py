@@ -41,10 +41,12 @@ def run_study(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int,
     return rc, out, err
 
 
-def fake_eval(out: Path, suite: str, steps: int, successes: list[list[bool]]) -> None:
+def fake_eval(out: Path, suite: str, steps: int, successes: list[list[bool]], outcomes: bool = True) -> None:
     """results.json written by the harness's own functions from synthetic episode records
-    (successes[task][episode]); a success of task t lasts 100 + 20 t steps, a failure 290."""
-    recs = [{"suite": suite, "task_index": t, "episode": e, "success": ok, "length": 100 + 20 * t if ok else 290}
+    (successes[task][episode]); a success of task t lasts 100 + 20 t steps, a failure 290;
+    with ``outcomes``, task 0 fails by missed_grasp and the others by dropped."""
+    recs = [{"suite": suite, "task_index": t, "episode": e, "success": ok, "length": 100 + 20 * t if ok else 290,
+             **({"outcome": "success" if ok else "dropped" if t else "missed_grasp"} if outcomes else {})}
             for t, eps in enumerate(successes) for e, ok in enumerate(eps)]
     summary = summarize(recs, {(suite, t): f"task{t}" for t in range(len(successes))})
     summary.update(protocol="common (wait 10 no-op steps, cap per-suite MAX_STEPS, execute 8/8 actions per chunk)",
@@ -65,7 +67,8 @@ def test_aggregate_writes_json_table_and_plot(tmp_path: Path) -> None:
     fake_eval(cfg.eval_dir(cfg.models()[0], 2), SUITE, 2, [[True] * 4, [True] * 4])
     fake_eval(cfg.eval_dir(cfg.models()[1], 1), SUITE, 1, [[True, False, False, False], [False] * 4])
     fake_eval(cfg.eval_dir(cfg.models()[1], 2), SUITE, 2, [[True, True, False, False], [True, False, False, False]])
-    fake_eval(cfg.eval_dir(cfg.models()[1], 16), SUITE, 16, [[True, True, True, True], [True, True, True, False]])
+    fake_eval(cfg.eval_dir(cfg.models()[1], 16), SUITE, 16, [[True, True, True, True], [True, True, True, False]],
+              outcomes=False)  # an evaluation from before outcomes were recorded
     (tmp_path / "libero.json").write_text(json.dumps({"libero_goal": {"mse": {"2": {"success": 0.5, "episodes": 2}}},
                                                       "protocol": "p", "notes": "libero_goal: older run"}))
     paths = aggregate(cfg)
@@ -85,7 +88,8 @@ def test_aggregate_writes_json_table_and_plot(tmp_path: Path) -> None:
     assert "| mse | 12.5 [" in md and "| energy_lam1_beta1 | 87.5" in md
     # mean length of the successes, pooled over tasks by their successes: (4 * 100 + 3 * 120) / 7 = 108.6
     assert "| energy_lam1_beta1 | 109 | 110 | - |" in md and "| mse | 100 | 107 | 109 |" in md
-    assert md.count("| - |") == 2 and "success_length" not in paths["json"].read_text()
+    assert "| energy_lam1_beta1 | dropped 1 | - | ? |" in md and "| mse | dropped 4, missed_grasp 3 | dropped 3, missed_grasp 2 | ? |" in md
+    assert md.count("| - |") == 3 and "success_length" not in paths["json"].read_text() and "outcomes" not in paths["json"].read_text()
     assert paths["png"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and paths["png"].stat().st_size > 5000
 
 
@@ -95,7 +99,8 @@ def test_collect_ignores_other_suites_and_checks_names(tmp_path: Path) -> None:
     with pytest.raises(StudyError, match="must start with 'energy' or 'mse'"):
         collect_results(SUITE, {"diffusion": tmp_path / "a"})
     table, _ = collect_results("libero_goal", {"mse": tmp_path / "a"})
-    assert table == {"mse": {"4": {"success": 0.5, "episodes": 2, "success_length": 100.0}}}
+    assert table == {"mse": {"4": {"success": 0.5, "episodes": 2, "success_length": 100.0,
+                                   "outcomes": {"success": 1, "missed_grasp": 1}}}}
     table["energy_lam1_beta1"] = {"4": {"success": 0.0, "episodes": 50}}  # Wilson lo rounds above 0 here
     paths = write_study_results("libero_goal", table, tmp_path / "out" / "r.json", "", "n")
     assert paths["md"].name == "r_libero_goal.md" and paths["png"].is_file()
