@@ -78,9 +78,11 @@ def robot_state_vector(raw_obs: Mapping[str, Any]) -> np.ndarray:
                            np.asarray(raw_obs["robot0_eef_quat"], np.float64)])
 
 
-def file_attrs(task: Any, resolution: int, fast_render: bool, detour: float = 0.0) -> dict[str, Any]:
+def file_attrs(task: Any, resolution: int, fast_render: bool, detour: float = 0.0,
+               yaw_modes: bool = False) -> dict[str, Any]:
     """The ``data`` attributes of a task file: problem_info, env_args, bddl_file_name (JSON strings),
-    and ``scripted_detour``, the scripted demonstrator's route-mode step in m (0 = no route modes)."""
+    ``scripted_detour``, the scripted demonstrator's route-mode step in m (0 = no route modes),
+    and ``scripted_yaw_modes`` (grasp-yaw modes on or off)."""
     problem_info = {"problem_name": _problem_name(task.bddl_file), "domain_name": "robosuite",
                     "language_instruction": task.language}
     env_kwargs = {"bddl_file_name": task.bddl_file, "camera_heights": resolution, "camera_widths": resolution,
@@ -91,7 +93,7 @@ def file_attrs(task: Any, resolution: int, fast_render: bool, detour: float = 0.
     return {"problem_info": json.dumps(problem_info), "env_args": json.dumps(env_args),
             "bddl_file_name": task.bddl_file, "env_name": problem_info["problem_name"],
             "macros_image_convention": "opengl", "suite": task.suite, "task_name": task.name,
-            "scripted_detour": float(detour)}
+            "scripted_detour": float(detour), "scripted_yaw_modes": bool(yaw_modes)}
 
 
 def _problem_name(bddl_file: str) -> str:

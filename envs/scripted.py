@@ -41,15 +41,19 @@ class ScriptedPlanner:
         rng: random generator for the episode's style, offsets and yaws.
         detour: route modes (m, 0 = off): every pick and every transfer first steps this far
             left or right of its straight line (:func:`envs.scripted_primitives.fork`).
+        yaw_modes: grasp-yaw modes: every grasp of a narrow object is approached turned a quarter
+            turn off its axis and turns back one way or the other (:func:`envs.scripted_primitives.yaw_fork`).
     """
 
-    def __init__(self, env: Any, atoms: list[Atom], rng: np.random.Generator, detour: float = 0.0) -> None:
+    def __init__(self, env: Any, atoms: list[Atom], rng: np.random.Generator, detour: float = 0.0,
+                 yaw_modes: bool = False) -> None:
         self.env = env
         self.view = SceneView(env)
         self.atoms = order_subgoals(atoms)
         self.rng = rng
         self.style = Style.sample(rng)
         self.style.detour = float(detour)
+        self.style.yaw_modes = bool(yaw_modes)
         self.failure: str | None = None
 
     # ------------------------------------------------------------- predicates

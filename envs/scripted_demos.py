@@ -12,6 +12,7 @@ assembled.
 """
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -62,9 +63,11 @@ def make_planning_env(task: TaskInfo) -> Any:
                       camera_names=[], hard_reset=False, horizon=100_000)
 
 
-def plan_attempt(env: Any, task: TaskInfo, seed: int, max_steps: int | None = None, detour: float = 0.0) -> Attempt:
+def plan_attempt(env: Any, task: TaskInfo, seed: int, max_steps: int | None = None, detour: float = 0.0,
+                 yaw_modes: bool = False) -> Attempt:
     """Reset ``env`` (a planning env) to the layout of ``seed`` and run the scripted planner once
-    (``detour`` > 0: with route modes, see :class:`envs.scripted.ScriptedPlanner`)."""
+    (``detour`` > 0: with route modes, ``yaw_modes``: with grasp-yaw modes, see
+    :class:`envs.scripted.ScriptedPlanner`)."""
     t0 = time.time()
     env.seed(int(seed))
     env.reset()
@@ -73,7 +76,7 @@ def plan_attempt(env: Any, task: TaskInfo, seed: int, max_steps: int | None = No
         env.step(NOOP_ACTION.astype(np.float64))
     state0 = np.asarray(env.get_sim_state()).copy()
     env.set_init_state(state0)  # the exact path a replay takes
-    planner = ScriptedPlanner(env.env, parse_goal(task.bddl_file), np.random.default_rng(seed), detour)
+    planner = ScriptedPlanner(env.env, parse_goal(task.bddl_file), np.random.default_rng(seed), detour, yaw_modes)
     actions: list[np.ndarray] = []
     ok, steps = run_episode(env, planner, demo_step_budget(task.suite) if max_steps is None else max_steps,
                             on_step=lambda a, r: actions.append(a))
@@ -137,32 +140,45 @@ def tried_seeds(out: Path, task: TaskInfo) -> tuple[list[int], int]:
     return kept, nxt
 
 
-def check_detour(out: Path, task: TaskInfo, detour: float) -> None:
-    """Refuse to add demonstrations with route modes ``detour`` to a task whose file or shards
-    in ``out`` were made with another value (one line naming the fix)."""
+def _modes_text(detour: float, yaw_modes: bool) -> str:
+    return f"--detour {detour:g}" + (" --yaw-modes" if yaw_modes else "")
+
+
+def check_detour(out: Path, task: TaskInfo, detour: float, yaw_modes: bool = False) -> None:
+    """Refuse to add demonstrations with route modes ``detour`` (and grasp-yaw modes
+    ``yaw_modes``) to a task whose file or shards in ``out`` were made with other modes (one
+    line naming the fix)."""
     final = Path(out) / task_file_name(task.name)
-    seen: list[float] = []
+    seen: list[tuple[float, bool]] = []
     if final.exists():
         with h5py.File(final, "r") as f:
-            seen.append(float(f["data"].attrs.get("scripted_detour", 0.0)))
-    marker = partial_dir(out, task) / "detour.txt"
-    if marker.exists():
-        seen.append(float(marker.read_text()))
-    other = [v for v in seen if abs(v - detour) > 1e-9]
+            attrs = f["data"].attrs
+            seen.append((float(attrs.get("scripted_detour", 0.0)), bool(attrs.get("scripted_yaw_modes", False))))
+    part = partial_dir(out, task)
+    if (part / "modes.json").exists():
+        m = json.loads((part / "modes.json").read_text())
+        seen.append((float(m["detour"]), bool(m["yaw_modes"])))
+    elif (part / "detour.txt").exists():  # shards of an older version: route modes only
+        seen.append((float((part / "detour.txt").read_text()), False))
+    other = [(d, y) for d, y in seen if abs(d - detour) > 1e-9 or y != bool(yaw_modes)]
     if other:
-        raise ValueError(f"{final.parent} holds demos of {task.name!r} made with --detour {other[0]:g}, not "
-                         f"{detour:g}; use another --out folder for demonstrations with other route modes")
+        raise ValueError(f"{final.parent} holds demos of {task.name!r} made with {_modes_text(*other[0])}, not "
+                         f"{_modes_text(detour, yaw_modes)}; use another --out folder for demonstrations with "
+                         "other modes")
 
 
 def generate_task_demos(task: TaskInfo, out: Path, needed: int, resolution: int = 128,
                         fast_render: bool = False, max_attempts: int | None = None,
-                        progress: Callable[[str, bool], None] | None = None, detour: float = 0.0) -> tuple[int, int]:
+                        progress: Callable[[str, bool], None] | None = None, detour: float = 0.0,
+                        yaw_modes: bool = False) -> tuple[int, int]:
     """Plan and render until ``needed`` new shards exist for ``task``; returns (kept, attempts)."""
     out = Path(out)
     part = partial_dir(out, task)
-    check_detour(out, task, detour)
+    check_detour(out, task, detour, yaw_modes)
     part.mkdir(parents=True, exist_ok=True)
-    (part / "detour.txt").write_text(f"{detour!r}")  # the shards' route modes, checked on a rerun
+    (part / "detour.txt").unlink(missing_ok=True)
+    # the shards' modes, checked on a rerun
+    (part / "modes.json").write_text(json.dumps({"detour": float(detour), "yaw_modes": bool(yaw_modes)}))
     _, attempt_no = tried_seeds(out, task)
     max_attempts = 3 * needed + 5 if max_attempts is None else max_attempts
     penv = make_planning_env(task)
@@ -173,7 +189,7 @@ def generate_task_demos(task: TaskInfo, out: Path, needed: int, resolution: int 
             seed = task.index * SEED_STRIDE + attempt_no
             attempt_no += 1
             tries += 1
-            attempt = plan_attempt(penv, task, seed, detour=detour)
+            attempt = plan_attempt(penv, task, seed, detour=detour, yaw_modes=yaw_modes)
             demo = None
             if attempt.success:
                 if renv is None:
@@ -195,7 +211,7 @@ def generate_task_demos(task: TaskInfo, out: Path, needed: int, resolution: int 
 
 
 def assemble_task_file(task: TaskInfo, out: Path, limit: int, resolution: int, fast_render: bool,
-                       detour: float = 0.0) -> int:
+                       detour: float = 0.0, yaw_modes: bool = False) -> int:
     """Merge the task file's existing demos and the shards (up to ``limit``) into the task file.
 
     Written atomically; used shards are deleted afterwards. Returns the number of demos.
@@ -215,7 +231,7 @@ def assemble_task_file(task: TaskInfo, out: Path, limit: int, resolution: int, f
         if not groups or (old is not None and not handles):
             return len(groups)  # nothing new to write
         tmp_target = final.with_name(final.name + ".new")
-        n = write_task_file(tmp_target, file_attrs(task, resolution, fast_render, detour), groups)
+        n = write_task_file(tmp_target, file_attrs(task, resolution, fast_render, detour, yaw_modes), groups)
     finally:
         for h in handles:
             h.close()
@@ -225,7 +241,8 @@ def assemble_task_file(task: TaskInfo, out: Path, limit: int, resolution: int, f
     for p in list(part.glob("demo_seed*.hdf5")):
         p.unlink()  # fail markers stay, so a rerun does not retry known failures
     if not any(part.glob("fail_seed*")):
-        (part / "detour.txt").unlink(missing_ok=True)  # the task file records it from now on
+        (part / "modes.json").unlink(missing_ok=True)  # the task file records them from now on
+        (part / "detour.txt").unlink(missing_ok=True)
     if not any(part.iterdir()):
         part.rmdir()
     if part.parent.exists() and not any(part.parent.iterdir()):

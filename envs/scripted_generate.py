@@ -27,6 +27,7 @@ class GenerateConfig:
     fast_render: bool = False
     max_attempts_factor: float = 3.0
     detour: float = 0.0  # route modes of the scripted demonstrator (m, 0 = off)
+    yaw_modes: bool = False  # grasp-yaw modes of the scripted demonstrator
 
     def selected(self) -> list[TaskInfo]:
         """The tasks named by ``tasks`` ('all' or comma-separated indices)."""
@@ -47,9 +48,10 @@ def _worker(args: tuple) -> tuple[str, int, int]:
     import os
 
     os.environ.setdefault("LP_NUM_THREADS", "1")
-    task, out, needed, resolution, fast_render, max_attempts, q, detour = args
+    task, out, needed, resolution, fast_render, max_attempts, q, detour, yaw_modes = args
     kept, tries = generate_task_demos(task, out, needed, resolution, fast_render, max_attempts,
-                                      progress=lambda name, ok: q.put((name, ok)), detour=detour)
+                                      progress=lambda name, ok: q.put((name, ok)), detour=detour,
+                                      yaw_modes=yaw_modes)
     return task.name, kept, tries
 
 
@@ -64,7 +66,7 @@ def generate_suite(cfg: GenerateConfig) -> dict[str, int]:
     out.mkdir(parents=True, exist_ok=True)
     jobs = []
     for task in tasks:
-        check_detour(out, task, cfg.detour)
+        check_detour(out, task, cfg.detour, cfg.yaw_modes)
         kept, _ = tried_seeds(out, task)
         missing = cfg.demos_per_task - len(kept)
         if missing > 0:
@@ -77,7 +79,8 @@ def generate_suite(cfg: GenerateConfig) -> dict[str, int]:
         if jobs:
             with ctx.Pool(min(cfg.workers, len(jobs))) as pool:
                 payload = [(t, out, m, cfg.resolution, cfg.fast_render,
-                            int(cfg.max_attempts_factor * m) + 5, q, cfg.detour) for t, m in jobs]
+                            int(cfg.max_attempts_factor * m) + 5, q, cfg.detour, cfg.yaw_modes)
+                           for t, m in jobs]
                 pending = pool.map_async(_worker, payload, chunksize=1)
                 while True:
                     try:
@@ -93,5 +96,5 @@ def generate_suite(cfg: GenerateConfig) -> dict[str, int]:
     summary = {}
     for task in tasks:
         summary[task.name] = assemble_task_file(task, out, cfg.demos_per_task, cfg.resolution, cfg.fast_render,
-                                                cfg.detour)
+                                                cfg.detour, cfg.yaw_modes)
     return summary

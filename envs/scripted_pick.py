@@ -13,7 +13,7 @@ import logging
 
 import numpy as np
 
-from envs.scripted_primitives import (CLOSE, KEEP, OPEN, Primitive, Style, close_gripper, fork, maybe_pause,
+from envs.scripted_primitives import (CLOSE, KEEP, OPEN, Primitive, Style, close_gripper, fork, maybe_pause, yaw_fork,
                                       move_to, narrow_gripper, open_gripper)
 from envs.scripted_scene import SceneView, clearance_height, obstacle_distance
 
@@ -210,13 +210,14 @@ def pick(view: SceneView, name: str, style: Style, rng: np.random.Generator,
     above = target + np.array([0.0, 0.0, rng.uniform(0.07, 0.11)])
     here = view.eef_pos()
     via = fork(here[:2], above[:2], style, rng)
+    travel, yaw = yaw_fork(yaw, style, rng) if not (rim or handle is not None) else (yaw, yaw)
     path = [here[:2]] + ([] if via is None else [via]) + [above[:2]]
     z = max(travel_z(view, path, 0.02, 0.06, {body}, style), above[2])
     if here[2] < z - 0.03:
-        ok = yield from move_to(view, np.array([here[0], here[1], z]), yaw, OPEN, style, tol=0.03, rot_tol=0.5)
+        ok = yield from move_to(view, np.array([here[0], here[1], z]), travel, OPEN, style, tol=0.03, rot_tol=0.5)
     if via is not None:
-        yield from move_to(view, np.array([via[0], via[1], z]), yaw, OPEN, style, tol=0.03, rot_tol=0.5)
-    ok = yield from move_to(view, np.array([above[0], above[1], max(z, above[2])]), yaw, OPEN, style, tol=0.02)
+        yield from move_to(view, np.array([via[0], via[1], z]), travel, OPEN, style, tol=0.03, rot_tol=0.5)
+    ok = yield from move_to(view, np.array([above[0], above[1], max(z, above[2])]), travel, OPEN, style, tol=0.02)
     if not ok:
         return None
     ok = yield from move_to(view, above, yaw, OPEN, style, tol=0.015, rot_tol=0.06)

@@ -41,6 +41,9 @@ class Style:
         travel_lift: extra height (m) above the computed safe travel height.
         detour: route modes (m, 0 = off; not drawn by :meth:`sample`): each transfer first steps
             this far sideways, left or right of its straight line (50/50), see :func:`fork`.
+        yaw_modes: grasp-yaw modes (not drawn by :meth:`sample`): the hand travels turned a
+            quarter turn off the grasp axis and turns back one way or the other (50/50) above
+            the object, see :func:`yaw_fork`.
     """
 
     gain: float = 10.0
@@ -50,6 +53,7 @@ class Style:
     jitter: float = 0.0
     travel_lift: float = 0.0
     detour: float = 0.0
+    yaw_modes: bool = False
 
     @classmethod
     def sample(cls, rng: np.random.Generator) -> "Style":
@@ -197,3 +201,18 @@ def fork(here_xy: np.ndarray, goal_xy: np.ndarray, style: Style, rng: np.random.
         return None
     side = 1.0 if rng.random() < 0.5 else -1.0
     return np.asarray(here_xy, float) + side * style.detour * np.array([-line[1], line[0]]) / length
+
+
+def yaw_fork(yaw: float, style: Style, rng: np.random.Generator) -> tuple[float, float]:
+    """Grasp-yaw modes: (travel yaw, grasp yaw) for a grasp whose fingers close along ``yaw``.
+
+    With ``style.yaw_modes`` the hand travels at ``yaw + pi/2`` (fingers along the object's
+    wide side) and above the object turns a quarter turn to ``yaw`` or to ``yaw + pi``
+    (50/50). Both close the fingers across the narrow side: a parallel gripper is the same
+    gripper turned half a turn. Their average stays at ``yaw + pi/2``, across the wide side,
+    which fails on objects wider than the open fingers: a choice whose mean action is not a
+    way of acting. Off: ``(yaw, yaw)``, and nothing is drawn from ``rng``.
+    """
+    if not style.yaw_modes:
+        return yaw, yaw
+    return yaw + np.pi / 2, yaw + (np.pi if rng.random() < 0.5 else 0.0)

@@ -41,6 +41,14 @@ _CPU_STUDY: dict[str, Any] = dict(
 _BIMODAL_STUDY: dict[str, Any] = {**_CPU_STUDY, "detour": 0.12, "energy": [(1.0, 1.0), (1.0, 0.1)],
                                   "data_root": "data/study_cpu_bimodal", "results": "benchmarks/results/libero_bimodal.json"}
 
+# The cpu study on demonstrations with grasp-yaw modes on libero_object task 1 (cream cheese,
+# 8.1 cm wide, 4.3 cm narrow): the hand travels turned a quarter turn off the grasp axis and turns
+# back one way or the other above the box; the average of the two closes the fingers across the
+# wide side, which fails (the mean action is not a way of acting). 8k training steps (CPU budget).
+_YAW_STUDY: dict[str, Any] = {**_CPU_STUDY, "tasks": [1], "yaw_modes": True, "energy": [(1.0, 0.1)],
+                              "train_steps": 8000, "checkpoint_every": 1000, "eval_steps": [1, 2, 16],
+                              "data_root": "data/study_cpu_yaw", "results": "benchmarks/results/libero_yaw_task1.json"}
+
 PRESETS: dict[str, dict[str, Any]] = {
     # CPU quickstart: 1 task, a handful of 64x64 demos, a few hundred steps, 2 models, steps 2.
     "quick": dict(tasks=[0], demos=5, resolution=64, fast_render=True, model="small", train_steps=300,
@@ -54,6 +62,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     # at every step count (the demos go into the same data_root).
     "cpu_bimodal_task1": {**_BIMODAL_STUDY, "tasks": [1], "energy": [(1.0, 0.1)],
                           "results": "benchmarks/results/libero_bimodal_task1.json"},
+    "cpu_yaw_task1": _YAW_STUDY,
     # The paper's configuration, for a GPU: 50 demos/task at 128 px, 250k steps, 50 episodes/task.
     "paper": dict(tasks=None, demos=50, resolution=128, fast_render=False, model="paper", train_steps=250_000,
                   checkpoint_every=10_000, energy=list(DEFAULT_ENERGY), eval_steps=[1, 2, 4, 8, 16], episodes=50,
@@ -89,6 +98,7 @@ class StudyConfig:
     resolution: int = 64
     fast_render: bool = True
     detour: float = 0.0  # route modes of the scripted demonstrations (m, 0 = off; generate_demos.py --detour)
+    yaw_modes: bool = False  # grasp-yaw modes of the scripted demonstrations (generate_demos.py --yaw-modes)
     model: str = "small"
     train_steps: int = 5000
     checkpoint_every: int = 500
@@ -216,7 +226,7 @@ def parse_overrides(argv: list[str]) -> StudyConfig:
     for key, value in kv.items():
         if key in ints:
             cfg = replace(cfg, **{key: _parse_ints(key, value, ints[key])[0]})
-        elif key in ("fast_render", "mse", "dry_run"):
+        elif key in ("fast_render", "mse", "dry_run", "yaw_modes"):
             cfg = replace(cfg, **{key: _parse_bool(key, value)})
         elif key == "detour":
             try:
@@ -268,10 +278,14 @@ def count_demos(cfg: StudyConfig) -> dict[str, int]:
                 n = sum(k.startswith("demo_") for k in f["data"])
                 env = json.loads(f["data"].attrs.get("env_args", "{}")).get("env_kwargs", {})
                 detour = float(f["data"].attrs.get("scripted_detour", 0.0))
+                yaw_modes = bool(f["data"].attrs.get("scripted_yaw_modes", False))
             seen = (env.get("camera_heights", cfg.resolution), bool(env.get("fast_render", cfg.fast_render)))
             if abs(detour - cfg.detour) > 1e-9:
                 raise StudyError(f"{path} holds demos made with route modes detour={detour:g} but the study wants "
                                  f"detour={cfg.detour:g}; use another data_root")
+            if yaw_modes != cfg.yaw_modes:
+                raise StudyError(f"{path} holds demos made with yaw_modes={yaw_modes} but the study wants "
+                                 f"yaw_modes={cfg.yaw_modes}; use another data_root")
             if seen != (cfg.resolution, cfg.fast_render):
                 raise StudyError(f"{path} holds demos at {seen[0]} px, fast_render={seen[1]} but the study wants "
                                  f"{cfg.resolution} px, fast_render={cfg.fast_render}; use another data_root")
@@ -287,7 +301,7 @@ def plan_demos(cfg: StudyConfig) -> list[Job]:
         "--suite", cfg.suite, "--tasks", "all" if cfg.tasks is None else ",".join(map(str, cfg.tasks)),
         "--demos-per-task", str(cfg.demos), "--workers", str(cfg.workers), "--out", cfg.data_root,
         "--resolution", str(cfg.resolution)] + (["--fast-render"] if cfg.fast_render else []) + (
-        ["--detour", f"{cfg.detour:g}"] if cfg.detour else [])
+        ["--detour", f"{cfg.detour:g}"] if cfg.detour else []) + (["--yaw-modes"] if cfg.yaw_modes else [])
     have = sum(min(v, cfg.demos) for v in counts.values())
     detail = f"{have}/{cfg.demos * len(counts)} demos in {Path(cfg.data_root) / cfg.suite}"
     return [Job("demos", cfg.suite, cmd, "run" if short else "done", detail)]
@@ -298,7 +312,8 @@ def training_spec(cfg: StudyConfig, m: ModelSpec) -> dict[str, Any]:
     return {"suite": cfg.suite, "model": cfg.model, "seed": cfg.seed, "loss": asdict(m), "data_root": cfg.data_root,
             "tasks": cfg.task_indices(), "demos": cfg.demos, "resolution": cfg.resolution,
             "fast_render": cfg.fast_render, "train_overrides": cfg.train_overrides,
-            **({"detour": cfg.detour} if cfg.detour else {})}  # absent when off: older run dirs stay valid
+            **({"detour": cfg.detour} if cfg.detour else {}),  # absent when off: older run dirs stay valid
+            **({"yaw_modes": True} if cfg.yaw_modes else {})}
 
 
 def checkpoint_step(run: Path) -> int:
@@ -408,7 +423,9 @@ def aggregate(cfg: StudyConfig) -> dict[str, Path] | None:
              f"{cfg.demos} scripted demos per task at {cfg.resolution} px "
              f"({'fast' if cfg.fast_render else 'official'} rendering, same for evaluation)"
              + (f" with route modes (every reach and transfer first steps {cfg.detour:g} m left or right, 50/50)"
-                if cfg.detour else "") + f", {tasks}, "
+                if cfg.detour else "")
+             + (" with grasp-yaw modes (the hand travels a quarter turn off the grasp axis and turns back "
+                "one way or the other above the object, 50/50)" if cfg.yaw_modes else "") + f", {tasks}, "
              f"up to {cfg.episodes} episodes per task"
              + (f", training overrides {' '.join(cfg.train_overrides)}" if cfg.train_overrides else "")
              + f"; trained on {'; '.join(sorted(machines)) or 'unknown machine'}")

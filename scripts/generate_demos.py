@@ -25,6 +25,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="route modes (m, default 0 = off): every reach and every transfer first steps this far "
                         "left or right (50/50) of its straight line, a discrete multimodality whose average "
                         "action stands still (the study's preset cpu_bimodal uses 0.12)")
+    p.add_argument("--yaw-modes", action="store_true",
+                   help="grasp-yaw modes: the hand travels a quarter turn off the grasp axis and turns back one "
+                        "way or the other (50/50) above the object; the average of the two leaves the fingers "
+                        "across the wide side, which fails on boxes wider than the gripper (libero_object "
+                        "tasks 1, 6, 8; the study's preset cpu_yaw_task1)")
     p.add_argument("--max-attempts-factor", type=float, default=3.0,
                    help="give up on a task after factor * missing attempts (default 3)")
     return p.parse_args(argv)
@@ -38,7 +43,7 @@ def main(argv: list[str] | None = None) -> int:
         cfg = GenerateConfig(suite=args.suite, tasks=args.tasks, demos_per_task=args.demos_per_task,
                              workers=args.workers, out=Path(args.out), resolution=args.resolution,
                              fast_render=args.fast_render, max_attempts_factor=args.max_attempts_factor,
-                             detour=args.detour)
+                             detour=args.detour, yaw_modes=args.yaw_modes)
         summary = generate_suite(cfg)
     except (ValueError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)

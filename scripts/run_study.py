@@ -9,10 +9,12 @@ table and plot (success rate vs steps, 95% Wilson intervals).
   python scripts/run_study.py suite=libero_object preset=paper energy=1:1,0.5:1 episodes=20
   python scripts/run_study.py suite=libero_object preset=cpu_bimodal   # cpu, on demos with route modes
   python scripts/run_study.py suite=libero_object preset=cpu_bimodal_task1   # its replication on task 1
+  python scripts/run_study.py suite=libero_object preset=cpu_yaw_task1   # demos whose average grasp fails
   python scripts/run_study.py preset=quick dry_run=true    # print the plan, run nothing
 
-Keys (key=value; defaults from the preset quick | cpu | cpu_suite | cpu_bimodal[_task1] | paper):
+Keys (key=value; defaults from the preset quick | cpu | cpu_suite | cpu_bimodal[_task1] | cpu_yaw_task1 | paper):
   suite tasks=all|0,3 demos resolution fast_render=true|false detour=0.12 (route modes of the demos, m)
+  yaw_modes=true|false (grasp-yaw modes of the demos)
   model=small|paper
   train_steps checkpoint_every seed energy=lambda:beta,... population mse=true|false
   eval_steps=1,2,4,8,16 episodes workers device data_root runs_root eval_root results dry_run

@@ -268,3 +268,70 @@ def test_route_mode_demos_go_round_either_side_and_succeed() -> None:
     finally:
         env.close()
     assert set(sides) == {-1.0, 1.0}, f"all reaches went round one side: {sides}"
+
+
+# --------------------------------------------------------------- grasp-yaw modes (--yaw-modes)
+def test_yaw_fork_turns_back_either_way_and_is_off_by_default() -> None:
+    from envs.scripted_primitives import Style, yaw_fork
+
+    rng = np.random.default_rng(0)
+    assert yaw_fork(0.3, Style(), rng) == (0.3, 0.3)  # off: no draw from the random stream
+    assert rng.random() == np.random.default_rng(0).random()
+    forks = np.array([yaw_fork(0.3, Style(yaw_modes=True), rng) for _ in range(40)])
+    np.testing.assert_allclose(forks[:, 0], 0.3 + np.pi / 2)  # travel across the wide side
+    turned = forks[:, 1] - forks[:, 0]
+    np.testing.assert_allclose(np.abs(turned), np.pi / 2)  # a quarter turn back, one way or the other
+    assert 10 < (turned > 0).sum() < 30  # both ways, about half each
+    # both grasp yaws close the fingers along the same axis (a parallel gripper turned half a turn)
+    np.testing.assert_allclose(np.cos(2 * forks[:, 1]), np.cos(2 * 0.3))
+
+
+@pytest.mark.sim
+def test_yaw_mode_demos_succeed_either_way_and_their_average_fails(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Planned (physics only) on the cream cheese (libero_object task 1, 8.1 cm wide): with yaw modes
+    every episode succeeds, turning the hand one way in some and the other way in others; forcing
+    the average of the two modes (the fingers stay across the wide side) makes the grasp fail."""
+    import envs.scripted_pick as pick
+    from envs.libero import get_task
+    from envs.scripted_demos import make_planning_env, plan_attempt
+
+    task = get_task("libero_object", 1)
+    env = make_planning_env(task)
+    try:
+        turns = []
+        for seed in (0, 2):  # seed 0 turns the hand half a turn, seed 2 does not (fixed draws)
+            attempt = plan_attempt(env, task, seed, max_steps=300, yaw_modes=True)
+            assert attempt.success, f"seed {seed}: {attempt.failure}"
+            turns.append(float(attempt.actions[:, 5].sum()))  # net yaw command over the episode
+        assert max(turns) > 20.0 and abs(min(turns)) < 5.0, turns
+        monkeypatch.setattr(pick, "yaw_fork", lambda yaw, style, rng: (yaw + np.pi / 2, yaw + np.pi / 2))
+        attempt = plan_attempt(env, task, 0, max_steps=300, yaw_modes=True)
+        assert not attempt.success and "grasp" in (attempt.failure or ""), attempt.failure
+    finally:
+        env.close()
+
+
+def test_demos_of_other_modes_are_refused_in_the_same_folder(tmp_path: Path) -> None:
+    """generate_demos.py refuses to mix demonstrations made with other route or yaw modes, from
+    the task file's attributes or the shards' marker, with one line naming the fix."""
+    from envs.libero import get_task
+    from envs.scripted_demos import check_detour, partial_dir
+
+    task = get_task("libero_object", 1)
+    check_detour(tmp_path, task, 0.0, True)  # nothing there yet
+    part = partial_dir(tmp_path, task)
+    part.mkdir(parents=True)
+    (part / "modes.json").write_text(json.dumps({"detour": 0.0, "yaw_modes": True}))
+    check_detour(tmp_path, task, 0.0, True)
+    with pytest.raises(ValueError, match="made with --detour 0 --yaw-modes, not --detour 0; use another --out"):
+        check_detour(tmp_path, task, 0.0, False)
+    (part / "modes.json").unlink()
+    (part / "detour.txt").write_text("0.12")  # the marker of an older version: route modes only
+    with pytest.raises(ValueError, match="made with --detour 0.12, not --detour 0.12 --yaw-modes"):
+        check_detour(tmp_path, task, 0.12, True)
+    check_detour(tmp_path, task, 0.12, False)
+    (part / "detour.txt").unlink()
+    with h5py.File(tmp_path / task_file_name(task.name), "w") as f:
+        f.create_group("data").attrs["scripted_yaw_modes"] = True
+    with pytest.raises(ValueError, match="made with --detour 0 --yaw-modes"):
+        check_detour(tmp_path, task, 0.0, False)

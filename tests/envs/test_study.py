@@ -107,13 +107,16 @@ def test_collect_ignores_other_suites_and_checks_names(tmp_path: Path) -> None:
     assert "| energy_lam1_beta1 | 0.0 [0-7] n=50 |" in paths["md"].read_text()
 
 
-def write_demo_file(path: Path, n: int, resolution: int, fast: bool, detour: float | None = None) -> None:
+def write_demo_file(path: Path, n: int, resolution: int, fast: bool, detour: float | None = None,
+                    yaw_modes: bool | None = None) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     with h5py.File(path, "w") as f:
         data = f.create_group("data")
         data.attrs["env_args"] = json.dumps({"env_kwargs": {"camera_heights": resolution, "fast_render": fast}})
         if detour is not None:
             data.attrs["scripted_detour"] = detour
+        if yaw_modes is not None:
+            data.attrs["scripted_yaw_modes"] = yaw_modes
         for i in range(n):
             data.create_group(f"demo_{i}")
 
@@ -205,6 +208,28 @@ def test_route_mode_demos_are_kept_apart(tmp_path: Path) -> None:
     assert training_spec(bimodal, bimodal.models()[0])["detour"] == 0.12
     with pytest.raises(StudyError, match="detour must be a number of metres"):
         parse_overrides(["preset=quick", "detour=left"])
+
+
+def test_yaw_mode_demos_are_kept_apart(tmp_path: Path) -> None:
+    from envs.libero import list_tasks
+    from envs.scripted_demos import task_file_name
+    from envs.study import training_spec
+
+    yaw = parse_overrides(["preset=cpu_yaw_task1", f"data_root={tmp_path}/data", f"runs_root={tmp_path}/runs"])
+    assert yaw.yaw_modes and yaw.detour == 0.0 and yaw.task_indices() == [1]
+    assert [m.name for m in yaw.models()] == ["energy_lam1_beta0.1", "mse"]
+    job = plan_demos(yaw)[0]
+    assert job.state == "run" and job.cmd[-1] == "--yaw-modes" and "--detour" not in job.cmd
+    assert "--yaw-modes" not in plan_demos(quick(tmp_path))[0].cmd
+    path = tmp_path / "data" / SUITE / task_file_name(list_tasks(SUITE)[1].name)
+    write_demo_file(path, 50, 64, True)  # older demos without the attribute: no yaw modes
+    with pytest.raises(StudyError, match="yaw_modes=False but the study wants yaw_modes=True; use another data_root"):
+        plan_demos(yaw)
+    write_demo_file(path, 50, 64, True, detour=0.0, yaw_modes=True)
+    assert plan_demos(yaw)[0].state == "done"
+    assert training_spec(yaw, yaw.models()[0])["yaw_modes"] is True
+    assert "yaw_modes" not in training_spec(quick(tmp_path), quick(tmp_path).models()[0])
+    assert parse_overrides(["preset=quick", "yaw_modes=true"]).yaw_modes
 
 
 def test_bad_input_gives_one_clear_error(tmp_path: Path) -> None:
