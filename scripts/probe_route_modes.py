@@ -1,5 +1,6 @@
 #!/usr/bin/env python
-"""Which way does a policy go at a route fork? A probe of the route modes (``--detour``).
+"""Which way does a policy go at a fork? A probe of the route modes (``--detour``) and of the
+grasp-yaw modes (``--yaw-modes``, with ``--fork yaw``).
 
 With route modes, every scripted reach starts with a sideways step to the left or to the
 right (50/50). This probe compares the first action chunk of a trained policy with that
@@ -15,9 +16,17 @@ axis (the first principal axis of the demonstrations' first 4 actions in x, y); 
 averages the two modes has strength ~0; one that commits to a side has ~1. A policy that
 represents both modes picks either side at the same observation.
 
+With ``--fork yaw`` the fork is the quarter turn back above the object: the observation is
+the one of every training demonstration at its *fork step* (the first strong yaw command
+after the calm that ends the turn to the travel yaw), the coordinate is the mean yaw command
+(action 5) over the chunk's first 4 actions, and "left" is a counter-clockwise turn. The fork
+lies mid-episode, so there are no held-out starts for it.
+
 Example (the study's cpu_bimodal runs; ~2 minutes on a CPU):
   python scripts/probe_route_modes.py --checkpoint runs/study/cpu_bimodal/libero_object/mse \\
       --data data/study_cpu_bimodal/libero_object --steps 1 --samples 8 --out eval/probe/mse.json
+  python scripts/probe_route_modes.py --fork yaw --task 1 --checkpoint runs/study/cpu_yaw_task1/libero_object/mse \\
+      --data data/study_cpu_yaw/libero_object --steps 1 --samples 8
 """
 from __future__ import annotations
 
@@ -39,6 +48,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--data", required=True, help="folder holding the task's route-mode demonstration file")
     p.add_argument("--suite", default="libero_object")
     p.add_argument("--task", type=int, default=0)
+    p.add_argument("--fork", choices=("route", "yaw"), default="route",
+                   help="route: the sideways step at the start (--detour demos, default); yaw: the quarter "
+                        "turn back above the object (--yaw-modes demos)")
     p.add_argument("--steps", type=int, default=1, help="sampler steps (default 1)")
     p.add_argument("--samples", type=int, default=8, help="chunks drawn per observation (default 8)")
     p.add_argument("--states", type=int, default=50, help="official initial states used (default 50)")
@@ -57,6 +69,25 @@ def fork_axis(first: np.ndarray) -> np.ndarray:
 def sides(chunks: np.ndarray, axis: np.ndarray) -> np.ndarray:
     """Signed fork coordinate (...,) of action chunks (..., 8, 7): their first actions' mean along ``axis``."""
     return chunks[..., :HEAD, :2].mean(axis=-2) @ axis
+
+
+def yaw_fork_step(yaw: np.ndarray, strong: float = 0.5, calm: int = 2) -> int:
+    """Fork step of a yaw-mode demonstration from its yaw commands ``yaw`` (T,): the first strong
+    command (|a| > ``strong``) after at least ``calm`` weak ones that follow the first strong one
+    (the turn to the travel yaw). Raises ValueError when the demonstration has no such fork."""
+    strong_steps = np.abs(yaw) > strong
+    t = int(np.argmax(strong_steps))
+    if not strong_steps[t]:
+        raise ValueError("no yaw command in this demonstration: was it made with --yaw-modes?")
+    quiet = 0
+    for k in range(t, len(yaw)):
+        if not strong_steps[k]:
+            quiet += 1
+        elif quiet >= calm:
+            return k
+        else:
+            quiet = 0
+    raise ValueError("no turn back after the travel yaw in this demonstration: was it made with --yaw-modes?")
 
 
 def held_out_observations(args: argparse.Namespace, resolution: int) -> list[dict]:
@@ -115,29 +146,46 @@ def main(argv: list[str] | None = None) -> int:
     except (DatasetError, FileNotFoundError, KeyError, ValueError) as err:
         print(f"error: {str(err).strip(chr(34) + chr(39))}", file=sys.stderr)
         return 2
-    first_actions = np.stack([d.actions[:HEAD, :2].mean(axis=0) for d in demos])
-    axis = fork_axis(first_actions)
-    demo_coord = first_actions @ axis
+    if args.fork == "yaw":
+        try:
+            forks = [yaw_fork_step(d.actions[:, 5]) for d in demos]
+        except ValueError as err:
+            print(f"error: {files[0]}: {err}", file=sys.stderr)
+            return 2
+        demo_coord = np.array([d.actions[t:t + HEAD, 5].mean() for d, t in zip(demos, forks)])
+        axis = np.array([1.0])
+        coord_of = lambda chunks: chunks[..., :HEAD, 5].mean(axis=-1)  # noqa: E731
+    else:
+        forks = [0] * len(demos)
+        first_actions = np.stack([d.actions[:HEAD, :2].mean(axis=0) for d in demos])
+        axis = fork_axis(first_actions)
+        demo_coord = first_actions @ axis
+        coord_of = lambda chunks: sides(chunks, axis)  # noqa: E731
     scale = float(np.abs(demo_coord).mean())
-    train_obs = [{**{cam: d.images[cam][0] for cam in d.images}, "joint_states": d.proprio[0, :7],
-                  "gripper_states": d.proprio[0, 7:], "language": d.language} for d in demos]
-    train = sides(draw(policy, train_obs, args.steps, args.samples), axis)  # (samples, demos)
-    resolution = demos[0].images[next(iter(demos[0].images))].shape[1]
-    held = held_out_observations(args, resolution)
-    test = sides(draw(policy, held, args.steps, args.samples), axis)  # (samples, states)
+    train_obs = [{**{cam: d.images[cam][t] for cam in d.images}, "joint_states": d.proprio[t, :7],
+                  "gripper_states": d.proprio[t, 7:], "language": d.language} for d, t in zip(demos, forks)]
+    train = coord_of(draw(policy, train_obs, args.steps, args.samples))  # (samples, demos)
     summary = {
-        "checkpoint": str(args.checkpoint), "steps": args.steps, "task": task.name, "axis": axis.round(4).tolist(),
+        "checkpoint": str(args.checkpoint), "fork": args.fork, "steps": args.steps, "task": task.name,
+        "axis": axis.round(4).tolist(),
         "demos": {"n": len(demos), "p_left": float((demo_coord > 0).mean()), "strength": 1.0},
         "train_starts": {**summarise(train, scale),
                          "agrees_with_demo": float((np.sign(train) == np.sign(demo_coord)[None]).mean())},
-        "held_out_starts": summarise(test, scale),
     }
+    if args.fork == "yaw":
+        summary["fork_steps"] = {"mean": float(np.mean(forks)), "min": int(min(forks)), "max": int(max(forks))}
+    else:
+        resolution = demos[0].images[next(iter(demos[0].images))].shape[1]
+        held = held_out_observations(args, resolution)
+        summary["held_out_starts"] = summarise(coord_of(draw(policy, held, args.steps, args.samples)), scale)
     print(f"{Path(args.checkpoint).name}, {args.steps} sampler step(s), {args.samples} chunks per observation")
     print("| starts | observations | p(left) | both sides sampled | strength | agrees with demo |")
     print("|---|---:|---:|---:|---:|---:|")
     d = summary["demos"]
     print(f"| demonstrations | {d['n']} | {d['p_left']:.2f} | - | 1.00 | - |")
     for name in ("train_starts", "held_out_starts"):
+        if name not in summary:
+            continue
         s = summary[name]
         agree = f"{s['agrees_with_demo']:.2f}" if "agrees_with_demo" in s else "-"
         print(f"| {name.replace('_', ' ')} | {s['observations']} | {s['p_left']:.2f} | {s['both_sides']:.2f} "

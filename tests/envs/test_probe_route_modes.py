@@ -53,3 +53,20 @@ def test_bad_paths_give_one_line(tmp_path: Path) -> None:
     (tmp_path / "other_task_demo.hdf5").write_bytes(b"")  # a file, but of another task
     out = run("--checkpoint", str(tmp_path), "--data", str(tmp_path))
     assert out.returncode == 2 and out.stderr.startswith("error: no demonstration file of 'pick_up_the_alphabet_soup")
+
+
+def test_yaw_fork_step_is_the_turn_back_after_the_calm() -> None:
+    # turn to the travel yaw (20 strong steps), a calm of 4, then the turn back (either way)
+    for sign in (1.0, -1.0):
+        yaw = np.concatenate([np.full(20, 1.0), np.full(4, 0.1), np.full(20, sign), np.zeros(60)])
+        assert probe.yaw_fork_step(yaw) == 24
+    # a pause of one weak step inside the first turn is not the calm
+    yaw = np.concatenate([np.full(10, 1.0), [0.2], np.full(10, 1.0), np.full(3, 0.0), np.full(20, -1.0)])
+    assert probe.yaw_fork_step(yaw) == 24
+    for bad in (np.zeros(50), np.concatenate([np.full(20, 1.0), np.zeros(30)])):
+        try:
+            probe.yaw_fork_step(bad)
+        except ValueError as err:
+            assert "--yaw-modes" in str(err)
+        else:
+            raise AssertionError("no fork must raise")
