@@ -19,8 +19,9 @@ represents both modes picks either side at the same observation.
 With ``--fork yaw`` the fork is the quarter turn back above the object: the observation is
 the one of every training demonstration at its *fork step* (the first strong yaw command
 after the calm that ends the turn to the travel yaw), the coordinate is the mean yaw command
-(action 5) over the chunk's first 4 actions, and "left" is a counter-clockwise turn. The fork
-lies mid-episode, so there are no held-out starts for it.
+(action 5) over the chunk's first 4 actions, and "left" is a counter-clockwise turn. Its
+held-out observations come from the scripted demonstrator (with yaw modes) run from the
+official initial states until its own fork step: the policy never saw those layouts.
 
 Example (the study's cpu_bimodal runs; ~2 minutes on a CPU):
   python scripts/probe_route_modes.py --checkpoint runs/study/cpu_bimodal/libero_object/mse \\
@@ -108,6 +109,42 @@ def held_out_observations(args: argparse.Namespace, resolution: int) -> list[dic
     return out
 
 
+def held_out_yaw_forks(args: argparse.Namespace, resolution: int, max_steps: int = 150) -> list[dict]:
+    """Observations at the grasp-yaw fork of the scripted demonstrator (yaw modes on) run from
+    each official initial state (after the protocol's no-op steps): the observation before the
+    first strong yaw command that follows the calm after the turn to the travel yaw."""
+    from envs.libero import NOOP_ACTION, NUM_WAIT_STEPS, get_init_states, get_task, make_env
+    from envs.scripted import ScriptedPlanner, parse_goal
+
+    task = get_task(args.suite, args.task)
+    states = get_init_states(args.suite, args.task)[: args.states]
+    env = make_env(args.suite, args.task, resolution=resolution, fast_render=args.fast_render)
+    out = []
+    try:
+        env.reset(seed=0)
+        for i, state in enumerate(states):
+            obs = env.set_init_state(state)
+            for _ in range(NUM_WAIT_STEPS):
+                obs, *_ = env.step(NOOP_ACTION)
+            planner = ScriptedPlanner(env.robosuite_env, parse_goal(task.bddl_file), np.random.default_rng(i),
+                                      yaw_modes=True)
+            yaws: list[float] = []
+            for action in planner.actions():
+                yaws.append(float(action[5]))
+                try:
+                    if yaw_fork_step(np.asarray(yaws)) == len(yaws) - 1:
+                        out.append(obs)  # the observation this fork action was chosen from
+                        break
+                except ValueError:
+                    pass
+                if len(yaws) >= max_steps:
+                    break
+                obs, *_ = env.step(action)
+    finally:
+        env.close()
+    return out
+
+
 def draw(policy, obs_list: list[dict], steps: int, samples: int) -> np.ndarray:
     """(samples, N, 8, 7) chunks: ``samples`` draws for each observation, seeded 0..samples-1."""
     import torch
@@ -172,20 +209,23 @@ def main(argv: list[str] | None = None) -> int:
         "train_starts": {**summarise(train, scale),
                          "agrees_with_demo": float((np.sign(train) == np.sign(demo_coord)[None]).mean())},
     }
+    resolution = demos[0].images[next(iter(demos[0].images))].shape[1]
     if args.fork == "yaw":
         summary["fork_steps"] = {"mean": float(np.mean(forks)), "min": int(min(forks)), "max": int(max(forks))}
+        held = held_out_yaw_forks(args, resolution)
+        if not held:
+            print(f"error: the scripted demonstrator reached no yaw fork from the initial states of {task.name!r}",
+                  file=sys.stderr)
+            return 2
     else:
-        resolution = demos[0].images[next(iter(demos[0].images))].shape[1]
         held = held_out_observations(args, resolution)
-        summary["held_out_starts"] = summarise(coord_of(draw(policy, held, args.steps, args.samples)), scale)
+    summary["held_out_starts"] = summarise(coord_of(draw(policy, held, args.steps, args.samples)), scale)
     print(f"{Path(args.checkpoint).name}, {args.steps} sampler step(s), {args.samples} chunks per observation")
     print("| starts | observations | p(left) | both sides sampled | strength | agrees with demo |")
     print("|---|---:|---:|---:|---:|---:|")
     d = summary["demos"]
     print(f"| demonstrations | {d['n']} | {d['p_left']:.2f} | - | 1.00 | - |")
     for name in ("train_starts", "held_out_starts"):
-        if name not in summary:
-            continue
         s = summary[name]
         agree = f"{s['agrees_with_demo']:.2f}" if "agrees_with_demo" in s else "-"
         print(f"| {name.replace('_', ' ')} | {s['observations']} | {s['p_left']:.2f} | {s['both_sides']:.2f} "
