@@ -96,6 +96,12 @@ def file_attrs(task: Any, resolution: int, fast_render: bool, detour: float = 0.
             "scripted_detour": float(detour), "scripted_yaw_modes": bool(yaw_modes)}
 
 
+def scripted_modes(attrs: Mapping[str, Any]) -> tuple[float, bool]:
+    """(detour, yaw_modes) of the scripted demonstrator recorded by :func:`file_attrs` in a task
+    file's ``data`` attributes; absent (files of older versions, or not scripted) = off."""
+    return float(attrs.get("scripted_detour", 0.0)), bool(attrs.get("scripted_yaw_modes", False))
+
+
 def _problem_name(bddl_file: str) -> str:
     text = Path(bddl_file).read_text()
     start = text.find("(problem")

@@ -21,7 +21,8 @@ from typing import Any, Callable
 import h5py
 import numpy as np
 
-from envs.hdf5_writer import Demo, file_attrs, robot_state_vector, task_file_name, write_demo_shard, write_task_file
+from envs.hdf5_writer import (Demo, file_attrs, robot_state_vector, scripted_modes, task_file_name, write_demo_shard,
+                              write_task_file)
 from envs.libero import MAX_STEPS, NOOP_ACTION, NUM_WAIT_STEPS, TaskInfo, hdf5_obs_fields, make_env
 from envs.scripted import ScriptedPlanner, run_episode
 from envs.scripted_bddl import parse_goal
@@ -152,8 +153,7 @@ def check_detour(out: Path, task: TaskInfo, detour: float, yaw_modes: bool = Fal
     seen: list[tuple[float, bool]] = []
     if final.exists():
         with h5py.File(final, "r") as f:
-            attrs = f["data"].attrs
-            seen.append((float(attrs.get("scripted_detour", 0.0)), bool(attrs.get("scripted_yaw_modes", False))))
+            seen.append(scripted_modes(f["data"].attrs))
     part = partial_dir(out, task)
     if (part / "modes.json").exists():
         m = json.loads((part / "modes.json").read_text())

@@ -266,6 +266,7 @@ def count_demos(cfg: StudyConfig) -> dict[str, int]:
     StudyError if a file was rendered at another resolution or rendering mode than ``cfg``."""
     import h5py
 
+    from envs.hdf5_writer import scripted_modes
     from envs.scripted_demos import task_file_name
 
     tasks = list_tasks(cfg.suite)
@@ -277,8 +278,7 @@ def count_demos(cfg: StudyConfig) -> dict[str, int]:
             with h5py.File(path, "r") as f:
                 n = sum(k.startswith("demo_") for k in f["data"])
                 env = json.loads(f["data"].attrs.get("env_args", "{}")).get("env_kwargs", {})
-                detour = float(f["data"].attrs.get("scripted_detour", 0.0))
-                yaw_modes = bool(f["data"].attrs.get("scripted_yaw_modes", False))
+                detour, yaw_modes = scripted_modes(f["data"].attrs)
             seen = (env.get("camera_heights", cfg.resolution), bool(env.get("fast_render", cfg.fast_render)))
             if abs(detour - cfg.detour) > 1e-9:
                 raise StudyError(f"{path} holds demos made with route modes detour={detour:g} but the study wants "

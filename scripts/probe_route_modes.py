@@ -35,6 +35,7 @@ import argparse
 import json
 import sys
 from pathlib import Path
+from typing import Any, Iterator
 
 import numpy as np
 
@@ -91,57 +92,51 @@ def yaw_fork_step(yaw: np.ndarray, strong: float = 0.5, calm: int = 2) -> int:
     raise ValueError("no turn back after the travel yaw in this demonstration: was it made with --yaw-modes?")
 
 
-def held_out_observations(args: argparse.Namespace, resolution: int) -> list[dict]:
+def official_starts(args: argparse.Namespace, resolution: int) -> Iterator[tuple[int, Any, dict]]:
+    """(i, env, observation) for the task's first ``args.states`` official initial states, each
+    after the protocol's no-op steps, in one rendered environment (closed at the end)."""
     from envs.libero import NOOP_ACTION, NUM_WAIT_STEPS, get_init_states, make_env
 
     states = get_init_states(args.suite, args.task)[: args.states]
     env = make_env(args.suite, args.task, resolution=resolution, fast_render=args.fast_render)
-    out = []
-    try:
-        env.reset(seed=0)
-        for state in states:
-            obs = env.set_init_state(state)
-            for _ in range(NUM_WAIT_STEPS):
-                obs, *_ = env.step(NOOP_ACTION)
-            out.append(obs)
-    finally:
-        env.close()
-    return out
-
-
-def held_out_yaw_forks(args: argparse.Namespace, resolution: int, max_steps: int = 150) -> list[dict]:
-    """Observations at the grasp-yaw fork of the scripted demonstrator (yaw modes on) run from
-    each official initial state (after the protocol's no-op steps): the observation before the
-    first strong yaw command that follows the calm after the turn to the travel yaw."""
-    from envs.libero import NOOP_ACTION, NUM_WAIT_STEPS, get_init_states, get_task, make_env
-    from envs.scripted import ScriptedPlanner, parse_goal
-
-    task = get_task(args.suite, args.task)
-    states = get_init_states(args.suite, args.task)[: args.states]
-    env = make_env(args.suite, args.task, resolution=resolution, fast_render=args.fast_render)
-    out = []
     try:
         env.reset(seed=0)
         for i, state in enumerate(states):
             obs = env.set_init_state(state)
             for _ in range(NUM_WAIT_STEPS):
                 obs, *_ = env.step(NOOP_ACTION)
-            planner = ScriptedPlanner(env.robosuite_env, parse_goal(task.bddl_file), np.random.default_rng(i),
-                                      yaw_modes=True)
-            yaws: list[float] = []
-            for action in planner.actions():
-                yaws.append(float(action[5]))
-                try:
-                    if yaw_fork_step(np.asarray(yaws)) == len(yaws) - 1:
-                        out.append(obs)  # the observation this fork action was chosen from
-                        break
-                except ValueError:
-                    pass
-                if len(yaws) >= max_steps:
-                    break
-                obs, *_ = env.step(action)
+            yield i, env, obs
     finally:
         env.close()
+
+
+def held_out_observations(args: argparse.Namespace, resolution: int) -> list[dict]:
+    return [obs for _, _, obs in official_starts(args, resolution)]
+
+
+def held_out_yaw_forks(args: argparse.Namespace, resolution: int, max_steps: int = 150) -> list[dict]:
+    """Observations at the grasp-yaw fork of the scripted demonstrator (yaw modes on) run from
+    each official initial state (after the protocol's no-op steps): the observation before the
+    first strong yaw command that follows the calm after the turn to the travel yaw."""
+    from envs.libero import get_task
+    from envs.scripted import ScriptedPlanner, parse_goal
+
+    goal = parse_goal(get_task(args.suite, args.task).bddl_file)
+    out = []
+    for i, env, obs in official_starts(args, resolution):
+        planner = ScriptedPlanner(env.robosuite_env, goal, np.random.default_rng(i), yaw_modes=True)
+        yaws: list[float] = []
+        for action in planner.actions():
+            yaws.append(float(action[5]))
+            try:
+                if yaw_fork_step(np.asarray(yaws)) == len(yaws) - 1:
+                    out.append(obs)  # the observation this fork action was chosen from
+                    break
+            except ValueError:
+                pass
+            if len(yaws) >= max_steps:
+                break
+            obs, *_ = env.step(action)
     return out
 
 
