@@ -123,8 +123,12 @@ class DiffusionPolicy:
         actions = self.net.sample_actions(images, proprio, lang, steps, churn, generator)
         return actions.float().cpu().numpy().astype(np.float32)
 
-    def save_pretrained(self, directory: str | os.PathLike[str]) -> Path:
-        """Write config.json, model.safetensors, normalization.json, language_cache.safetensors."""
+    def save_pretrained(self, directory: str | os.PathLike[str], step: int | None = None) -> Path:
+        """Write config.json, model.safetensors, normalization.json, language_cache.safetensors.
+
+        ``step`` (the training step of these weights) is recorded in config.json as
+        ``train_step`` so results made from the policy can name what produced them.
+        """
         out = Path(directory)
         out.mkdir(parents=True, exist_ok=True)
         atomic_save_safetensors(self.net.state_dict(), out / WEIGHTS_NAME, metadata={"format_version": str(FORMAT_VERSION)})
@@ -135,6 +139,8 @@ class DiffusionPolicy:
         stats = json.dumps(self.net.normalizer.stats(), indent=2).encode()
         atomic_write_bytes(out / STATS_NAME, stats)
         meta = {"format_version": FORMAT_VERSION, "language_dim": self.language.dim, "policy": self.config.to_dict()}
+        if step is not None:
+            meta["train_step"] = int(step)
         atomic_write_bytes(out / CONFIG_NAME, json.dumps(meta, indent=2, sort_keys=True).encode())
         return out
 

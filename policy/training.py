@@ -206,7 +206,7 @@ def train(
             if step % train_cfg.checkpoint_every == 0 or step == end:
                 if main:
                     save_checkpoint(ckpt_dir, step, net, ema.model, opt, sched, train_cfg.keep_checkpoints)
-                    ema_policy.save_pretrained(run_dir / "policy")
+                    ema_policy.save_pretrained(run_dir / "policy", step=step)
             if eval_fn is not None and main and train_cfg.eval_every and step % train_cfg.eval_every == 0:
                 results = eval_fn(ema_policy, step)
                 if logger is not None:
