@@ -88,6 +88,24 @@ def test_churn_one_is_the_ddpm_posterior_and_churn_zero_is_ddim():
         transition_coefficients(t, s, 1.5)
 
 
+def test_transition_coefficients_at_an_interior_churn_by_hand():
+    # t=0.8, s=0.4, churn e=0.5 (e^2 = 1/4): alpha_t=0.2, sigma_t=0.8, alpha_s=0.6, sigma_s=0.4, so
+    # r01 = 1/2, r11 = (0.2/0.6)(1/2) = 1/6, r12 = 1/12, r22 = 1/36 and (ARCHITECTURE.md, eq. 4-6)
+    #   c_xt = e^2 r12 + (1-e^2) r01               = 1/48 + 3/8           = 19/48
+    #   c_x0 = alpha_s (1 - e^2 r22 - (1-e^2) r11)  = 0.6 (1 - 1/144 - 1/8) = 0.6 * 125/144
+    #   var  = sigma_s^2 (1 - (e^2 r11 + 1 - e^2)^2) = 0.16 (1 - (19/24)^2) = 0.16 * 215/576
+    # Using e where e^2 belongs gives c_xt = 7/24, c_x0 = 0.6 * 47/72, var = 0.16 (1 - (7/12)^2).
+    t, s = torch.tensor([0.8], dtype=torch.float64), torch.tensor([0.4], dtype=torch.float64)
+    c_xt, c_x0, std = transition_coefficients(t, s, 0.5)
+    assert c_xt.item() == pytest.approx(19 / 48, rel=1e-12)
+    assert c_x0.item() == pytest.approx(0.6 * 125 / 144, rel=1e-12)
+    assert std.item() == pytest.approx(math.sqrt(0.16 * 215 / 576), rel=1e-12)
+    # and reverse_transition applies exactly these coefficients
+    x_t, x0_hat, z = torch.tensor([[1.0, -2.0]]), torch.tensor([[0.5, 3.0]]), torch.tensor([[-1.0, 0.25]])
+    expected = 19 / 48 * x_t + 0.6 * 125 / 144 * x0_hat + math.sqrt(0.16 * 215 / 576) * z
+    torch.testing.assert_close(reverse_transition(x_t, x0_hat, t.float(), s.float(), 0.5, z), expected)
+
+
 def test_time_grid():
     grid = time_grid(4)
     assert grid.shape == (5,) and grid[-1] == 0 and grid[0] == pytest.approx(1 - 1e-3)
@@ -120,11 +138,66 @@ def test_sampler_calls_the_generator_once_per_step_with_any_event_shape(steps):
     assert times[0] == pytest.approx(1 - 1e-3) and times == sorted(times, reverse=True)
 
 
+def _uses_its_noise(t, x_t, xi, cond):
+    """A stand-in generator whose output depends on x_t and on the noise xi (event = noise shape)."""
+    return 0.5 * x_t.unsqueeze(1) + xi
+
+
 def test_sampler_is_reproducible_with_a_torch_generator():
-    g = _Recorder()
-    a = sample(g, (2, 3), (3,), 3, churn=1.0, generator=torch.Generator().manual_seed(3))
-    b = sample(g, (2, 3), (3,), 3, churn=1.0, generator=torch.Generator().manual_seed(3))
-    torch.testing.assert_close(a, b)
+    # The stand-in uses x_t and xi, so the output depends on every random draw of the sampler
+    # (x_1, each xi, each churn noise z): all of them must come from the generator.
+    def run(seed):
+        return sample(_uses_its_noise, (2, 3), (3,), 3, churn=1.0, generator=torch.Generator().manual_seed(seed))
+
+    torch.manual_seed(0)
+    a = run(3)
+    torch.manual_seed(1)  # the global RNG must not matter
+    b = run(3)
+    torch.testing.assert_close(a, b, rtol=0, atol=0)
+    assert not torch.allclose(a, run(4))  # and the seed does
+
+
+def test_diffusion_loss_equals_the_hand_computed_weighted_energy_loss():
+    # The generator records what it was given; the loss is recomputed by hand from eq. 14-16
+    # with the x0-space sigmoid weight exp(b) sigmoid(logSNR - b), logSNR = 2 log((1-t)/t).
+    seen = {}
+
+    def gen(t, x_t, xi, cond):
+        seen.update(t=t.clone(), x_t=x_t.clone(), xi=xi.clone())
+        return 0.3 * x_t.unsqueeze(1) + xi
+
+    torch.manual_seed(0)
+    b, m, lam, bias = 3, 3, 0.7, -1.0
+    x0 = torch.randn(b, 2, dtype=torch.float64)
+    terms = diffusion_loss(gen, x0, None, LossConfig(lam=lam, beta=1.0, population=m, delta=0.0), (2,),
+                           time_eps=0.05, weighting="sigmoid", weight_bias=bias)
+    t, x_t, xi = seen["t"], seen["x_t"], seen["xi"]
+    assert t.shape == (b,) and xi.shape == (b, m, 2) and bool(((t >= 0.05) & (t <= 0.95)).all())
+    expected = []
+    for i in range(b):
+        ti = float(t[i])
+        xs = [0.3 * x_t[i] + xi[i, j] for j in range(m)]
+        confinement = sum(float((xj - x0[i]).norm()) for xj in xs) / m
+        spread = sum(float((xs[j] - xs[k]).norm()) for j in range(m) for k in range(m) if j != k)
+        snr = 2 * math.log((1 - ti) / ti)
+        w = math.exp(bias) / (1 + math.exp(-(snr - bias)))
+        expected.append(w * (confinement - lam / (2 * m * (m - 1)) * spread))
+    torch.testing.assert_close(terms.loss, torch.tensor(expected, dtype=torch.float64), rtol=1e-6, atol=1e-9)  # t is float32
+
+
+def test_diffusion_loss_noises_x0_with_the_flow_matching_schedule():
+    seen = {}
+
+    def gen(t, x_t, xi, cond):
+        seen.update(t=t.clone(), x_t=x_t.clone())
+        return x_t.unsqueeze(1).expand(-1, xi.shape[1], -1)
+
+    torch.manual_seed(0)
+    x0 = 3.0 + torch.randn(4000, 2, dtype=torch.float64)
+    diffusion_loss(gen, x0, None, LossConfig(kind="mse", population=1), (2,))
+    t = seen["t"][:, None]
+    eps = (seen["x_t"] - (1 - t) * x0) / t  # x_t = alpha_t x0 + sigma_t eps must leave eps ~ N(0, I)
+    assert eps.mean().abs().item() < 0.05 and eps.std().item() == pytest.approx(1.0, abs=0.05)
 
 
 def test_diffusion_loss_shapes_and_generator_shape_check():
