@@ -100,6 +100,62 @@ def test_kernels_equal_one_on_the_diagonal_and_decrease(name):
     assert bool((k[1:] < k[:-1]).all())
 
 
+@pytest.mark.parametrize(
+    "name,expected",
+    [
+        ("rbf", math.exp(-2.0 / (2 * 1.5**2))),  # exp(-d^2 / (2 s^2)) = exp(-4/9)
+        ("imq", 3.0 / math.sqrt(17.0)),  # (1 + d^2 / c^2)^(-1/2) = (1 + 8/9)^(-1/2)
+        ("exp", math.exp(-math.sqrt(2.0) / 1.5)),  # exp(-||d|| / s)
+    ],
+    ids=["rbf", "imq", "exp"],
+)
+def test_kernel_values_at_a_known_distance(name, expected):
+    # d^2 = 2, bandwidth 1.5 (ARCHITECTURE.md section 2); delta=0 turns the exp kernel's smoothing off
+    d2 = torch.tensor([2.0], dtype=torch.float64)
+    assert kernel(d2, name, bandwidth=1.5, delta=0.0).item() == pytest.approx(expected, rel=1e-12)
+    # the default smoothing moves the value by well under a percent at this distance
+    assert kernel(d2, name, bandwidth=1.5).item() == pytest.approx(expected, rel=1e-3)
+
+
+def test_rbf_kernel_score_by_hand():
+    # x0 = (0, 0); samples (1, 0) and (0, 2): d^2 to x0 = 1 and 4, between them 5. s = 1, lam = 0.6:
+    #   confinement = -(e^(-1/2) + e^(-2)) / 2,  interaction = lam/(2 m (m-1)) * 2 e^(-5/2) = lam/2 e^(-5/2)
+    target = torch.tensor([[0.0, 0.0]], dtype=torch.float64)
+    samples = torch.tensor([[[1.0, 0.0], [0.0, 2.0]]], dtype=torch.float64)
+    terms = kernel_score_loss(samples, target, "rbf", bandwidth=1.0, lam=0.6)
+    conf = -(math.exp(-0.5) + math.exp(-2.0)) / 2
+    inter = 0.3 * math.exp(-2.5)
+    assert terms.confinement.item() == pytest.approx(conf, rel=1e-12)
+    assert terms.interaction.item() == pytest.approx(inter, rel=1e-12)
+    assert terms.loss.item() == pytest.approx(conf + inter, rel=1e-12)
+
+
+@pytest.mark.parametrize("beta", [1.0, 1.5])
+def test_energy_interaction_gradient_by_hand(beta):
+    # d/dx_j of -lam/(2 m (m-1)) sum_{k != l} ||x_k - x_l||^beta: x_j sits in the pairs (j, l) and
+    # (l, j), so the gradient is -lam beta / (m (m-1)) sum_{l != j} ||x_j - x_l||^(beta-2) (x_j - x_l).
+    # The confinement gradient is (beta/m) ||x_j - x0||^(beta-2) (x_j - x0). Norms are the smoothed
+    # ||d||_delta = sqrt(||d||^2 + delta) of the module docstring (delta > 0 is needed: the diagonal j = l).
+    lam, m, delta = 0.7, 3, 1e-6
+    target = torch.tensor([[0.5, -1.0]], dtype=torch.float64)
+    pts = torch.tensor([[1.0, 2.0], [-1.0, 0.5], [3.0, -2.0]], dtype=torch.float64)
+    samples = pts[None].clone().requires_grad_(True)
+    terms = energy_score_loss(samples, target, lam=lam, beta=beta, delta=delta)
+    (g_inter,) = torch.autograd.grad(terms.interaction.sum(), samples, retain_graph=True)
+    (g_loss,) = torch.autograd.grad(terms.loss.sum(), samples)
+    want_inter = torch.zeros_like(pts)
+    want_conf = torch.zeros_like(pts)
+    for j in range(m):
+        for k in range(m):
+            if k != j:
+                d = pts[j] - pts[k]
+                want_inter[j] -= lam * beta / (m * (m - 1)) * (d.norm() ** 2 + delta) ** (beta / 2 - 1) * d
+        d0 = pts[j] - target[0]
+        want_conf[j] = beta / m * (d0.norm() ** 2 + delta) ** (beta / 2 - 1) * d0
+    torch.testing.assert_close(g_inter[0], want_inter, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(g_loss[0], want_conf + want_inter, rtol=1e-10, atol=1e-12)
+
+
 def test_per_sample_weights_scale_every_term():
     samples, target = torch.randn(4, 3, 2), torch.randn(4, 2)
     w = torch.tensor([0.0, 1.0, 2.0, 3.0])
