@@ -73,6 +73,31 @@ def test_real_env_resets_steps_and_observes(goal_env, goal_state) -> None:
     assert terminated and info["success"]
 
 
+def _settle(env, state: np.ndarray) -> tuple[dict, np.ndarray]:
+    """Load ``state`` and take the protocol's 10 no-op steps; (observation, sim state)."""
+    obs = env.set_init_state(state)
+    for _ in range(10):
+        obs, *_ = env.step(NOOP_ACTION)
+    return obs, env.get_sim_state().copy()
+
+
+@pytest.mark.sim
+def test_loading_a_state_gives_the_same_episode_whatever_came_before(goal_env) -> None:
+    """robosuite keeps controller and gripper state across set_state: without the env's own
+    reset on a stale load, the robot after load + no-ops was up to 0.5 rad elsewhere."""
+    env = goal_env
+    init = get_init_states("libero_goal", 0)
+    env.reset(seed=3)
+    clean_obs, clean_state = _settle(env, init[1])
+    rng = np.random.default_rng(0)
+    for t in range(40):  # an episode: wild arm motion, gripper closed for the second half
+        env.step(np.concatenate([rng.uniform(-1, 1, 6), [1.0 if t >= 20 else -1.0]]))
+    obs, state = _settle(env, init[1])  # no reset in between
+    np.testing.assert_array_equal(state[1:], clean_state[1:])
+    for key in ("agentview_rgb", "eye_in_hand_rgb", "joint_states", "gripper_states"):
+        np.testing.assert_array_equal(obs[key], clean_obs[key], err_msg=key)
+
+
 @pytest.mark.sim
 @pytest.mark.slow
 @pytest.mark.parametrize("suite", FOUR)
