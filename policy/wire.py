@@ -5,13 +5,18 @@ Frames are binary msgpack. numpy arrays travel as maps with *bytes* keys
 scalars as ``{b"__npgeneric__": True, b"data": item, b"dtype": dtype.str}``, exactly as
 openpi_client.msgpack_numpy writes them, so existing robot controllers talk to our server.
 
-Decoding is hardened for untrusted input: only numeric/bool dtypes, a buffer whose size
-matches the shape, bounded container sizes. Any problem raises ``RequestError`` with a
-short message meant for the client.
+Decoding is hardened for untrusted input. Before any Python object is built, ``scan_frame``
+walks the msgpack headers (never the payload bytes) and refuses a frame with more than
+``MAX_OBJECTS`` objects, containers nested deeper than ``MAX_DEPTH``, ext types, non-string
+map keys, truncated or trailing bytes; its cost is bounded by MAX_OBJECTS whatever the frame
+size. Arrays must carry a numeric/bool dtype and a buffer whose size matches the shape. Any
+problem raises ``RequestError`` with one short line meant for the client (``clip`` bounds
+everything echoed from the request).
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from typing import Any
 
@@ -19,10 +24,97 @@ import msgpack
 import numpy as np
 
 _ALLOWED_KINDS = "biuf"  # bool, int, uint, float
+MAX_OBJECTS = 4096  # msgpack objects in one frame (an openpi observation holds about 60)
+MAX_DEPTH = 16  # container nesting (an openpi observation nests 3 deep)
+MAX_DIMS = 8  # dimensions of an array
+MAX_ERROR_CHARS = 300  # longest error text sent to a client
 
 
 class RequestError(ValueError):
     """A bad request; its message is sent to the client as a text frame."""
+
+
+def clip(value: Any, limit: int = 40) -> str:
+    """repr() of something the client sent, cut to ``limit`` characters."""
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+# msgpack first byte -> bytes of payload after it, for the fixed-size scalars
+_FIXED = {0xC0: 0, 0xC2: 0, 0xC3: 0, 0xCA: 4, 0xCB: 8, 0xCC: 1, 0xCD: 2, 0xCE: 4, 0xCF: 8, 0xD0: 1, 0xD1: 2, 0xD2: 4, 0xD3: 8}
+_STR_BIN = {0xC4: 1, 0xC5: 2, 0xC6: 4, 0xD9: 1, 0xDA: 2, 0xDB: 4}  # -> bytes of the length field
+_EXT = frozenset((0xC7, 0xC8, 0xC9, 0xD4, 0xD5, 0xD6, 0xD7, 0xD8))
+
+
+def scan_frame(data: bytes, max_objects: int = MAX_OBJECTS, max_depth: int = MAX_DEPTH) -> None:
+    """Check a msgpack frame's structure without building it; raise RequestError if it is hostile.
+
+    Walks the type headers only (str/bin payloads are skipped, not read), so the cost is at
+    most ``max_objects`` steps however large or deep the frame.
+    """
+    n, i, count, depth = len(data), 0, 0, 0
+    stack: list[tuple[int, bool]] = []
+    remaining, in_map = 1, False
+    truncated = RequestError("frame is truncated msgpack; send one complete openpi-client msgpack frame")
+    while True:
+        if remaining == 0:
+            if not stack:
+                break
+            remaining, in_map = stack.pop()
+            depth -= 1
+            continue
+        if i >= n:
+            raise truncated
+        is_key = in_map and remaining % 2 == 0
+        b = data[i]
+        i += 1
+        remaining -= 1
+        count += 1
+        if count > max_objects:
+            raise RequestError(f"frame holds more than {max_objects} msgpack objects; send arrays as numpy "
+                               "(openpi msgpack_numpy), not nested lists")
+        if is_key and not (0xA0 <= b <= 0xBF or b in _STR_BIN):
+            raise RequestError("msgpack map keys must be strings (str or bin)")
+        if b <= 0x7F or b >= 0xE0:
+            continue
+        if b in _FIXED:
+            i += _FIXED[b]
+            continue
+        if 0xA0 <= b <= 0xBF:
+            i += b & 0x1F
+            continue
+        if b in _STR_BIN:
+            w = _STR_BIN[b]
+            if i + w > n:
+                raise truncated
+            i += w + int.from_bytes(data[i:i + w], "big")
+            continue
+        if 0x80 <= b <= 0x9F:
+            size, is_map = b & 0x0F, b < 0x90
+        elif b in (0xDC, 0xDD, 0xDE, 0xDF):
+            w = 2 if b in (0xDC, 0xDE) else 4
+            if i + w > n:
+                raise truncated
+            size, is_map = int.from_bytes(data[i:i + w], "big"), b >= 0xDE
+            i += w
+        elif b in _EXT:
+            raise RequestError("msgpack ext types are not accepted; send plain msgpack (openpi-client format)")
+        else:  # 0xC1, never used by msgpack
+            raise RequestError("frame is not valid msgpack (byte 0xc1); send openpi-client msgpack frames")
+        items = 2 * size if is_map else size
+        if items > max_objects:
+            raise RequestError(f"a msgpack {'map' if is_map else 'array'} of {size} entries exceeds the limit of "
+                               f"{max_objects} objects per frame")
+        if items:
+            if depth + 1 > max_depth:
+                raise RequestError(f"msgpack containers nest deeper than {max_depth} levels; send a flat observation map")
+            stack.append((remaining, in_map))
+            remaining, in_map = items, is_map
+            depth += 1
+    if i > n:
+        raise truncated
+    if i < n:
+        raise RequestError(f"frame holds {n - i} bytes after its msgpack object; send one object per frame")
 
 
 def _pack_default(obj: Any) -> Any:
@@ -36,12 +128,16 @@ def _pack_default(obj: Any) -> Any:
 
 
 def _decode_dtype(raw: Any) -> np.dtype:
+    if raw is None:
+        raise RequestError("array dtype missing; an __ndarray__ map needs b'dtype' such as '<f4' or '|u1'")
     if isinstance(raw, bytes):
         raw = raw.decode("ascii", "replace")
+    if not isinstance(raw, str) or len(raw) > 8:
+        raise RequestError(f"bad array dtype {clip(raw)}; send a numeric numpy dtype string such as '<f4' or '|u1'")
     try:
         dtype = np.dtype(raw)
-    except (TypeError, ValueError):
-        raise RequestError(f"bad array dtype {raw!r}; send a numeric numpy dtype such as '<f4' or '|u1'") from None
+    except (TypeError, ValueError, SyntaxError):
+        raise RequestError(f"bad array dtype {clip(raw)}; send a numeric numpy dtype such as '<f4' or '|u1'") from None
     if dtype.kind not in _ALLOWED_KINDS:
         raise RequestError(f"array dtype {dtype} is not allowed; send bool, integer or float arrays")
     return dtype
@@ -49,22 +145,30 @@ def _decode_dtype(raw: Any) -> np.dtype:
 
 def _unpack_hook(obj: dict) -> Any:
     if b"__ndarray__" in obj:
+        if obj[b"__ndarray__"] is not True:
+            raise RequestError(f"__ndarray__ is {clip(obj[b'__ndarray__'])}; it marks a numpy array and must be True")
         dtype = _decode_dtype(obj.get(b"dtype"))
         shape, data = obj.get(b"shape"), obj.get(b"data")
-        if not isinstance(shape, (list, tuple)) or not all(isinstance(s, int) and 0 <= s < 2**31 for s in shape):
-            raise RequestError(f"bad array shape {shape!r}; expected a list of non-negative integers")
+        if (not isinstance(shape, (list, tuple)) or len(shape) > MAX_DIMS
+                or not all(type(s) is int and 0 <= s < 2**31 for s in shape)):
+            raise RequestError(f"bad array shape {clip(shape)}; expected a list of at most {MAX_DIMS} non-negative integers")
         if not isinstance(data, bytes):
-            raise RequestError("array data must be bytes")
-        expected = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+            raise RequestError(f"array data must be bytes, got {type(data).__name__}")
+        expected = math.prod(shape) * dtype.itemsize
         if len(data) != expected:
-            raise RequestError(f"array data holds {len(data)} bytes; shape {list(shape)} of {dtype} needs {expected}")
+            raise RequestError(f"array data holds {len(data)} bytes; shape {list(shape)} of {dtype} needs {clip(expected, 20)}")
         return np.frombuffer(data, dtype=dtype).reshape(shape)
     if b"__npgeneric__" in obj:
+        if obj[b"__npgeneric__"] is not True:
+            raise RequestError(f"__npgeneric__ is {clip(obj[b'__npgeneric__'])}; it marks a numpy scalar and must be True")
         dtype = _decode_dtype(obj.get(b"dtype"))
+        value = obj.get(b"data")
+        if type(value) not in (bool, int, float):
+            raise RequestError(f"numpy scalar data must be a number, got {type(value).__name__}")
         try:
-            return dtype.type(obj.get(b"data"))
+            return dtype.type(value)
         except (TypeError, ValueError, OverflowError):
-            raise RequestError(f"bad numpy scalar of dtype {dtype}") from None
+            raise RequestError(f"numpy scalar {clip(value, 30)} does not fit dtype {dtype}") from None
     return obj
 
 
@@ -73,18 +177,33 @@ def packb(obj: Any) -> bytes:
     return msgpack.packb(obj, default=_pack_default, use_bin_type=True)
 
 
-def unpackb(data: bytes, max_len: int = 64 * 1024 * 1024) -> Any:
-    """Decode a msgpack frame with numpy arrays. Raises RequestError on malformed input."""
+def _refuse_ext(code: int, data: bytes) -> Any:
+    raise RequestError("msgpack ext types are not accepted; send plain msgpack (openpi-client format)")
+
+
+def unpackb(data: bytes, max_len: int = 64 * 1024 * 1024, max_objects: int = MAX_OBJECTS) -> Any:
+    """Decode a msgpack frame with numpy arrays. Raises RequestError on malformed input.
+
+    The frame is scanned first (``scan_frame``), so hostile structure costs at most
+    ``max_objects`` steps and builds no objects.
+    """
+    if not isinstance(data, (bytes, bytearray, memoryview)):
+        raise RequestError(f"frame must be bytes, got {type(data).__name__}")
+    data = bytes(data)
+    if len(data) > max_len:
+        raise RequestError(f"frame of {len(data)} bytes exceeds the limit of {max_len} bytes")
+    scan_frame(data, max_objects)
     try:
         return msgpack.unpackb(
-            data, object_hook=_unpack_hook, raw=False, strict_map_key=False,
-            max_bin_len=max_len, max_str_len=max_len, max_array_len=100_000, max_map_len=10_000,
+            data, object_hook=_unpack_hook, ext_hook=_refuse_ext, raw=False, strict_map_key=False,
+            max_bin_len=max_len, max_str_len=max_len, max_array_len=max_objects, max_map_len=max_objects,
+            max_ext_len=0,
         )
     except RequestError:
         raise
-    except (msgpack.ExtraData, msgpack.FormatError, msgpack.StackError, ValueError, TypeError, UnicodeDecodeError) as e:
-        raise RequestError(f"frame is not valid msgpack ({type(e).__name__}); send openpi-client msgpack frames") from None
-    except Exception as e:  # msgpack raises a few other types on garbage
+    except UnicodeDecodeError:
+        raise RequestError("a msgpack str is not valid UTF-8; send text as UTF-8 str or as bin") from None
+    except Exception as e:  # msgpack raises several types on garbage; unhashable keys raise TypeError
         raise RequestError(f"frame is not valid msgpack ({type(e).__name__}); send openpi-client msgpack frames") from None
 
 
@@ -103,12 +222,15 @@ def _as_key(k: Any) -> str:
 
 
 def _vector(name: str, value: Any, size: int) -> np.ndarray:
-    arr = np.asarray(value) if isinstance(value, (np.ndarray, list, tuple, np.generic)) else None
+    try:
+        arr = np.asarray(value) if isinstance(value, (np.ndarray, list, tuple, np.generic)) else None
+    except (ValueError, TypeError, OverflowError):  # ragged nesting, more than numpy's 64 dimensions
+        raise RequestError(f"{name} must be a flat list or array of {size} numbers; got a ragged or too deeply nested list") from None
     if arr is None or arr.dtype.kind not in "iuf":
         raise RequestError(f"{name} must be a numeric array of {size} values, got {type(value).__name__}")
-    arr = arr.astype(np.float32).reshape(-1) if arr.size == size else None
-    if arr is None:
-        raise RequestError(f"{name} must hold {size} values, got shape {np.shape(value)}")
+    if arr.size != size:
+        raise RequestError(f"{name} must hold {size} values, got shape {clip(arr.shape)}")
+    arr = arr.astype(np.float32).reshape(-1)
     if not np.isfinite(arr).all():
         raise RequestError(f"{name} contains NaN or inf")
     return arr
@@ -120,7 +242,7 @@ def _image(name: str, value: Any) -> np.ndarray:
     if value.dtype != np.uint8:
         raise RequestError(f"{name} has dtype {value.dtype}; send uint8 (H, W, 3) images")
     if value.ndim != 3 or value.shape[-1] != 3 or not (16 <= value.shape[0] <= 1024 and 16 <= value.shape[1] <= 1024):
-        raise RequestError(f"{name} has shape {value.shape}; send (H, W, 3) with 16 <= H, W <= 1024")
+        raise RequestError(f"{name} has shape {clip(value.shape)}; send (H, W, 3) with 16 <= H, W <= 1024")
     return value
 
 
@@ -134,10 +256,17 @@ def parse_observation(obs: Any) -> dict[str, Any]:
     """
     if not isinstance(obs, Mapping):
         raise RequestError(f"request must be a msgpack map of observation keys, got {type(obs).__name__}")
-    obs = {_as_key(k): v for k, v in obs.items()}
+    keyed: dict[str, Any] = {}
+    for k, v in obs.items():
+        key = _as_key(k)
+        if key in keyed:
+            raise RequestError(f"observation key {clip(key)} given twice (as str and as bytes); send it once")
+        keyed[key] = v
+    obs = keyed
     unknown = sorted(set(obs) - set(ACCEPTED_KEYS))
     if unknown:
-        raise RequestError(f"unknown observation key(s) {unknown}; accepted: {list(ACCEPTED_KEYS)}")
+        shown = ", ".join(clip(k) for k in unknown[:3]) + (f" and {len(unknown) - 3} more" if len(unknown) > 3 else "")
+        raise RequestError(f"unknown observation key(s) {shown}; accepted: {list(ACCEPTED_KEYS)}")
     out: dict[str, Any] = {}
     for key, value in obs.items():
         target = OPENPI_KEYS.get(key, key)

@@ -5,7 +5,9 @@
   python scripts/serve_policy.py --checkpoint DIR --steps 2 --host 0.0.0.0 --api-key KEY
 
 Clients: openpi_client.WebsocketClientPolicy or policy.serving.PolicyClient.
-Health check: GET http://HOST:PORT/healthz. Stop with Ctrl-C or SIGTERM.
+Health check: GET http://HOST:PORT/healthz (503 while the model loads and warms up, then 200).
+Stop with Ctrl-C or SIGTERM. Memory for client frames is bounded by --max-connections x
+6 x --max-message-mb (see docs/serving.md).
 """
 
 from __future__ import annotations
@@ -57,6 +59,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--port", type=int, default=8000, help="port (default 8000; 0 picks a free one)")
     p.add_argument("--api-key", default=os.environ.get("DDL_API_KEY"), help="require 'Authorization: Api-Key KEY' (default: $DDL_API_KEY)")
     p.add_argument("--max-message-mb", type=float, default=4.0, help="largest accepted request (default 4 MB)")
+    p.add_argument("--max-connections", type=int, default=16,
+                   help="most clients connected at once; more are refused with HTTP 503 (default 16)")
+    p.add_argument("--max-cached-prompts", type=int, default=1024,
+                   help="language embeddings kept for prompts not in the checkpoint's cache (LRU; default 1024)")
     p.add_argument("--max-batch", type=int, default=32, help="most requests batched into one forward pass")
     p.add_argument("--batch-window-ms", type=float, default=5.0,
                    help="how long a queued request may wait for requests of the other active clients (0: never)")
@@ -85,13 +91,16 @@ def main(argv: list[str] | None = None) -> int:
     if not 0.0 <= args.churn <= 1.0 or (args.steps is not None and args.steps < 1):
         print("error: --steps must be >= 1 and --churn in [0, 1]", file=sys.stderr)
         return 2
+    if args.max_connections < 1 or args.max_cached_prompts < 0 or args.max_message_mb * 1024 * 1024 < 1024:
+        print("error: --max-connections must be >= 1, --max-cached-prompts >= 0 and --max-message-mb >= 0.001", file=sys.stderr)
+        return 2
     steps = args.steps or best_evaluated_steps(ckpt) or 2
     device = args.device if args.device != "auto" else ("cuda" if _cuda() else "cpu")
 
     import torch
 
     from policy.policy import DiffusionPolicy
-    from policy.serving import PolicyServer
+    from policy.serving import PolicyServer, worst_case_connection_bytes
 
     torch.set_num_threads(max(1, args.threads))
 
@@ -104,14 +113,17 @@ def main(argv: list[str] | None = None) -> int:
             "model": policy.config.to_dict()}
     server = PolicyServer(policy, steps=steps, churn=args.churn, host=args.host, port=args.port, api_key=args.api_key,
                           max_message_bytes=int(args.max_message_mb * 1024 * 1024), max_batch=args.max_batch,
-                          batch_window_ms=args.batch_window_ms, metadata=meta)
+                          batch_window_ms=args.batch_window_ms, metadata=meta, max_connections=args.max_connections,
+                          max_cached_prompts=args.max_cached_prompts)
     import asyncio
     import threading
 
     def announce() -> None:
         server.ready.wait()
         print(f"serving {ckpt} on ws://{args.host}:{server.port} (steps={steps}, churn={args.churn}, "
-              f"api key {'required' if args.api_key else 'off'}); Ctrl-C to stop", flush=True)
+              f"api key {'required' if args.api_key else 'off'}, at most {args.max_connections} connections, client frames "
+              f"<= {args.max_connections * worst_case_connection_bytes(server.max_message_bytes) / 2**20:.0f} MiB); "
+              "Ctrl-C to stop", flush=True)
 
     threading.Thread(target=announce, daemon=True).start()
     try:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+from collections import OrderedDict
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
@@ -56,6 +57,10 @@ class LanguageEncoder:
         cache: optional precomputed {instruction: (dim,) tensor}; BERT is loaded lazily,
             only when an instruction outside the cache is asked for.
         dim: embedding size, required when BERT is not loaded (taken from the cache).
+
+    ``max_added`` (default None: unbounded) bounds the entries ``embed`` adds to the cache:
+    beyond it the least recently used added entry is dropped. Entries given at construction
+    (the cache saved with the policy) are never dropped. A server sets it.
     """
 
     def __init__(self, name_or_path: str = DEFAULT_LANGUAGE_MODEL, cache: Mapping[str, Tensor] | None = None) -> None:
@@ -64,6 +69,8 @@ class LanguageEncoder:
         self._model = None
         self._tokenizer = None
         self._dim: int | None = None
+        self.max_added: int | None = None
+        self._added: OrderedDict[str, None] = OrderedDict()  # embed()-added entries, least recently used first
 
     def _load(self) -> None:
         if self._model is not None:
@@ -111,6 +118,13 @@ class LanguageEncoder:
         if missing:
             for text, emb in zip(missing, self._encode(missing)):
                 self.cache[text] = emb.float().cpu()
+                self._added[text] = None
         if not texts:
             return torch.zeros(0, self.dim, device=device)
-        return torch.stack([self.cache[t] for t in texts]).to(device)
+        out = torch.stack([self.cache[t] for t in texts]).to(device)
+        for t in texts:
+            if t in self._added:
+                self._added.move_to_end(t)
+        while self.max_added is not None and len(self._added) > self.max_added:
+            self.cache.pop(self._added.popitem(last=False)[0], None)
+        return out

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import http.client
+import logging
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -14,11 +16,13 @@ from pathlib import Path
 import msgpack
 import numpy as np
 import pytest
+import torch
 
 from policy.config import PolicyConfig
+from policy.nets.language import LanguageEncoder
 from policy.policy import DiffusionPolicy
 from policy.serving import ActionChunker, PolicyClient, PolicyServer
-from policy.wire import packb, unpackb
+from policy.wire import RequestError, packb, unpackb
 
 TINY = dict(image_size=32, resnet_widths=(8, 16, 32, 64), d_model=64, n_heads=4, encoder_layers=1, decoder_layers=2, dropout=0.0)
 ROOT = Path(__file__).resolve().parents[2]
@@ -61,67 +65,387 @@ def test_metadata_and_actions_with_both_key_sets(server, policy):
         assert policy.predict({k: (np.stack([v]) if isinstance(v, np.ndarray) else [v]) for k, v in good_obs().items()}, 2).shape == (1, 8, 7)
 
 
-def _malformed_frames() -> list[tuple[str, object]]:
+def _np_default(a):
+    return {b"__ndarray__": True, b"data": a.tobytes(), b"dtype": a.dtype.str, b"shape": a.shape}
+
+
+def _frame(obs) -> bytes:
+    return msgpack.packb(obs, default=_np_default, use_bin_type=True)
+
+
+ACCEPTED = "['agentview_rgb', 'eye_in_hand_rgb', 'joint_states', 'gripper_states', 'language', 'observation/image', 'observation/wrist_image', 'prompt', 'observation/state']"
+NOT_MSGPACK_PREFIXES = ("frame is not valid msgpack", "frame is truncated msgpack", "request must be a msgpack map",
+                        "msgpack ext types are not accepted", "msgpack map keys must be strings", "a msgpack str is not valid UTF-8",
+                        "a msgpack array of", "a msgpack map of", "msgpack containers nest deeper",
+                        "frame holds ")
+LANGUAGE_MSG = "language/prompt must be a non-empty string of at most 1000 characters"
+
+
+def _malformed_frames() -> list[tuple[str, object, str]]:
+    """(case, frame, the exact error the client must get, after "bad request: ")."""
     rng = np.random.default_rng(1)
-    frames: list[tuple[str, object]] = []
-    for i in range(40):  # random bytes
-        frames.append(("random bytes", rng.integers(0, 256, int(rng.integers(1, 300)), dtype=np.uint8).tobytes()))
-    frames += [("text frame", "hello"), ("text json", '{"prompt": "x"}'), ("empty", b""), ("truncated", packb(good_obs())[:50])]
-    for value in (1, "obs", [1, 2, 3], None, 3.5, True):
-        frames.append(("wrong top-level type", packb(value)))
+    frames: list[tuple[str, object, str]] = []
+    for i in range(40):  # random bytes: one of the msgpack-level messages (checked by prefix)
+        frames.append(("random bytes", rng.integers(0, 256, int(rng.integers(1, 300)), dtype=np.uint8).tobytes(), "*"))
+    text_msg = "text frames are not accepted; send binary msgpack frames (openpi-client format)"
+    frames += [("text frame", "hello", text_msg), ("text json", '{"prompt": "x"}', text_msg),
+               ("empty", b"", "frame is truncated msgpack; send one complete openpi-client msgpack frame"),
+               ("truncated", packb(good_obs())[:50], "frame is truncated msgpack; send one complete openpi-client msgpack frame")]
+    for value, name in ((1, "int"), ("obs", "str"), ([1, 2, 3], "list"), (None, "NoneType"), (3.5, "float"), (True, "bool")):
+        frames.append(("wrong top-level type", packb(value), f"request must be a msgpack map of observation keys, got {name}"))
     base = good_obs()
+    arr = lambda dtype, data, shape: {b"__ndarray__": True, b"data": data, b"dtype": dtype, b"shape": shape}
     mutations = {
-        "missing key": lambda o: o.pop("language"),
-        "missing image": lambda o: o.pop("agentview_rgb"),
-        "unknown key": lambda o: o.__setitem__("observation/foo", 1),
-        "float image": lambda o: o.__setitem__("agentview_rgb", o["agentview_rgb"].astype(np.float32)),
-        "gray image": lambda o: o.__setitem__("agentview_rgb", o["agentview_rgb"][..., 0]),
-        "tiny image": lambda o: o.__setitem__("eye_in_hand_rgb", o["eye_in_hand_rgb"][:4, :4]),
-        "4 channels": lambda o: o.__setitem__("agentview_rgb", np.zeros((32, 32, 4), np.uint8)),
-        "short joints": lambda o: o.__setitem__("joint_states", np.zeros(6, np.float32)),
-        "nan joints": lambda o: o.__setitem__("joint_states", np.full(7, np.nan, np.float32)),
-        "inf gripper": lambda o: o.__setitem__("gripper_states", np.array([np.inf, 0], np.float32)),
-        "string joints": lambda o: o.__setitem__("joint_states", "1,2,3"),
-        "int language": lambda o: o.__setitem__("language", 5),
-        "empty language": lambda o: o.__setitem__("language", "   "),
-        "image as list": lambda o: o.__setitem__("agentview_rgb", o["agentview_rgb"].tolist()),
-        "both key sets": lambda o: o.__setitem__("prompt", "again"),
-        "complex state": lambda o: o.__setitem__("joint_states", {b"__ndarray__": True, b"data": b"\0" * 112, b"dtype": "<c16", b"shape": [7]}),
-        "object dtype": lambda o: o.__setitem__("joint_states", {b"__ndarray__": True, b"data": b"\0" * 56, b"dtype": "|O", b"shape": [7]}),
-        "short buffer": lambda o: o.__setitem__("joint_states", {b"__ndarray__": True, b"data": b"\0" * 3, b"dtype": "<f4", b"shape": [7]}),
-        "bad shape": lambda o: o.__setitem__("joint_states", {b"__ndarray__": True, b"data": b"", b"dtype": "<f4", b"shape": "x"}),
-        "bad dtype": lambda o: o.__setitem__("joint_states", {b"__ndarray__": True, b"data": b"", b"dtype": "nope", b"shape": [0]}),
+        "missing key": (lambda o: o.pop("language"), "observation lacks ['language']; send ['agentview_rgb', 'eye_in_hand_rgb', "
+                        "'joint_states', 'gripper_states', 'language'] or the openpi LIBERO keys"),
+        "missing image": (lambda o: o.pop("agentview_rgb"), "observation lacks ['agentview_rgb']; send ['agentview_rgb', "
+                          "'eye_in_hand_rgb', 'joint_states', 'gripper_states', 'language'] or the openpi LIBERO keys"),
+        "unknown key": (lambda o: o.__setitem__("observation/foo", 1), f"unknown observation key(s) 'observation/foo'; accepted: {ACCEPTED}"),
+        "float image": (lambda o: o.__setitem__("agentview_rgb", o["agentview_rgb"].astype(np.float32)),
+                        "agentview_rgb has dtype float32; send uint8 (H, W, 3) images"),
+        "gray image": (lambda o: o.__setitem__("agentview_rgb", o["agentview_rgb"][..., 0].copy()),
+                       "agentview_rgb has shape (32, 32); send (H, W, 3) with 16 <= H, W <= 1024"),
+        "tiny image": (lambda o: o.__setitem__("eye_in_hand_rgb", o["eye_in_hand_rgb"][:4, :4].copy()),
+                       "eye_in_hand_rgb has shape (4, 4, 3); send (H, W, 3) with 16 <= H, W <= 1024"),
+        "4 channels": (lambda o: o.__setitem__("agentview_rgb", np.zeros((32, 32, 4), np.uint8)),
+                       "agentview_rgb has shape (32, 32, 4); send (H, W, 3) with 16 <= H, W <= 1024"),
+        "short joints": (lambda o: o.__setitem__("joint_states", np.zeros(6, np.float32)), "joint_states must hold 7 values, got shape (6,)"),
+        "nan joints": (lambda o: o.__setitem__("joint_states", np.full(7, np.nan, np.float32)), "joint_states contains NaN or inf"),
+        "one nan joint": (lambda o: o.__setitem__("joint_states", np.array([0, 0, 0, np.nan, 0, 0, 0], np.float32)), "joint_states contains NaN or inf"),
+        "inf gripper": (lambda o: o.__setitem__("gripper_states", np.array([np.inf, 0], np.float32)), "gripper_states contains NaN or inf"),
+        "string joints": (lambda o: o.__setitem__("joint_states", "1,2,3"), "joint_states must be a numeric array of 7 values, got str"),
+        "int language": (lambda o: o.__setitem__("language", 5), LANGUAGE_MSG),
+        "empty language": (lambda o: o.__setitem__("language", "   "), LANGUAGE_MSG),
+        "long language": (lambda o: o.__setitem__("language", "x" * 1001), LANGUAGE_MSG),
+        "image as list": (lambda o: o.__setitem__("agentview_rgb", o["agentview_rgb"].tolist()),
+                          "frame holds more than 4096 msgpack objects; send arrays as numpy (openpi msgpack_numpy), not nested lists"),
+        "small image as list": (lambda o: o.__setitem__("agentview_rgb", np.zeros((16, 16, 3), np.uint8).tolist()),
+                                "agentview_rgb must be a numpy uint8 array (H, W, 3), got list"),
+        "both key sets": (lambda o: o.__setitem__("prompt", "again"),
+                          "observation gives 'language' twice (package key and openpi key); send one"),
+        "complex state": (lambda o: o.__setitem__("joint_states", arr("<c16", b"\0" * 112, [7])),
+                          "array dtype complex128 is not allowed; send bool, integer or float arrays"),
+        "object dtype": (lambda o: o.__setitem__("joint_states", arr("|O", b"\0" * 56, [7])),
+                         "array dtype object is not allowed; send bool, integer or float arrays"),
+        "short buffer": (lambda o: o.__setitem__("joint_states", arr("<f4", b"\0" * 3, [7])),
+                         "array data holds 3 bytes; shape [7] of float32 needs 28"),
+        "bad shape": (lambda o: o.__setitem__("joint_states", arr("<f4", b"", "x")),
+                      "bad array shape 'x'; expected a list of at most 8 non-negative integers"),
+        "bad dtype": (lambda o: o.__setitem__("joint_states", arr("nope", b"", [0])),
+                      "bad array dtype 'nope'; send a numeric numpy dtype such as '<f4' or '|u1'"),
+        "missing dtype": (lambda o: o.__setitem__("joint_states", {b"__ndarray__": True, b"data": b"\0" * 56, b"shape": [7]}),
+                          "array dtype missing; an __ndarray__ map needs b'dtype' such as '<f4' or '|u1'"),
+        "__ndarray__ False": (lambda o: o.__setitem__("joint_states", {**arr("<f8", b"\0" * 56, [7]), b"__ndarray__": False}),
+                              "__ndarray__ is False; it marks a numpy array and must be True"),
+        "overflowing shape": (lambda o: o.__setitem__("joint_states", arr("<f4", b"", [2**31 - 1] * 8)),
+                              "array data holds 0 bytes; shape [2147483647, 2147483647, 2147483647, 2147483647, 2147483647, "
+                              "2147483647, 2147483647, 2147483647] of float32 needs 18092513875930788..."),
+        "ragged state": (lambda o: (o.clear(), o.update({"observation/image": base["agentview_rgb"], "observation/wrist_image": base["eye_in_hand_rgb"],
+                                                         "observation/state": [[1.0], [1.0, 2.0]], "prompt": "x"})),
+                         "observation/state must be a flat list or array of 9 numbers; got a ragged or too deeply nested list"),
+        "deep state": (lambda o: o.__setitem__("joint_states", [[[[[[[[[[[[[[[[[[1.0]]]]]]]]]]]]]]]]]]),
+                       "msgpack containers nest deeper than 16 levels; send a flat observation map"),
+        "str and bytes key": (lambda o: o.__setitem__(b"language", "again"),
+                              "observation key 'language' given twice (as str and as bytes); send it once"),
+        "int key": (lambda o: o.__setitem__(5, "x"), "msgpack map keys must be strings (str or bin)"),
     }
-    for name, mutate in mutations.items():
+    for name, (mutate, expected) in mutations.items():
         for _ in range(3):
             obs = dict(base)
             mutate(obs)
-            frames.append((name, msgpack.packb(obs, default=lambda a: {b"__ndarray__": True, b"data": a.tobytes(), b"dtype": a.dtype.str, b"shape": a.shape}, use_bin_type=True)))
-    for _ in range(3):
-        frames.append(("oversize", packb({**base, "agentview_rgb": np.zeros((200, 200, 3), np.uint8)})))
+            frames.append((name, _frame(obs), expected))
     return frames
 
 
-def test_malformed_frames_get_short_errors_and_the_server_keeps_serving(server):
+def _check_error(name: str, reply, expected: str) -> None:
+    assert isinstance(reply, str), f"{name}: expected a text error frame"
+    assert len(reply) <= 300 and "\n" not in reply and "Traceback" not in reply, (name, reply)
+    assert reply.startswith("bad request: "), (name, reply)
+    message = reply[len("bad request: "):]
+    if expected == "*":
+        assert message.startswith(NOT_MSGPACK_PREFIXES), (name, reply)
+    else:
+        assert message == expected, (name, reply)
+
+
+def test_malformed_frames_get_their_exact_error_and_the_server_keeps_serving(server, caplog):
     from websockets.sync.client import connect
 
     frames = _malformed_frames()
     assert len(frames) >= 100
     errors_before = server.stats["errors"]
-    with connect(f"ws://127.0.0.1:{server.port}", max_size=None) as ws:
+    with caplog.at_level(logging.INFO), connect(f"ws://127.0.0.1:{server.port}", max_size=None) as ws:
         unpackb(ws.recv())  # metadata
-        for name, frame in frames:
+        for name, frame, expected in frames:
             ws.send(frame)
-            reply = ws.recv(timeout=30)
-            assert isinstance(reply, str), f"{name}: expected a text error frame"
-            assert reply.startswith("bad request:") and len(reply) < 400 and "Traceback" not in reply, (name, reply)
+            _check_error(name, ws.recv(timeout=30), expected)
         ws.send(packb(good_obs()))
         reply = unpackb(ws.recv(timeout=30))
         assert reply["actions"].shape == (8, 7)
     assert server.stats["errors"] - errors_before == len(frames)
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR], "client mistakes must not log errors"
     conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=10)
     conn.request("GET", "/healthz")
     assert conn.getresponse().status == 200
+
+
+def test_a_nan_request_does_not_spoil_the_good_requests_batched_with_it():
+    """The NaN check in wire refuses the bad one; its batch-mates get actions (a NaN in a batch would fail them all)."""
+    srv = PolicyServer(_EchoPolicy(), port=0, batch_window_ms=300.0, window_backoff=0)
+    srv.start_in_thread()
+    try:
+        clients = [PolicyClient("127.0.0.1", srv.port) for _ in range(3)]
+        bad = {**good_obs(), "joint_states": np.array([0, 0, np.nan, 0, 0, 0, 0], np.float32)}
+        go, replies = threading.Barrier(3), {}
+
+        def run(k: int) -> None:
+            go.wait()
+            try:
+                replies[k] = clients[k].infer(bad if k == 0 else good_obs(seed=k))
+            except RuntimeError as e:
+                replies[k] = str(e)
+
+        threads = [threading.Thread(target=run, args=(k,)) for k in range(3)]
+        [t.start() for t in threads]
+        [t.join(30) for t in threads]
+        [c.close() for c in clients]
+    finally:
+        srv.stop()
+    assert replies[0].endswith("bad request: joint_states contains NaN or inf")
+    for k in (1, 2):
+        np.testing.assert_array_equal(replies[k]["actions"], _EchoPolicy.expected(good_obs(seed=k)))
+
+
+def test_hostile_structure_is_refused_before_objects_are_built(server, monkeypatch):
+    """Millions of empty maps or deep nesting cost a bounded header scan, not a decode (item 10)."""
+    import policy.wire as wire
+
+    built = []
+    hook = wire._unpack_hook
+    monkeypatch.setattr(wire, "_unpack_hook", lambda obj: (built.append(1), hook(obj))[1])
+    many_maps = msgpack.packb([[{}] * 2000 for _ in range(30)])  # 60,000 empty maps in 62 KB
+    with pytest.raises(RequestError, match="^frame holds more than 4096 msgpack objects"):
+        wire.unpackb(many_maps)
+    one_big_array = b"\xdd" + (2**32 - 1).to_bytes(4, "big") + b"\x80" * 1000
+    with pytest.raises(RequestError, match="^a msgpack array of 4294967295 entries exceeds the limit of 4096"):
+        wire.unpackb(one_big_array)
+    deep = b"\x91" * 200 + b"\x80"
+    with pytest.raises(RequestError, match="^msgpack containers nest deeper than 16 levels"):
+        wire.unpackb(deep)
+    assert built == []  # refused by the scan: no map was built
+    from websockets.sync.client import connect
+
+    with connect(f"ws://127.0.0.1:{server.port}", max_size=None) as ws:
+        unpackb(ws.recv())
+        ws.send(many_maps)
+        assert ws.recv(timeout=30) == ("bad request: frame holds more than 4096 msgpack objects; send arrays as numpy "
+                                       "(openpi msgpack_numpy), not nested lists")
+
+
+def test_a_slow_decode_on_one_connection_does_not_stall_the_others(server, monkeypatch):
+    """Frames are decoded off the event loop: while one client's frame is stuck decoding, another is served."""
+    import policy.serving as serving
+
+    release, entered = threading.Event(), threading.Event()
+    real = serving.unpackb
+
+    def slow_unpackb(data, *args, **kwargs):
+        if data == b"\xc0":  # the stalling client's frame (msgpack nil)
+            entered.set()
+            release.wait(30)
+        return real(data, *args, **kwargs)
+
+    monkeypatch.setattr(serving, "unpackb", slow_unpackb)
+    from websockets.sync.client import connect
+
+    try:
+        with connect(f"ws://127.0.0.1:{server.port}", max_size=None) as slow, PolicyClient("127.0.0.1", server.port) as other:
+            unpackb(slow.recv())
+            slow.send(b"\xc0")
+            assert entered.wait(10)
+            reply = other.infer(good_obs())  # with decoding on the event loop this never returns
+            assert reply["actions"].shape == (8, 7)
+            release.set()
+            assert slow.recv(timeout=30) == "bad request: request must be a msgpack map of observation keys, got NoneType"
+    finally:
+        release.set()
+
+
+def test_error_replies_are_capped_whatever_the_client_sent(server):
+    """Item 11: a huge dtype string or thousands of unknown keys get a short reply."""
+    from websockets.sync.client import connect
+
+    huge_dtype = {**good_obs(), "joint_states": {b"__ndarray__": True, b"data": b"", b"dtype": "<" + "f" * 50_000, b"shape": [0]}}
+    many_keys = {**good_obs(), **{f"observation/u{i:05d}": 1 for i in range(1500)}}
+    long_key = {**good_obs(), "k" * 50_000: 1}
+    with connect(f"ws://127.0.0.1:{server.port}", max_size=None) as ws:
+        unpackb(ws.recv())
+        for frame in (_frame(huge_dtype), _frame(many_keys), _frame(long_key)):
+            ws.send(frame)
+            reply = ws.recv(timeout=30)
+            assert isinstance(reply, str) and reply.startswith("bad request: ") and len(reply) <= 300, len(reply)
+        ws.send(_frame(huge_dtype))
+        assert ws.recv(timeout=30) == "bad request: bad array dtype '<fffffffffffffffffffffffffffffffffff...; send a numeric numpy dtype string such as '<f4' or '|u1'"
+        ws.send(_frame(many_keys))
+        assert ws.recv(timeout=30) == ("bad request: unknown observation key(s) 'observation/u00000', 'observation/u00001', "
+                                       "'observation/u00002' and 1497 more; accepted: " + ACCEPTED)
+
+
+def test_memory_is_bounded_per_connection_and_in_total(policy):
+    """Item 12: one frame of max_message_bytes, one queued frame per connection, max_connections clients."""
+    from websockets.exceptions import ConnectionClosedError, InvalidStatus
+    from websockets.sync.client import connect
+
+    from policy.serving import worst_case_connection_bytes
+
+    srv = PolicyServer(_EchoPolicy(), port=0, max_message_bytes=64 * 1024, max_connections=2)
+    srv.start_in_thread()
+    try:
+        a, b = PolicyClient("127.0.0.1", srv.port), PolicyClient("127.0.0.1", srv.port)
+        with pytest.raises(InvalidStatus) as refused:
+            connect(f"ws://127.0.0.1:{srv.port}", open_timeout=10)
+        assert refused.value.response.status_code == 503
+        assert refused.value.response.body == b"the policy server is at its limit of 2 connections; retry later\n"
+        for conn in list(srv._admitted):  # what websockets was told: the frame limit, and 1 queued frame
+            assert conn.protocol.max_message_size == 64 * 1024 and conn.recv_messages.high == 1
+        a.close()
+        for _ in range(100):  # the freed slot is given to the next client
+            try:
+                c = PolicyClient("127.0.0.1", srv.port, connect_timeout=0)
+                break
+            except ConnectionError:
+                time.sleep(0.05)
+        assert c.infer(good_obs())["actions"].shape == (8, 7)
+        b._ws.send(packb({**good_obs(), "agentview_rgb": np.zeros((200, 200, 3), np.uint8)}))  # 120 KB > 64 KiB
+        with pytest.raises(ConnectionClosedError) as closed:
+            b._ws.recv(timeout=30)
+        assert closed.value.rcvd.code == 1009 and "exceeds limit of 65536 bytes" in closed.value.rcvd.reason
+        c.close()
+    finally:
+        srv.stop()
+    assert worst_case_connection_bytes(4 * 2**20) == 24 * 2**20  # the figure README and docs/serving.md state
+
+
+def test_two_authorization_headers_get_400_not_500(policy, caplog):
+    srv = PolicyServer(_EchoPolicy(), port=0, api_key="s3cret")
+    srv.start_in_thread()
+    try:
+        with caplog.at_level(logging.INFO):
+            conn = http.client.HTTPConnection("127.0.0.1", srv.port, timeout=10)
+            conn.putrequest("GET", "/")
+            for name, value in (("Upgrade", "websocket"), ("Connection", "Upgrade"), ("Sec-WebSocket-Key", "dGhlIHNhbXBsZSBub25jZQ=="),
+                                ("Sec-WebSocket-Version", "13"), ("Authorization", "Api-Key s3cret"), ("Authorization", "Api-Key s3cret")):
+                conn.putheader(name, value)
+            conn.endheaders()
+            response = conn.getresponse()
+            assert response.status == 400 and response.read() == b"send one Authorization header ('Authorization: Api-Key <key>')\n"
+    finally:
+        srv.stop()
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+
+
+class _StubLanguage(LanguageEncoder):
+    """The real cache logic with a fake BERT (a vector per text)."""
+
+    def _encode(self, texts):
+        return torch.stack([torch.full((4,), float(len(t))) for t in texts])
+
+
+class _LanguagePolicy:
+    def __init__(self) -> None:
+        self.language = _StubLanguage(cache={"the saved instruction": torch.zeros(4)})
+
+    def predict(self, obs, steps=2, churn=0.0):
+        emb = self.language.embed(obs["language"])
+        return np.repeat(emb[:, :1].numpy()[:, None, :], 8, 1).repeat(7, 2).astype(np.float32)
+
+
+def test_language_cache_is_bounded_at_serving_and_keeps_the_saved_entries():
+    """Item 14: 20 distinct prompts leave at most max_cached_prompts added entries; the saved one stays."""
+    pol = _LanguagePolicy()
+    srv = PolicyServer(pol, port=0, max_cached_prompts=3)
+    srv.start_in_thread()
+    try:
+        with PolicyClient("127.0.0.1", srv.port) as client:
+            for i in range(20):
+                reply = client.infer({**good_obs(), "language": f"prompt {i:03d} " + "x" * i})
+                assert reply["actions"][0, 0] == len(f"prompt {i:03d} ") + i
+            assert client.infer({**good_obs(), "language": "the saved instruction"})["actions"][0, 0] == 0.0
+    finally:
+        srv.stop()
+    assert "the saved instruction" in pol.language.cache and len(pol.language.cache) == 1 + 3
+    assert sorted(pol.language.cache)[:3] == [f"prompt {i:03d} " + "x" * i for i in (17, 18, 19)]
+
+
+def _raw_websocket(port: int) -> socket.socket:
+    """A websocket opened by hand, as openpi-client's would be, that can vanish without a close frame."""
+    sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+    sock.sendall(b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                 b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n")
+    data = b""
+    while b"\r\n\r\n" not in data:
+        data += sock.recv(4096)
+    assert data.startswith(b"HTTP/1.1 101")
+    return sock
+
+
+def test_a_client_that_never_sends_a_close_frame_is_one_info_line(server, caplog):
+    """Item 15: openpi-client ends every session without a close frame; that is not an ERROR with a traceback."""
+    with caplog.at_level(logging.DEBUG):
+        sock = _raw_websocket(server.port)
+        time.sleep(0.2)  # let the server send its metadata
+        sock.close()
+        for _ in range(100):
+            if any("closed abnormally" in r.getMessage() for r in caplog.records):
+                break
+            time.sleep(0.05)
+    ours = [r for r in caplog.records if "closed abnormally" in r.getMessage()]
+    assert len(ours) == 1 and ours[0].levelno == logging.INFO and ours[0].exc_info is None
+    assert "\n" not in ours[0].getMessage()
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING], [r.getMessage() for r in caplog.records]
+
+
+class _GatedPolicy:
+    """predict blocks until `go` is set (a model that takes a while to load)."""
+
+    def __init__(self) -> None:
+        self.go, self.calls = threading.Event(), []
+
+    def predict(self, obs, steps=2, churn=0.0):
+        self.go.wait(30)
+        self.calls.append(len(obs["language"]))
+        return np.zeros((len(obs["language"]), 8, 7), np.float32)
+
+
+def test_healthz_is_503_until_the_warm_up_predict_has_run():
+    """Item 16: the server loads and warms the model before it says ready or admits a client."""
+    from websockets.exceptions import InvalidStatus
+    from websockets.sync.client import connect
+
+    pol = _GatedPolicy()
+    srv = PolicyServer(pol, port=0)
+    srv.start_in_thread(wait_ready=False)
+    try:
+        conn = http.client.HTTPConnection("127.0.0.1", srv.port, timeout=10)
+        conn.request("GET", "/healthz")
+        response = conn.getresponse()
+        assert response.status == 503 and response.read() == b"warming up\n"
+        with pytest.raises(InvalidStatus) as refused:
+            connect(f"ws://127.0.0.1:{srv.port}", open_timeout=10)
+        assert refused.value.response.status_code == 503
+        assert pol.calls == [] and not srv.ready.is_set()
+        pol.go.set()
+        assert srv.ready.wait(30)
+        assert pol.calls == [1]  # the warm-up predict ran before ready
+        conn = http.client.HTTPConnection("127.0.0.1", srv.port, timeout=10)
+        conn.request("GET", "/healthz")
+        assert conn.getresponse().status == 200
+        with PolicyClient("127.0.0.1", srv.port) as client:
+            assert client.infer(good_obs())["actions"].shape == (8, 7)
+        assert srv.stats["requests"] == 1  # the warm-up is not counted as a request
+    finally:
+        pol.go.set()
+        srv.stop()
 
 
 def test_openpi_client_error_surface_is_runtime_error(server):
@@ -166,14 +490,107 @@ def test_concurrent_clients_are_served_and_batched(server):
 
 
 class _RecordingPolicy:
-    """A BatchPolicy that records the size of every forward pass."""
+    """A BatchPolicy that records the size of every forward pass (the server's warm-up not included)."""
 
     def __init__(self) -> None:
         self.batches: list[int] = []
 
     def predict(self, obs, steps=2, churn=0.0):
-        self.batches.append(len(obs["language"]))
+        if obs["language"] != ["warm up"]:
+            self.batches.append(len(obs["language"]))
         return np.zeros((len(obs["language"]), 8, 7), dtype=np.float32)
+
+
+class _EchoPolicy:
+    """Deterministic actions that depend on every part of each row's observation."""
+
+    @staticmethod
+    def expected(o: dict) -> np.ndarray:
+        base = (o["joint_states"].astype(np.float64) + o["gripper_states"].astype(np.float64).sum()
+                + o["agentview_rgb"].mean() / 255 + 2 * o["eye_in_hand_rgb"].mean() / 255 + len(o["language"]))
+        return (base[None, :] + 0.1 * np.arange(8)[:, None]).astype(np.float32)
+
+    def predict(self, obs, steps=2, churn=0.0):
+        rows = [{k: (v[b] if k != "language" else v[b]) for k, v in obs.items()} for b in range(len(obs["language"]))]
+        return np.stack([self.expected(r) for r in rows])
+
+
+class _SameNoisePolicy:
+    """The real policy with noise that is the same for every row of a batch (fresh per call).
+
+    torch.randn in policy.diffusion draws one row and repeats it, so a batched forward pass
+    must give each row exactly what the same observation gets alone.
+    """
+
+    def __init__(self, policy) -> None:
+        self.policy = policy
+
+    def predict(self, obs, steps=2, churn=0.0):
+        import types
+        from unittest import mock
+
+        import policy.diffusion as diffusion
+
+        gen = torch.Generator().manual_seed(0)
+
+        def randn(shape, *args, generator=None, **kwargs):
+            return torch.randn((1, *shape[1:]), *args, generator=gen, **kwargs).expand(*shape).clone()
+
+        proxy = types.SimpleNamespace(**{k: getattr(torch, k) for k in dir(torch) if not k.startswith("__")})
+        proxy.randn = randn
+        with mock.patch.object(diffusion, "torch", proxy):
+            return self.policy.predict(obs, steps=steps, churn=churn)
+
+
+def _together(port: int, observations: list[dict]) -> list[dict]:
+    """Each observation from its own client, all sent at once."""
+    clients = [PolicyClient("127.0.0.1", port) for _ in observations]
+    go, replies = threading.Barrier(len(clients)), [None] * len(clients)
+
+    def run(k: int) -> None:
+        go.wait()
+        replies[k] = clients[k].infer(observations[k])
+
+    threads = [threading.Thread(target=run, args=(k,)) for k in range(len(clients))]
+    [t.start() for t in threads]
+    [t.join(60) for t in threads]
+    [c.close() for c in clients]
+    return replies
+
+
+def test_each_client_in_a_batch_gets_its_own_actions():
+    srv = PolicyServer(_EchoPolicy(), port=0, batch_window_ms=300.0, window_backoff=0)
+    srv.start_in_thread()
+    try:
+        observations = [{**good_obs(seed=k), "language": "task " + "x" * k} for k in range(5)]
+        replies = _together(srv.port, observations)
+    finally:
+        srv.stop()
+    assert max(r["server_timing"]["batch_size"] for r in replies) > 1  # they did share a forward pass
+    for obs, reply in zip(observations, replies):
+        np.testing.assert_array_equal(reply["actions"], _EchoPolicy.expected(obs))
+
+
+def test_batched_actions_equal_unbatched_for_the_same_noise(policy):
+    trained_like = DiffusionPolicy(PolicyConfig(suites=("libero_object",), **TINY), language=policy.language)
+    gen = torch.Generator().manual_seed(3)
+    with torch.no_grad():  # freshly built nets ignore their conditioning (zero-initialised layers): perturb them
+        for p in trained_like.net.parameters():
+            p.add_(0.2 * torch.randn(p.shape, generator=gen))
+    same_noise = _SameNoisePolicy(trained_like)
+    srv = PolicyServer(same_noise, steps=2, port=0, batch_window_ms=300.0, window_backoff=0)
+    srv.start_in_thread()
+    try:
+        observations = [good_obs(seed=k) for k in range(4)]
+        replies = _together(srv.port, observations)
+    finally:
+        srv.stop()
+    assert max(r["server_timing"]["batch_size"] for r in replies) > 1
+    alone = [same_noise.predict({k: (np.stack([v]) if isinstance(v, np.ndarray) else [v]) for k, v in o.items()}, steps=2)[0]
+             for o in observations]
+    assert not np.allclose(alone[0], alone[1])  # different observations, different actions
+    for reply, expected in zip(replies, alone):
+        np.testing.assert_allclose(reply["actions"], expected, rtol=1e-4, atol=1e-5)
 
 
 @pytest.mark.parametrize("window_ms", [0.0, 400.0])
@@ -262,8 +679,8 @@ def test_action_chunker_hands_out_actions_in_order_and_prefetches():
     chunker = ActionChunker(_counting_infer(calls), execute=8, control_hz=20, lead=2)
     actions = [chunker.act({"t": t}) for t in range(16)]
     assert calls[:2] == [0, 5]  # the 2nd chunk was requested at tick 5, when 2 actions were left
-    np.testing.assert_array_equal(actions[0], np.arange(7) + 100)
-    np.testing.assert_array_equal(actions[8], np.arange(7) + 200)
+    chunk = np.arange(8 * 7, dtype=np.float32).reshape(8, 7)
+    np.testing.assert_array_equal(np.stack(actions), np.concatenate([chunk + 100, chunk + 200]))  # all 16, in order
     sync_calls: list[int] = []
     sync = ActionChunker(_counting_infer(sync_calls), execute=4, lead=0)
     [sync.act({"t": t}) for t in range(8)]
