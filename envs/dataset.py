@@ -40,6 +40,7 @@ from torch.utils.data import Dataset
 from tqdm import tqdm
 
 from envs.libero import process_observation
+from policy.utils import atomic_write
 
 CAMERA_KEYS = ("agentview_rgb", "eye_in_hand_rgb")
 OBS_SHAPES = {"joint_states": 7, "gripper_states": 2}
@@ -273,21 +274,21 @@ def write_demo_file(
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    with h5py.File(tmp, "w") as f:
-        data = f.create_group("data")
-        data.attrs["problem_info"] = json.dumps({"problem_name": problem_name, "language_instruction": language})
-        data.attrs["env_args"] = json.dumps({"env_name": problem_name, "type": 1})
-        data.attrs["bddl_file_name"] = f"{problem_name}.bddl"
-        for i, demo in enumerate(demos):
-            g = data.create_group(f"demo_{i}")
-            g.create_dataset("actions", data=np.asarray(demo["actions"], dtype=np.float64))
-            g.attrs["num_samples"] = len(demo["actions"])
-            obs = g.create_group("obs")
-            for key in (*CAMERA_KEYS, *OBS_SHAPES):
-                obs.create_dataset(key, data=demo[key])
-    tmp.replace(path)
-    return path
+    def write(tmp: str) -> None:
+        with h5py.File(tmp, "w") as f:
+            data = f.create_group("data")
+            data.attrs["problem_info"] = json.dumps({"problem_name": problem_name, "language_instruction": language})
+            data.attrs["env_args"] = json.dumps({"env_name": problem_name, "type": 1})
+            data.attrs["bddl_file_name"] = f"{problem_name}.bddl"
+            for i, demo in enumerate(demos):
+                g = data.create_group(f"demo_{i}")
+                g.create_dataset("actions", data=np.asarray(demo["actions"], dtype=np.float64))
+                g.attrs["num_samples"] = len(demo["actions"])
+                obs = g.create_group("obs")
+                for key in (*CAMERA_KEYS, *OBS_SHAPES):
+                    obs.create_dataset(key, data=demo[key])
+
+    return atomic_write(path, write)
 
 
 def write_synthetic_suite(folder: str | Path, n_tasks: int = 2, n_demos: int = 2, length: int = 20, size: int = 32, seed: int = 0) -> list[Path]:

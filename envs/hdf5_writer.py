@@ -16,18 +16,20 @@ Layout (as LIBERO's ``create_dataset.py`` writes it)::
     data/demo_N/obs/{joint_states (T,7), gripper_states (T,2), ee_pos (T,3), ee_ori (T,3),
                      ee_states (T,6)} float64
 
-Every file is written to ``<name>.tmp`` in the same folder and renamed into place.
+Every file is written to a temp file in the same folder and renamed into place
+(``policy.utils.atomic_write``).
 """
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
 import h5py
 import numpy as np
+
+from policy.utils import atomic_write
 
 OBS_KEYS = ("agentview_rgb", "eye_in_hand_rgb", "joint_states", "gripper_states", "ee_pos", "ee_ori", "ee_states")
 DEMO_KEYS = ("actions", "states", "robot_states", "rewards", "dones")
@@ -140,32 +142,36 @@ def _copy_demo(src: h5py.Group, dst_parent: h5py.Group, name: str) -> None:
 
 def write_task_file(path: str | Path, attrs: Mapping[str, Any], demos: Iterable[Demo | h5py.Group],
                     compress: bool = True) -> int:
-    """Write a complete task file atomically (``path.tmp`` then rename); returns the demo count.
+    """Write a complete task file atomically (temp file + rename); returns the demo count.
 
     ``demos`` may mix new :class:`Demo` objects and ``demo_N`` groups of open HDF5 files
     (copied as they are), so a rerun can extend an existing file without re-rendering it.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    total, n = 0, 0
-    with h5py.File(tmp, "w") as f:
-        data = f.create_group("data")
-        for k, v in attrs.items():
-            data.attrs[k] = v
-        for demo in demos:
-            name = f"demo_{n}"
-            if isinstance(demo, Demo):
-                _write_demo(data.create_group(name), demo, compress)
-                total += len(demo)
-            else:
-                _copy_demo(demo, data, name)
-                total += int(demo.attrs["num_samples"])
-            n += 1
-        data.attrs["total"] = total
-        data.attrs["num_demos"] = n
-    os.replace(tmp, path)
-    return n
+    count = [0]
+
+    def write(tmp: str) -> None:
+        total, n = 0, 0
+        with h5py.File(tmp, "w") as f:
+            data = f.create_group("data")
+            for k, v in attrs.items():
+                data.attrs[k] = v
+            for demo in demos:
+                name = f"demo_{n}"
+                if isinstance(demo, Demo):
+                    _write_demo(data.create_group(name), demo, compress)
+                    total += len(demo)
+                else:
+                    _copy_demo(demo, data, name)
+                    total += int(demo.attrs["num_samples"])
+                n += 1
+            data.attrs["total"] = total
+            data.attrs["num_demos"] = n
+        count[0] = n
+
+    atomic_write(path, write)
+    return count[0]
 
 
 def write_demo_shard(path: str | Path, demo: Demo, compress: bool = True) -> None:

@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import os
 import struct
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
+
+from policy.utils import atomic_write
 
 
 def row_ids(rows: np.ndarray) -> np.ndarray:
@@ -179,16 +180,8 @@ def read_mesh(path: str | os.PathLike) -> Mesh:
 def write_mesh(path: str | os.PathLike, mesh: Mesh) -> None:
     """Write a mesh atomically (temp file + rename) in the format named by the suffix."""
     p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=p.parent, suffix=p.suffix)
-    os.close(fd)
-    try:
-        _WRITERS[p.suffix.lower()](Path(tmp), mesh)
-        os.replace(tmp, p)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    writer = _WRITERS[p.suffix.lower()]
+    atomic_write(p, lambda tmp: writer(Path(tmp), mesh))
 
 MESH_SUFFIXES: tuple[str, ...] = tuple(_READERS)
 """File suffixes read_mesh and write_mesh handle."""

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import tempfile
 import warnings
 import xml.etree.ElementTree as ET
 from pathlib import Path
@@ -36,6 +35,7 @@ from typing import Any
 import numpy as np
 
 from envs.mesh_io import MESH_SUFFIXES, Mesh, read_mesh, row_ids, write_mesh
+from policy.utils import atomic_write
 
 __all__ = ["Mesh", "read_mesh", "write_mesh", "simplify_mesh", "simplify_scene_xml", "fast_render_env"]
 
@@ -165,16 +165,21 @@ def simplified_mesh_path(src: str, max_faces: int = DEFAULT_MAX_FACES, scale: st
         keep.parent.mkdir(parents=True, exist_ok=True)
         keep.write_text("fits the face budget, or no simplification within it\n")
         return src
-    fd, name = tempfile.mkstemp(dir=out.parent if out.parent.exists() else None, prefix=".check_", suffix=out.suffix)
-    os.close(fd)
-    tmp = Path(name)  # unique: parallel workers may build the same mesh at once
-    write_mesh(tmp, simple)
-    if not _mesh_compiles(tmp, scale):
-        tmp.unlink()
+    def write_checked(tmp: str) -> None:  # a unique temp name: parallel workers may build the same mesh
+        write_mesh(tmp, simple)
+        if not _mesh_compiles(Path(tmp), scale):
+            raise _Rejected
+
+    try:
+        atomic_write(out, write_checked)
+    except _Rejected:
         keep.write_text("MuJoCo rejected the simplified copy; the official mesh is used\n")
         return src
-    os.replace(tmp, out)
     return str(out)
+
+
+class _Rejected(Exception):
+    """MuJoCo does not compile the simplified copy of a mesh."""
 
 
 # ---------------------------------------------------------------------- the scene

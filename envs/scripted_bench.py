@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import multiprocessing as mp
-import os
 import tempfile
 import time
 from pathlib import Path
@@ -15,6 +14,7 @@ from tqdm import tqdm
 
 from envs.libero import TaskInfo, list_tasks
 from envs.scripted_demos import SEED_STRIDE, make_planning_env, plan_attempt
+from policy.utils import atomic_write_text
 
 BENCH_SEED_OFFSET = 500_000  # bench layouts differ from the generator's first seeds
 
@@ -88,9 +88,5 @@ def merge_results(path: Path, tasks: dict[str, dict] | None = None, rates: dict[
     data["tasks"].update(tasks or {})
     data["demos_per_hour"].update(rates or {})
     data["tasks"] = dict(sorted(data["tasks"].items()))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        json.dump(data, f, indent=1)
-    os.replace(tmp, path)
+    atomic_write_text(path, json.dumps(data, indent=1))
     return data

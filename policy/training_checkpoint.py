@@ -13,9 +13,7 @@ a half checkpoint; only the last ``keep`` checkpoints are kept.
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,7 +21,7 @@ import torch
 from safetensors.torch import load_file
 
 from policy.policy import load_state_strict
-from policy.utils import atomic_save_safetensors
+from policy.utils import atomic_dir, atomic_save_safetensors, atomic_write, atomic_write_json
 
 PREFIX = "step_"
 
@@ -53,24 +51,17 @@ def save_checkpoint(
     keep: int,
 ) -> Path:
     """Write checkpoint `step` atomically and prune to the last `keep`. Returns its folder."""
-    ckpt_dir.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=ckpt_dir, prefix=".tmp_"))
-    try:
+    final = ckpt_dir / f"{PREFIX}{step:08d}"
+    with atomic_dir(final) as tmp:
         atomic_save_safetensors(model.state_dict(), tmp / "model.safetensors")
         atomic_save_safetensors(ema_model.state_dict(), tmp / "ema.safetensors")
-        torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()}, tmp / "optimizer.pt")
+        atomic_write(tmp / "optimizer.pt",
+                     lambda f: torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()}, f))
         rng = {"torch_cpu": torch.get_rng_state()}
         if torch.cuda.is_available():
             rng.update({f"torch_cuda_{i}": s for i, s in enumerate(torch.cuda.get_rng_state_all())})
         atomic_save_safetensors(rng, tmp / "rng.safetensors")
-        (tmp / "trainer_state.json").write_text(json.dumps({"step": step, "format_version": 1}))
-        final = ckpt_dir / f"{PREFIX}{step:08d}"
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(tmp, final)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        atomic_write_json(tmp / "trainer_state.json", {"step": step, "format_version": 1})
     for old in list_checkpoints(ckpt_dir)[:-keep]:
         shutil.rmtree(old, ignore_errors=True)
     return final

@@ -1,34 +1,83 @@
 """Small shared helpers: atomic file writes (temp file in the same folder + rename).
 
 A crash or Ctrl-C never leaves a half-written file behind: readers see the old file or the
-new one.
+new one. Every file (and folder) written here gets the normal mode under the process's umask
+(0644 / 0755 with the usual 022), not the owner-only 0600 of ``tempfile.mkstemp``, so other
+users and containers can read checkpoints and results. This is the package's one atomic
+writer: write through it rather than by hand.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import tempfile
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
+if TYPE_CHECKING:  # torch is imported where it is used: simulator workers write files too
+    import torch
+
+
+def _umask() -> int:
+    """The process's umask, read without changing it where Linux tells it (os.umask can only
+    be read by setting it, which races with other threads)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except OSError:
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def file_mode() -> int:
+    """The normal mode of a new file under the current umask (0644 under 022)."""
+    return 0o666 & ~_umask()
 
 
 def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> Path:
-    """Call write(tmp_path) on a temp file next to path, then rename it onto path."""
+    """Call write(tmp_path) on a temp file next to path, then rename it onto path.
+
+    The temp file keeps path's suffix (``.<name>.XXXX.tmp<suffix>``) so writers that pick a
+    format by suffix (video, HDF5, meshes) work on it; it gets the normal file mode before the rename.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp" + path.suffix)
     os.close(fd)
     try:
         write(tmp)
+        os.chmod(tmp, file_mode())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+@contextmanager
+def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
+    """``with atomic_dir(final) as tmp:`` fill the temp folder ``tmp`` next to ``final``; on a
+    clean exit it gets the normal folder mode and replaces ``final`` (an old ``final`` is removed first), on
+    an error it is removed and ``final`` is left as it was."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"))
+    try:
+        yield tmp
+        os.chmod(tmp, 0o777 & ~_umask())
+        if path.exists():
+            shutil.rmtree(path)
+        os.replace(tmp, path)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:

@@ -12,9 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
-import tempfile
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -38,6 +36,7 @@ def main() -> int:
 
     torch.set_num_threads(args.threads)
 
+    from policy.utils import atomic_write_json
     from policy.training_bench import device_description, peak_memory_mb, predict_latency_ms, step_times
     from policy.training_config import compose_config, split_config
 
@@ -60,11 +59,7 @@ def main() -> int:
                   "iters": args.iters, "threads": args.threads, "memory": "CUDA: max_memory_allocated; CPU: 4 x parameter bytes (weights, grads, AdamW moments) + activations saved for backward"},
     }
     out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=out.parent, suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        json.dump(result, f, indent=2)
-    os.replace(tmp, out)
+    atomic_write_json(out, result)
     print(f"step mse {steps['mse']*1000:.0f} ms, energy m=16 {steps['energy_m16']*1000:.0f} ms "
           f"(x{result['ratio_energy_m16_over_mse']:.2f}); peak MB {mem['mse']:.0f} / {mem['energy_m16']:.0f}; "
           f"predict ms {', '.join(f'{k}:{v:.0f}' for k, v in pred.items())} -> {out}")
