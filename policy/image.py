@@ -33,7 +33,7 @@ from tqdm.auto import tqdm
 
 from policy.diffusion import diffusion_loss, sample
 from policy.nets.unet import UNet, UNetConfig
-from policy.optim import EMA
+from policy.optim import EMA, check_finite
 from policy.scoring import LossConfig
 from policy.utils import atomic_save_safetensors, atomic_write, atomic_write_text
 
@@ -58,6 +58,8 @@ class ImageData:
 
 def _from_uint8_or_unit(arr: np.ndarray, what: str) -> Tensor:
     """uint8 [0,255] or float [0,1] array (N,C,H,W) -> float32 tensor in [-1, 1]."""
+    if np.issubdtype(arr.dtype, np.floating) and not np.isfinite(arr).all():
+        raise ValueError(f"{what}: {int((~np.isfinite(arr)).sum())} pixel values are NaN or inf; fix or drop those images")
     if arr.dtype == np.uint8:
         x = torch.from_numpy(arr.astype(np.float32) / 255.0)
     elif np.issubdtype(arr.dtype, np.floating):
@@ -208,7 +210,8 @@ def train_image_model(
 
     Each step draws a batch x0 (B, C, H, W); the loss core draws t, x_t and the m noises
     xi (B, m, C, H, W) and scores the m samples. Returns (EMA copy of the model, the
-    per-step mean loss values).
+    per-step mean loss values). Raises policy.optim.NonFiniteError (one line naming the
+    step) when the loss or the gradient norm becomes NaN/inf.
     """
     if class_cond and data.labels is None:
         raise ValueError(f"dataset {data.name} has no labels; drop class conditioning or give labels")
@@ -227,11 +230,10 @@ def train_image_model(
         cond = data.labels[idx].to(device) if class_cond and data.labels is not None else None
         terms = diffusion_loss(model, x0, cond, loss, tuple(x0.shape[1:]), cfg.time_eps, cfg.weighting, cfg.weight_bias)  # type: ignore[arg-type]
         value = terms.loss.mean()
-        if not torch.isfinite(value):
-            raise FloatingPointError(f"{desc}: loss became {value.item()} at step {step}; lower --lr")
         opt.zero_grad(set_to_none=True)
         value.backward()
-        nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        grad_norm = nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        check_finite(value, step, grad_norm, desc)  # NonFiniteError: one line naming the step
         opt.step()
         sched.step()
         ema.update(model)

@@ -15,7 +15,7 @@ from tqdm import tqdm
 
 from policy.diffusion import diffusion_loss
 from policy.nets.mlp import MLPGenerator
-from policy.optim import EMA, cosine_warmup_scheduler
+from policy.optim import EMA, check_finite, cosine_warmup_scheduler
 from policy.scoring import LossConfig
 from policy.toy2d import model_mmd, noise_floor_mmd, posterior_std_metric, sample_model, sample_target
 
@@ -69,7 +69,11 @@ class Toy2DConfig:
 def train_generator(
     target: str, loss: LossConfig, cfg: Toy2DConfig, progress: bool = True, desc: str = ""
 ) -> tuple[MLPGenerator, list[dict[str, float]]]:
-    """Train an MLP generator on a 2D target; returns the EMA model and a loss history."""
+    """Train an MLP generator on a 2D target; returns the EMA model and a loss history.
+
+    Raises:
+        policy.optim.NonFiniteError: the loss or the gradient norm became NaN/inf (one line).
+    """
     torch.manual_seed(cfg.seed)
     model = MLPGenerator(2, cfg.noise_dim, cfg.hidden, cfg.depth)
     ema = EMA(model, cfg.ema_decay)
@@ -77,14 +81,16 @@ def train_generator(
     sched = cosine_warmup_scheduler(opt, cfg.steps, cfg.warmup_steps)
     data_gen = torch.Generator().manual_seed(cfg.seed + 1)
     history: list[dict[str, float]] = []
-    bar = tqdm(range(cfg.steps), desc=desc or f"{target}/{loss.kind}", disable=not progress, mininterval=1.0)
+    desc = desc or f"{target}/{loss.kind}"
+    bar = tqdm(range(cfg.steps), desc=desc, disable=not progress, mininterval=1.0)
     for step in bar:
         x0 = sample_target(target, cfg.batch_size, data_gen)
         terms = diffusion_loss(model, x0, None, loss, model.noise_shape, time_eps=cfg.time_eps)
         value = terms.loss.mean()
         opt.zero_grad(set_to_none=True)
         value.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        check_finite(value, step, grad_norm, desc)
         opt.step()
         sched.step()
         ema.update(model)

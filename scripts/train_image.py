@@ -7,6 +7,9 @@ step time for the classical loss and m = 2, 4, 8 measured round-robin in one run
 
   python scripts/train_image.py --quick                      # digits 16x16, CPU, ~10 min
   python scripts/train_image.py --config cifar10 --data DIR  # paper config (GPU)
+
+Results go to runs/image/ (ignored by git); --save-reference writes the committed
+benchmarks/results/image.json and benchmarks/results/image/*.png instead.
 """
 
 from __future__ import annotations
@@ -17,7 +20,6 @@ import json
 import os
 import platform
 import sys
-import tempfile
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -32,7 +34,11 @@ from policy.image import (  # noqa: E402
     measure_step_time, save_grid, save_image_model, train_image_model,
 )
 from policy.nets.unet import PAPER_CIFAR10, QUICK_DIGITS, UNet, count_parameters  # noqa: E402
+from policy.optim import NonFiniteError  # noqa: E402
 from policy.scoring import LossConfig  # noqa: E402
+from policy.utils import atomic_write_json  # noqa: E402
+
+REFERENCE_DIR = Path(__file__).resolve().parents[1] / "benchmarks" / "results"  # committed results
 
 PRESETS = {
     # digits: 16x16 grey, small U-Net; sized to run in ~10 minutes on 2 CPU cores
@@ -63,7 +69,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--churn", type=float, default=0.0, help="sampler churn in [0, 1]")
     p.add_argument("--inception-weights", help="local FID Inception weights (.pth/.safetensors); else classifier FD")
     p.add_argument("--timing-steps", type=int, default=10, help="timed steps per loss (0 skips timing)")
-    p.add_argument("--out", default="benchmarks/results", help="results dir (image.json, image/*.png)")
+    p.add_argument("--out", help="results dir for image.json and image/*.png (default: runs/image)")
+    p.add_argument("--save-reference", action="store_true", help="write the committed results in benchmarks/results/")
     p.add_argument("--run-dir", default="runs/image", help="where model checkpoints go")
     p.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -94,16 +101,11 @@ def machine_name(device: str) -> str:
     return f"{cpu}, {os.cpu_count()} cores (CPU)"
 
 
-def write_json_atomic(path: Path, data: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        json.dump(data, f, indent=2)
-    os.replace(tmp, path)
-
-
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.save_reference and args.out:
+        print("error: --save-reference writes into benchmarks/results/; drop --out (or drop --save-reference)", file=sys.stderr)
+        return 2
     name = "digits" if args.quick else args.config
     preset = PRESETS[name]
     torch.set_num_threads(args.threads)
@@ -117,7 +119,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     n_samples = args.n_samples or preset["n_samples"]
-    out, grids = Path(args.out), Path(args.out) / "image"
+    out = REFERENCE_DIR if args.save_reference else Path(args.out or "runs/image")
+    grids = out / "image"
     stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%d-%H%M%S")
     run_dir = Path(args.run_dir) / name / stamp
     t_start = time.time()
@@ -146,7 +149,11 @@ def main(argv: list[str] | None = None) -> int:
     for label, loss in (("energy", energy), ("mse", LossConfig(kind="mse", population=1))):
         torch.manual_seed(args.seed)  # identical initial weights for both models
         model = UNet(unet_cfg)
-        ema, hist = train_image_model(model, data, loss, train_cfg, device=args.device, desc=f"train {label}")
+        try:
+            ema, hist = train_image_model(model, data, loss, train_cfg, device=args.device, desc=f"train {label}")
+        except NonFiniteError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 1
         save_image_model(ema, run_dir / label, {"loss": loss.__dict__, "train": train_cfg.__dict__, "dataset": data.name})
         results[label] = []
         for nfe in args.nfe:
@@ -167,7 +174,7 @@ def main(argv: list[str] | None = None) -> int:
         doc["step_time_setup"] = f"{name} U-Net, batch {preset['timing_batch']}, device {args.device}, {args.threads} threads"
     doc["machine"] = machine_name(args.device)
     doc["date"] = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
-    write_json_atomic(json_path, doc)
+    atomic_write_json(json_path, doc)
     wins = [n for n, e, m in zip(args.nfe, results["energy"], results["mse"]) if e < m]
     print(f"done in {time.time() - t_start:.0f}s: energy beats mse at NFE {wins}; wrote {json_path} and {grids}/")
     return 0

@@ -3,10 +3,11 @@
 
 Trains both models on the same target with the same MLP, optimiser and budget, then
 reports MMD^2 (unbiased, RBF h=1, 4096 samples, averaged over repeats) at several NFE,
-and the posterior-std check on the mixture. Writes JSON and PNG plots.
+and the posterior-std check on the mixture. Writes JSON and PNG plots into runs/toy2d/<config>/
+(ignored by git); --save-reference writes the committed results in benchmarks/results/ instead.
 
   python scripts/train_toy2d.py --quick          # a few minutes on 2 CPU cores
-  python scripts/train_toy2d.py --config paper   # 100k steps, m=16 (the paper-size run)
+  python scripts/train_toy2d.py --config paper   # 100k steps, m=16 (the paper-size run, ~3 hours)
 """
 
 from __future__ import annotations
@@ -22,18 +23,22 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from policy.optim import NonFiniteError  # noqa: E402
 from policy.toy2d import TARGETS  # noqa: E402
 from policy.toy2d_train import Toy2DConfig, mmd_plot, run_experiment, scatter_grid  # noqa: E402
 from policy.utils import atomic_write_json  # noqa: E402
 
 CONFIGS = {"quick": Toy2DConfig.quick, "medium": Toy2DConfig.medium, "paper": Toy2DConfig.paper}
+REFERENCE_DIR = Path(__file__).resolve().parents[1] / "benchmarks" / "results"  # committed results
+CHOOSE_SIZE = ("error: choose a run size: --quick (~6 CPU-minutes), --config medium (~1 hour) or --config paper "
+               "(~3 hours); e.g. python scripts/train_toy2d.py --quick")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter,
                                 epilog="configs: quick (4k steps, m=8), medium (20k steps, m=8), paper (100k steps, m=16)")
     p.add_argument("--quick", action="store_true", help="shorthand for --config quick")
-    p.add_argument("--config", choices=sorted(CONFIGS), default="paper", help="experiment size (default: paper)")
+    p.add_argument("--config", choices=sorted(CONFIGS), default=None, help="experiment size (required unless --quick)")
     p.add_argument("--targets", default=None, help="comma list of targets (default: checkerboard,mixture)")
     p.add_argument("--steps", type=int, default=None, help="override the number of training steps")
     p.add_argument("--lam", type=float, default=None, help="override lambda of the energy loss")
@@ -42,7 +47,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--nfes", default=None, help="comma list of sampling steps to evaluate (default: the config's)")
     p.add_argument("--mmd-samples", type=int, default=None, help="samples per side for MMD^2 (default 4096)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", default=None, help="folder for JSON and PNGs (default: benchmarks/results/toy2d[_CONFIG])")
+    p.add_argument("--out", default=None, help="folder for toy2d.json and the PNGs (default: runs/toy2d/CONFIG[_OVERRIDES])")
+    p.add_argument("--save-reference", action="store_true",
+                   help="overwrite the committed results benchmarks/results/toy2d[_CONFIG].json and toy2d[_CONFIG]/")
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
     return p.parse_args(argv)
 
@@ -69,6 +76,12 @@ def merge_targets(path: Path, results: dict) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if not args.quick and args.config is None:
+        print(CHOOSE_SIZE, file=sys.stderr)
+        return 2
+    if args.save_reference and args.out:
+        print("error: --save-reference writes into benchmarks/results/; drop --out (or drop --save-reference)", file=sys.stderr)
+        return 2
     name = "quick" if args.quick else args.config
     cfg = CONFIGS[name]()
     overrides = {k: v for k, v in {"steps": args.steps, "lam": args.lam, "beta": args.beta,
@@ -94,21 +107,31 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    # --targets and --seed keep the paper config's name, so one run per target (e.g. on two
-    # cores) fills the same results file: targets already in it are kept (merged below).
-    suffix = "" if name == "paper" and not overrides.keys() - {"seed", "targets"} else f"_{name}"
-    out = Path(args.out or f"benchmarks/results/toy2d{suffix}")
+    if args.save_reference:
+        # --targets and --seed keep the paper config's name, so one run per target (e.g. on two
+        # cores) fills the same results file: targets already in it are kept (merged below).
+        suffix = "" if name == "paper" and not overrides.keys() - {"seed", "targets"} else f"_{name}"
+        out = REFERENCE_DIR / f"toy2d{suffix}"
+        json_path = REFERENCE_DIR / f"toy2d{suffix}.json"
+    else:  # one folder per config and overrides, so an experiment never overwrites another run
+        tag = "".join(f"_{k}{'-'.join(map(str, v)) if isinstance(v, tuple) else v}" for k, v in sorted(overrides.items())
+                      if k != "targets" and not (k == "seed" and v == 0))
+        out = Path(args.out or f"runs/toy2d/{name}{tag}")
+        json_path = out / "toy2d.json"
     out.mkdir(parents=True, exist_ok=True)
 
     models: dict[str, dict] = {}
     t0 = time.perf_counter()
-    results = run_experiment(cfg, progress=not args.no_progress,
-                             on_model=lambda target, model_name, model: models.setdefault(target, {}).__setitem__(model_name, model))
+    try:
+        results = run_experiment(cfg, progress=not args.no_progress,
+                                 on_model=lambda target, model_name, model: models.setdefault(target, {}).__setitem__(model_name, model))
+    except NonFiniteError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
     results["machine"] = f"{platform.node() or 'cpu'}: {os.cpu_count()} CPU cores, {platform.processor() or platform.machine()}"
     results["date"] = time.strftime("%Y-%m-%d")
     results["wall_time_s"] = round(time.perf_counter() - t0, 1)
     results["wall_time_s_by_target"] = {t: results["wall_time_s"] for t in cfg.targets}
-    json_path = out.parent / f"{out.name}.json" if args.out is None else out / "toy2d.json"
     results = merge_targets(json_path, results)
     atomic_write_json(json_path, results)
     mmd_plot(results, str(out / "mmd_vs_nfe.png"))

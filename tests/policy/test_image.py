@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import json
 import re
 import subprocess
 import sys
@@ -209,3 +210,35 @@ def test_script_help_and_bad_input_exit_nonzero() -> None:
     with pytest.raises(SystemExit, match="--data"):
         mod.main(["--config", "cifar10"])
     assert mod.main(["--data", "/nonexistent/x.npz", "--threads", "1"]) == 2
+
+
+def test_script_writes_runs_by_default_and_the_reference_only_when_asked(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    spec = importlib.util.spec_from_file_location("train_image_out", ROOT / "scripts" / "train_image.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    reference = tmp_path / "reference"
+    monkeypatch.setattr(mod, "REFERENCE_DIR", reference)  # stands in for the committed benchmarks/results
+    monkeypatch.chdir(tmp_path)
+    digits = image.load_digits(8)
+    small = image.ImageData("digits", digits.images[:32], digits.labels[:32], 10)
+    # training, sampling and the metric are tested elsewhere: stand-ins keep this about where files go
+    monkeypatch.setattr(mod, "load_data", lambda args, name: small)
+    monkeypatch.setitem(mod.PRESETS, "digits", {**mod.PRESETS["digits"], "unet": TINY})
+    monkeypatch.setattr(mod.frechet, "train_classifier_features", lambda *a, **k: (torch.nn.Flatten(), 1.0))
+    monkeypatch.setattr(mod.frechet, "extract_features", lambda net, x, device="cpu": np.random.default_rng(len(x)).normal(size=(len(x), 4)))
+    monkeypatch.setattr(mod, "train_image_model", lambda model, *a, **k: (model, [1.0]))
+    monkeypatch.setattr(mod, "generate", lambda model, n, *a, **k: torch.rand(n, 1, 8, 8) * 2 - 1)
+    written = []
+    real_write = mod.atomic_write_json  # the shared atomic helper, not a hand-written temp file + rename
+    monkeypatch.setattr(mod, "atomic_write_json", lambda path, obj: written.append(Path(path)) or real_write(path, obj))
+    args = ["--quick", "--threads", "1", "--timing-steps", "0", "--nfe", "1", "--n-samples", "16"]
+    assert mod.main(args) == 0
+    doc = json.loads((tmp_path / "runs" / "image" / "image.json").read_text())
+    assert doc["digits"]["nfe"] == [1] and (tmp_path / "runs" / "image" / "image" / "digits_energy_nfe1.png").is_file()
+    assert written == [Path("runs/image/image.json")]
+    assert not reference.exists() and not (tmp_path / "benchmarks").exists()
+    assert mod.main([*args, "--save-reference"]) == 0
+    assert json.loads((reference / "image.json").read_text())["digits"]["nfe"] == [1]
+    assert (reference / "image" / "digits_mse_nfe1.png").is_file() and written[-1] == reference / "image.json"
+    assert mod.main([*args, "--save-reference", "--out", str(tmp_path / "x")]) == 2
+    assert "tempfile" not in (ROOT / "scripts" / "train_image.py").read_text()

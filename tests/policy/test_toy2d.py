@@ -1,6 +1,7 @@
 """2D targets, closed-form posterior, exact denoisers through the sampler, training, script."""
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -105,7 +106,7 @@ def test_short_training_learns_a_spread_with_energy_and_a_mean_with_mse():
     assert e["model"][0] > 1.0 and e["model"][0] > 3 * m["model"][0]
 
 
-def test_train_toy2d_script_writes_results_and_plots(tmp_path):
+def _toy2d_script():
     import importlib.util
     from pathlib import Path
 
@@ -113,6 +114,11 @@ def test_train_toy2d_script_writes_results_and_plots(tmp_path):
     spec = importlib.util.spec_from_file_location("train_toy2d", path)
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
+    return mod
+
+
+def test_train_toy2d_script_writes_results_and_plots(tmp_path):
+    mod = _toy2d_script()
     rc = mod.main(["--quick", "--steps", "20", "--targets", "mixture", "--nfes", "1,2", "--mmd-samples", "256",
                    "--out", str(tmp_path), "--no-progress"])
     assert rc == 0
@@ -121,5 +127,58 @@ def test_train_toy2d_script_writes_results_and_plots(tmp_path):
     assert "posterior_std" in res["mixture"]
     assert (tmp_path / "mmd_vs_nfe.png").stat().st_size > 1000
     assert (tmp_path / "samples_mixture.png").stat().st_size > 1000
-    assert mod.main(["--targets", "moons", "--out", str(tmp_path)]) == 2
-    assert mod.main(["--nfes", "0,x", "--out", str(tmp_path)]) == 2
+    assert mod.main(["--quick", "--targets", "moons", "--out", str(tmp_path)]) == 2
+    assert mod.main(["--quick", "--nfes", "0,x", "--out", str(tmp_path)]) == 2
+
+
+def test_train_toy2d_script_needs_a_size_and_never_starts_the_paper_run_by_default(monkeypatch, capsys):
+    mod = _toy2d_script()
+
+    def must_not_train(*a, **k):
+        raise AssertionError("a run started without --quick or --config")
+
+    monkeypatch.setattr(mod, "run_experiment", must_not_train)
+    for argv in ([], ["--targets", "mixture"], ["--seed", "3"]):
+        assert mod.main(argv) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and "--quick" in err and "--config paper" in err, err
+
+
+def test_train_toy2d_script_writes_runs_by_default_and_the_reference_only_when_asked(tmp_path, monkeypatch):
+    mod = _toy2d_script()
+    reference = tmp_path / "reference"
+    monkeypatch.setattr(mod, "REFERENCE_DIR", reference)  # stands in for the committed benchmarks/results
+    monkeypatch.chdir(tmp_path)
+
+    def fake_run(cfg, progress=True, on_model=None):
+        res = {"nfe": list(cfg.nfes), "energy": [1e-3] * len(cfg.nfes), "mse": [1e-2] * len(cfg.nfes), "noise_floor": 0.0}
+        return {"config": {"targets": list(cfg.targets), "steps": cfg.steps}, **{t: res for t in cfg.targets}}
+
+    monkeypatch.setattr(mod, "run_experiment", fake_run)
+    monkeypatch.setattr(mod, "mmd_plot", lambda results, path: Path(path).write_bytes(b"png"))
+    args = ["--targets", "mixture", "--nfes", "1,2", "--no-progress"]
+    runs = tmp_path / "runs" / "toy2d"
+    assert mod.main(["--quick", "--targets", "mixture", "--no-progress"]) == 0
+    assert json.loads((runs / "quick" / "toy2d.json").read_text())["mixture"]["nfe"] == [1, 2, 5, 10, 50, 100]
+    assert (runs / "quick" / "mmd_vs_nfe.png").is_file()
+    assert not reference.exists() and not (tmp_path / "benchmarks").exists()
+    # overrides get their own folder: an experiment does not overwrite the plain run
+    assert mod.main(["--config", "paper", "--steps", "7", "--seed", "2", *args]) == 0
+    assert json.loads((runs / "paper_nfes1-2_seed2_steps7" / "toy2d.json").read_text())["config"]["steps"] == 7
+    assert sorted(p.name for p in runs.iterdir()) == ["paper_nfes1-2_seed2_steps7", "quick"] and not reference.exists()
+    # the committed layout, only with --save-reference: toy2d[_CONFIG].json beside toy2d[_CONFIG]/
+    assert mod.main(["--quick", "--save-reference", *args]) == 0
+    assert (reference / "toy2d_quick.json").is_file() and (reference / "toy2d_quick" / "mmd_vs_nfe.png").is_file()
+    assert mod.main(["--config", "paper", "--save-reference", "--targets", "mixture", "--no-progress"]) == 0
+    assert (reference / "toy2d.json").is_file() and (reference / "toy2d" / "mmd_vs_nfe.png").is_file()
+    assert mod.main(["--quick", "--save-reference", "--out", str(tmp_path / "x"), *args]) == 2
+
+
+def test_readme_toy2d_commands_name_a_size():
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    commands = [line for line in readme.splitlines() if line.startswith("python scripts/train_toy2d.py")]
+    assert commands
+    for line in commands:
+        assert "--quick" in line or "--config" in line, line
