@@ -50,3 +50,32 @@ class EMA:
 
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
         self.model.load_state_dict(state)
+
+
+class NonFiniteError(ValueError):
+    """A training step met a NaN or inf loss or gradient norm; the message is one line."""
+
+
+def check_finite(loss: torch.Tensor, step: int, grad_norm: torch.Tensor | float | None = None, label: str = "training") -> None:
+    """Stop training when the loss or the gradient norm is NaN or inf (shared by every loop).
+
+    Call it after ``clip_grad_norm_`` (whose return value is ``grad_norm``) and before
+    ``optimizer.step()``, so no non-finite value reaches the weights. Both values are tested
+    in one ``torch.isfinite``: one host sync per step on a GPU.
+
+    Raises:
+        NonFiniteError: ``"<label>: step <step>: the loss is nan ..."`` or
+            ``"... the gradient norm is inf ..."``, one line.
+    """
+    values = loss.detach().float().reshape(-1)
+    if grad_norm is not None:
+        values = torch.cat([values, torch.as_tensor(grad_norm, dtype=torch.float32, device=values.device).reshape(1)])
+    if bool(torch.isfinite(values).all()):
+        return
+    loss_value = float(values[: loss.numel()].sum())
+    if not math.isfinite(loss_value):
+        what = f"the loss is {loss_value}"
+    else:
+        what = f"the gradient norm is {float(values[-1])} (loss {loss_value:.4g})"
+    raise NonFiniteError(f"{label}: step {step}: {what}; look for NaN/inf in the data, targets or loss weights, "
+                         "or lower the learning rate")

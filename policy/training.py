@@ -34,10 +34,11 @@ from policy.config import PolicyConfig, TrainConfig
 from policy.diffusion import Weighting
 from policy.model import PolicyNetwork
 from policy.nets.language import LanguageEncoder
-from policy.optim import EMA, cosine_warmup_scheduler
+from policy.optim import EMA, NonFiniteError, check_finite, cosine_warmup_scheduler
 from policy.policy import DiffusionPolicy
 from policy.scoring import LossConfig, median_bandwidth
 from policy.training_checkpoint import list_checkpoints, load_checkpoint, save_checkpoint
+from policy.training_config import link_latest
 from policy.utils import atomic_write_text
 
 EvalFn = Callable[[DiffusionPolicy, int], dict[str, float]]
@@ -115,6 +116,7 @@ def train(
     bandwidth_multiplier: float = 1.0,
     language: LanguageEncoder | None = None,
     stop_after: int | None = None,
+    latest_in: str | Path | None = None,
 ) -> TrainResult:
     """Train the policy and export the EMA weights to ``run_dir/policy``.
 
@@ -126,6 +128,8 @@ def train(
         language: a LanguageEncoder to reuse (default: load policy_cfg.language_model).
         stop_after: end this invocation after that step (checkpointing it), e.g. for
             time-limited jobs; the schedule still spans train_cfg.steps.
+        latest_in: a runs root whose ``latest`` link is pointed at run_dir once run_dir holds
+            a checkpoint (so a run that fails at start never becomes ``latest``).
     """
     rank, world, local_rank = _dist_info()
     if world > 1 and not dist.is_initialized():
@@ -185,6 +189,11 @@ def train(
             opt.zero_grad(set_to_none=True)
             loss_value.backward()
             grad_norm = torch.nn.utils.clip_grad_norm_(net.parameters(), train_cfg.grad_clip if train_cfg.grad_clip > 0 else float("inf"))
+            try:  # before opt.step: NaN/inf never reaches the weights
+                check_finite(loss_value, step + 1, grad_norm)
+            except NonFiniteError:  # a ValueError whose one-line message the script prints
+                bar.close()  # so that line does not share the progress bar's line
+                raise
             opt.step()
             sched.step()
             ema.update(net)
@@ -207,6 +216,8 @@ def train(
                 if main:
                     save_checkpoint(ckpt_dir, step, net, ema.model, opt, sched, train_cfg.keep_checkpoints)
                     ema_policy.save_pretrained(run_dir / "policy", step=step)
+                    if latest_in is not None:
+                        link_latest(Path(latest_in), run_dir)
             if eval_fn is not None and main and train_cfg.eval_every and step % train_cfg.eval_every == 0:
                 results = eval_fn(ema_policy, step)
                 if logger is not None:
@@ -255,7 +266,13 @@ class _Logger:
         if main and mode != "disabled":
             import wandb  # lazy: slow import, and not needed when disabled
 
-            self.wandb = wandb.init(project=cfg.wandb_project, dir=str(run_dir), mode=mode, config=wandb_config or {}, name=run_dir.name)
+            try:
+                self.wandb = wandb.init(project=cfg.wandb_project, dir=str(run_dir), mode=mode, config=wandb_config or {},
+                                        name=run_dir.name)
+            except wandb.errors.Error as exc:  # e.g. online without an API key
+                reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+                raise ValueError(f"wandb could not start in {mode} mode: {reason} "
+                                 "(log in with `wandb login`, or pass train.wandb_mode=offline or disabled)") from None
 
     def log(self, step: int, values: dict[str, float]) -> None:
         self.file.write(json.dumps({"step": step, **values}) + "\n")

@@ -64,7 +64,8 @@ def data_dirs(cfg: DictConfig, root: str | Path = ".") -> list[Path]:
 
 
 def make_run_dir(runs_root: str | Path, suite: str) -> Path:
-    """Create runs/<suite>/<timestamp>/ and atomically point runs/latest at it."""
+    """Create runs/<suite>/<timestamp>/ (``train(latest_in=runs_root)`` points runs/latest at
+    it once it holds a checkpoint)."""
     root = Path(runs_root)
     stamp = time.strftime("%Y-%m-%d_%H-%M-%S")
     run = root / suite / stamp
@@ -73,7 +74,6 @@ def make_run_dir(runs_root: str | Path, suite: str) -> Path:
         run = root / suite / f"{stamp}_{n}"
         n += 1
     run.mkdir(parents=True)
-    link_latest(root, run)
     return run
 
 

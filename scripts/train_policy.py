@@ -9,7 +9,8 @@
 Groups: suite={libero_10,libero_goal,libero_object,libero_spatial,libero_90,libero_4}
         loss={energy,mse,kernel_rbf,kernel_imq,kernel_exp}  model={small,paper}
 Keys:   train.steps, train.batch_size, train.lr, train.eval_every, train.wandb_mode, ...
-        (see configs/train_policy.yaml). Output: runs/<suite>/<timestamp>/ + runs/latest.
+        (see configs/train_policy.yaml). Output: runs/<suite>/<timestamp>/; runs/latest points
+        at it from its first checkpoint on.
 """
 
 from __future__ import annotations
@@ -64,6 +65,7 @@ def main(argv: list[str]) -> int:
     except (ValueError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    latest_in = None  # a new run under runs_root becomes runs/latest at its first checkpoint
     if cfg.resume:
         run_dir = resume_run_dir(cfg)
     elif cfg.run_dir:
@@ -71,6 +73,7 @@ def main(argv: list[str]) -> int:
         run_dir.mkdir(parents=True, exist_ok=True)
     elif rank == 0:
         run_dir = make_run_dir(cfg.runs_root, cfg.suite.name)
+        latest_in = cfg.runs_root
     else:
         run_dir = Path(cfg.runs_root) / "latest"  # rank 0 created it; wait below
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
@@ -86,7 +89,8 @@ def main(argv: list[str]) -> int:
     print(f"{len(dataset)} samples from {len(dataset.files)} files, {len(dataset.instructions)} tasks -> {run_dir}", file=sys.stderr)
     try:
         result = train(policy_cfg, train_cfg, loss_cfg, dataset, run_dir, bool(cfg.resume), eval_fn,
-                       wandb_config=OmegaConf.to_container(cfg, resolve=True), bandwidth=bandwidth, bandwidth_multiplier=multiplier)
+                       wandb_config=OmegaConf.to_container(cfg, resolve=True), bandwidth=bandwidth, bandwidth_multiplier=multiplier,
+                       latest_in=latest_in)
     except (ValueError, FileNotFoundError, DatasetError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

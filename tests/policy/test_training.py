@@ -144,6 +144,24 @@ def test_script_run_layout_and_missing_data(tmp_path: Path, synthetic_suite: Pat
     for name in ("config.yaml", "metrics.jsonl", "policy/config.json", "policy/model.safetensors", "checkpoints/step_00000003"):
         assert (latest / name).exists(), name
     assert DiffusionPolicy.from_pretrained(latest).config.suites == ("libero_10",)
+    mask = os.umask(0o022)
+    os.umask(mask)  # checkpoints and the exported policy are readable under the umask, not 0600
+    for name in ("checkpoints/step_00000003/model.safetensors", "checkpoints/step_00000003/optimizer.pt",
+                 "checkpoints/step_00000003/trainer_state.json", "policy/model.safetensors", "policy/config.json"):
+        assert (latest / name).stat().st_mode & 0o777 == 0o666 & ~mask, name
+    assert (latest / "checkpoints/step_00000003").stat().st_mode & 0o777 == 0o777 & ~mask
+    assert json.loads((latest / "policy/config.json").read_text())["train_step"] == 3
+    # a run that fails at start (wandb online without a key) says so in one line and leaves runs/latest alone
+    good = latest.resolve()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_")}
+    failed = subprocess.run([sys.executable, str(REPO / "scripts" / "train_policy.py"), "suite=libero_10",
+                             f"suite.data_dirs=[{synthetic_suite}]", *TINY_OVERRIDES, "train.wandb_mode=online",
+                             "train.steps=3"], cwd=tmp_path, capture_output=True, text=True, timeout=300,
+                            env={**env, "OMP_NUM_THREADS": "1", "WANDB_API_KEY": "", "HOME": str(tmp_path)},
+                            stdin=subprocess.DEVNULL)
+    assert failed.returncode != 0 and "Traceback" not in failed.stderr, failed.stderr[-2000:]
+    assert "error: wandb could not start in online mode" in failed.stderr and "train.wandb_mode=offline" in failed.stderr
+    assert latest.resolve() == good
     # resume=true continues runs/latest with its own config; group changes are refused
     refused = _script("resume=true", "loss=mse", cwd=tmp_path)
     assert refused.returncode != 0 and "keeps the run's suite/loss/model" in refused.stderr
