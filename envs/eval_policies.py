@@ -108,3 +108,33 @@ def load_policy(spec: str, checkpoint: str | None = None, device: str = "cpu") -
     from policy.policy import DiffusionPolicy  # lazy: torch only when a trained model is evaluated
 
     return DiffusionPolicy.from_pretrained(path, device=device)
+
+
+def policy_producer(spec: str, checkpoint: str | None = None) -> dict[str, Any]:
+    """What makes the actions of the policy ``spec`` names (recorded by every evaluation folder
+    and checked on resume, see :func:`envs.eval_results.check_resume_record`): the weights'
+    identity of a checkpoint (train_step, sha256 of model.safetensors), the sha256 of a replay
+    file, or ``{"kind": "noop"}``."""
+    from envs.eval_results import file_sha256, weights_identity
+
+    if spec == "noop":
+        return {"kind": "noop"}
+    if spec.startswith("replay:"):
+        path = Path(spec.split(":", 1)[1])
+        if not path.is_file():
+            raise FileNotFoundError(f"replay file {path} does not exist; pass --policy replay:<path to a LIBERO .hdf5>")
+        return {"kind": "replay", "path": str(path.resolve()), "sha256": file_sha256(path)}
+    if spec != "checkpoint":
+        raise ValueError(f"unknown policy {spec!r}; use checkpoint (default), noop or replay:<hdf5>")
+    return weights_identity(resolve_checkpoint(checkpoint))
+
+
+def load_policy_and_producer(spec: str, checkpoint: str | None = None, device: str = "cpu") -> tuple[Any, dict[str, Any]]:
+    """:func:`load_policy` and :func:`policy_producer` of the loaded weights; one-line
+    ValueError when the files changed while they were loaded (a training run writing them)."""
+    before = policy_producer(spec, checkpoint)
+    policy = load_policy(spec, checkpoint, device)
+    if policy_producer(spec, checkpoint) != before:
+        where = resolve_checkpoint(checkpoint) if spec == "checkpoint" else spec.split(":", 1)[1]
+        raise ValueError(f"{where} changed while it was being loaded (a training run is writing it); rerun the command")
+    return policy, before

@@ -1,15 +1,19 @@
-"""Evaluation bookkeeping: the episode JSONL log (append + resume), success rates with
-95% Wilson intervals, the results JSON, the markdown table and the plots."""
+"""Evaluation bookkeeping: the episode JSONL log (append + resume), the record of what
+produced a result folder (``eval_config.json``: the weights' identity, steps, churn and
+protocol; checked on every resume and by the study's aggregation), success rates with 95%
+Wilson intervals, the results JSON, the markdown table and the plots."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
 import statistics
-import tempfile
 from pathlib import Path
 from typing import Any, Iterable
+
+from policy.utils import atomic_write, atomic_write_text
 
 EPISODES_FILE = "episodes.jsonl"
 RESULTS_JSON = "results.json"
@@ -28,20 +32,105 @@ def wilson_interval(successes: int, n: int, z: float = 1.959963984540054) -> tup
     return max(0.0, centre - half), min(1.0, centre + half)
 
 
-def atomic_write_text(path: str | os.PathLike, text: str) -> None:
-    """Write text to ``path`` through a temp file in the same folder and a rename."""
-    p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=p.parent, prefix=f".{p.name}.")
+RUN_CONFIG_FILE = "eval_config.json"  # the record of what produced a result folder
+PROTOCOL_KEYS = ("steps", "churn", "replan_every", "resolution", "fast_render", "max_steps", "wait_steps")
+"""How the episodes of a folder were run: must match on resume and across the cells of a study."""
+RESUME_KEYS = (*PROTOCOL_KEYS, "seed", "policy", "producer")
+"""What must match for a rerun to add episodes to a folder (``producer``: what made the actions)."""
+
+
+def file_sha256(path: str | os.PathLike, block: int = 1 << 20) -> str:
+    """sha256 of a file's bytes, read in 1 MiB blocks (weights files may be large)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(block):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def weights_identity(policy_dir: str | os.PathLike) -> dict[str, Any]:
+    """What produced a trained policy's actions: ``{"kind": "checkpoint", "path", "train_step",
+    "weights_sha256"}`` of a pretrained policy dir (config.json + model.safetensors) or a
+    training run dir (its ``policy/``). ``train_step`` is config.json's ``train_step`` (None for
+    checkpoints saved before it was recorded); the hash is over model.safetensors' bytes."""
+    root = Path(policy_dir)
+    if not (root / "model.safetensors").is_file() and (root / "policy" / "model.safetensors").is_file():
+        root = root / "policy"
+    weights = root / "model.safetensors"
+    if not weights.is_file():
+        raise FileNotFoundError(f"{policy_dir}: no model.safetensors (need a pretrained policy dir or a run dir with policy/)")
+    step = None
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, p)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+        step = json.loads((root / "config.json").read_text()).get("train_step")
+    except (OSError, ValueError, AttributeError):
+        pass
+    return {"kind": "checkpoint", "path": str(root.resolve()), "train_step": None if step is None else int(step),
+            "weights_sha256": file_sha256(weights)}
+
+
+def describe_producer(producer: dict[str, Any] | None) -> str:
+    """``checkpoint step 300, weights sha256 1a2b3c4d5e6f`` and the like, for one-line messages."""
+    if not producer:
+        return "an unrecorded policy"
+    if producer.get("kind") == "checkpoint":
+        step = producer.get("train_step")
+        return (f"checkpoint {'step ' + str(step) if step is not None else 'of unrecorded step'}, "
+                f"weights sha256 {str(producer.get('weights_sha256'))[:12]}")
+    extra = f", sha256 {str(producer['sha256'])[:12]}" if producer.get("sha256") else ""
+    return f"{producer.get('kind', 'policy')} {producer.get('path', '')}".strip() + extra
+
+
+def read_run_record(folder: str | os.PathLike) -> dict[str, Any] | None:
+    """The folder's ``eval_config.json`` (None when it has none); one-line ValueError if unreadable."""
+    path = Path(folder) / RUN_CONFIG_FILE
+    if not path.is_file():
+        return None
+    try:
+        rec = json.loads(path.read_text(encoding="utf-8"))
+    except ValueError:
+        raise ValueError(f"{path} is not valid JSON; delete {folder} to start that evaluation afresh") from None
+    if not isinstance(rec, dict):
+        raise ValueError(f"{path} is not an evaluation record; delete {folder} to start that evaluation afresh")
+    return rec
+
+
+def same_producer(a: dict[str, Any] | None, b: dict[str, Any] | None) -> bool:
+    """Two producers are the same when all but their ``path`` agree (a moved checkpoint is the same one)."""
+    return {k: v for k, v in (a or {}).items() if k != "path"} == {k: v for k, v in (b or {}).items() if k != "path"}
+
+
+def differing_keys(old: dict[str, Any], now: dict[str, Any], keys: Iterable[str]) -> list[str]:
+    """The keys whose recorded value in ``old`` differs from ``now`` (a key the record lacks
+    counts as differing: the record cannot vouch for it; producers compare by :func:`same_producer`)."""
+    return [k for k in keys if k not in old or
+            (not same_producer(old[k], now.get(k)) if k == "producer" else old[k] != now.get(k))]
+
+
+def record_differences(old: dict[str, Any], now: dict[str, Any], keys: Iterable[str]) -> list[str]:
+    """``["steps=2 (now 4)", ...]`` for the :func:`differing_keys`."""
+    out = []
+    for k in differing_keys(old, now, keys):
+        if k == "producer":
+            out.append(f"the actions of {describe_producer(old.get(k))} (now {describe_producer(now.get(k))})")
+        else:
+            was = repr(old[k]) if k in old else "unrecorded"
+            out.append(f"{k}={was} (now {now.get(k)!r})")
+    return out
+
+
+def check_resume_record(folder: str | os.PathLike, now: dict[str, Any], has_episodes: bool) -> None:
+    """Refuse to add episodes to ``folder`` when they would be mixed with episodes made
+    otherwise: ``now`` (the run's :data:`RESUME_KEYS`) against the folder's record. One-line
+    ValueError naming the folder, what differs and the fix; a folder without episodes is free."""
+    if not has_episodes:
+        return
+    old = read_run_record(folder)
+    if old is None:
+        raise ValueError(f"{folder} holds episodes but no {RUN_CONFIG_FILE} saying what made them; "
+                         f"use a new --out or delete {folder}")
+    diff = record_differences(old, now, RESUME_KEYS)
+    if diff:
+        raise ValueError(f"{folder} holds episodes made with {'; '.join(diff)}; use a new --out or delete {folder}")
 
 
 def append_episode(path: str | os.PathLike, record: dict[str, Any]) -> None:
@@ -257,12 +346,10 @@ def save_figure(fig: Any, path: str | os.PathLike, dpi: int = 120) -> None:
     """Save a matplotlib figure atomically (temp file + rename) and close it."""
     import matplotlib.pyplot as plt
 
-    p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    tmp = p.with_name(f".{p.stem}.tmp{p.suffix}")
-    fig.savefig(tmp, dpi=dpi)
-    plt.close(fig)
-    os.replace(tmp, p)
+    try:
+        atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=dpi, format=Path(path).suffix.lstrip(".") or None))
+    finally:
+        plt.close(fig)
 
 
 def write_results(out_dir: str | os.PathLike, summary: dict[str, Any], title: str = "") -> None:

@@ -15,7 +15,6 @@ recorded, and the worker drops its environment (it may be broken) and carries on
 
 from __future__ import annotations
 
-import os
 import time
 import traceback
 from dataclasses import dataclass
@@ -90,16 +89,18 @@ class _Episode:
 
 
 def write_video(path: str, frames: list[np.ndarray], fps: int = 20) -> None:
-    """Write (H, W, 3) uint8 frames to an mp4 (imageio-ffmpeg), atomically."""
+    """Write (H, W, 3) uint8 frames to an mp4 (imageio-ffmpeg), atomically (the temp file
+    of :func:`policy.utils.atomic_write` keeps the .mp4 suffix the writer picks the format by)."""
     import imageio.v2 as imageio
 
-    p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    tmp = p.with_name(p.stem + ".tmp.mp4")
-    with imageio.get_writer(tmp, fps=fps, codec="libx264", quality=7, macro_block_size=1) as w:
-        for f in frames:
-            w.append_data(f)
-    os.replace(tmp, p)
+    from policy.utils import atomic_write  # here, not at the top: a worker imports torch only to write a video
+
+    def write(tmp: str) -> None:
+        with imageio.get_writer(tmp, fps=fps, codec="libx264", quality=7, macro_block_size=1) as w:
+            for f in frames:
+                w.append_data(f)
+
+    atomic_write(path, write)
 
 
 def worker_main(conn: Connection, resolution: int, fast_render: bool) -> None:

@@ -15,7 +15,10 @@ has reported, then serves all workers waiting for a chunk with ONE
 ``policy.predict`` call; workers busy resetting do not hold the batch back. A
 worker that dies or hangs is restarted and its episode counted as failed with the
 reason. Every finished episode is appended to ``<out>/episodes.jsonl`` at once; a
-rerun with the same ``out`` resumes and skips finished episodes.
+rerun with the same ``out`` resumes and skips finished episodes. ``<out>/eval_config.json``
+records what made the episodes (``EvalConfig.producer``: the weights' identity, see
+:func:`envs.eval_results.weights_identity`; steps, churn, protocol, seed): a rerun that
+differs in any of them is refused, never mixed in.
 """
 
 from __future__ import annotations
@@ -30,14 +33,11 @@ from typing import Any, Callable
 
 import numpy as np
 
-from envs.eval_results import (EPISODES_FILE, append_episode, atomic_write_text, episode_key, load_episodes,
-                               repair_episode_log, summarize, write_results)
+from envs.eval_results import (EPISODES_FILE, RESUME_KEYS, RUN_CONFIG_FILE, append_episode, check_resume_record,
+                               episode_key, load_episodes, repair_episode_log, summarize, write_results)
 from envs.eval_worker import EpisodeSpec, worker_main
 from envs.libero import MAX_STEPS, NUM_INIT_STATES, NUM_WAIT_STEPS, check_suite, get_init_states, list_tasks, stack_observations
-
-RUN_CONFIG_FILE = "eval_config.json"
-# settings that must match when a run resumes in the same folder
-_RESUME_KEYS = ("steps", "churn", "replan_every", "resolution", "fast_render", "max_steps", "wait_steps", "policy")
+from policy.utils import atomic_write_text
 
 
 @dataclass
@@ -60,6 +60,9 @@ class EvalConfig:
     seed: int = 0
     video: int = 0
     policy: str = ""
+    producer: dict[str, Any] = field(default_factory=dict)
+    """What makes the actions, recorded and checked on resume: for a trained policy
+    :func:`envs.eval_results.weights_identity` of its dir (train_step, weights sha256)."""
     worker_timeout_s: float = 900.0
     progress: bool = True
 
@@ -111,16 +114,22 @@ def _validate(cfg: EvalConfig) -> None:
         raise ValueError(f"replan_every must be in 1..8, got {cfg.replan_every}")
 
 
-def _check_resume(cfg: EvalConfig, out: Path) -> None:
-    path = out / RUN_CONFIG_FILE
-    now = {k: getattr(cfg, k) for k in _RESUME_KEYS}
-    if path.exists():
-        old = json.loads(path.read_text())
-        diff = [k for k in _RESUME_KEYS if k in old and old[k] != now[k]]
-        if diff:
-            k = diff[0]
-            raise ValueError(f"{out} holds a run with {k}={old[k]!r} (now {now[k]!r}); use another --out to change it")
-    atomic_write_text(path, json.dumps({**asdict(cfg), "tasks": cfg.tasks}, indent=2) + "\n")
+def record_run(cfg: EvalConfig) -> None:
+    """Refuse to mix: the episodes already in ``cfg.out_dir`` must come from the same producer,
+    steps, churn, protocol and seed (one-line ValueError naming the folder and the fix); then
+    record this run in its ``eval_config.json`` (what the study's aggregation reads)."""
+    out = Path(cfg.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    log = out / EPISODES_FILE
+    recs = load_episodes(log)
+    check_resume_record(out, {k: getattr(cfg, k) for k in RESUME_KEYS}, bool(recs))
+    for r in recs:  # the log itself: a record rewritten by hand cannot hide other episodes
+        got = {k: r[k] for k in ("steps", "churn") if k in r and r[k] != getattr(cfg, k)}
+        if got:
+            k, v = next(iter(got.items()))
+            raise ValueError(f"{out} holds episodes made with {k}={v!r} (now {getattr(cfg, k)!r}) in {EPISODES_FILE}; "
+                             f"use a new --out or delete {out}")
+    atomic_write_text(out / RUN_CONFIG_FILE, json.dumps({**asdict(cfg), "tasks": cfg.tasks}, indent=2) + "\n")
 
 
 def run_evaluation(policy: Any, cfg: EvalConfig, init_state_fn: InitStateFn | None = None) -> dict[str, Any]:
@@ -132,7 +141,7 @@ def run_evaluation(policy: Any, cfg: EvalConfig, init_state_fn: InitStateFn | No
     _validate(cfg)
     out = Path(cfg.out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    _check_resume(cfg, out)
+    record_run(cfg)
     init_state_fn = init_state_fn or _default_init_state
     names = {(s, t.index): t.name for s in cfg.suites for t in list_tasks(s)}
     todo: list[tuple[str, int, int]] = []
@@ -287,7 +296,8 @@ def run_evaluation(policy: Any, cfg: EvalConfig, init_state_fn: InitStateFn | No
         new_episodes=len(records) - len(done & wanted),
         protocol=f"common (wait {cfg.wait_steps} no-op steps, cap {cfg.max_steps or 'per-suite MAX_STEPS'}, "
                  f"execute {cfg.replan_every}/8 actions per chunk)",
-        config={k: getattr(cfg, k) for k in ("steps", "churn", "episodes", "workers", "resolution", "fast_render", "seed", "policy")},
+        config={k: getattr(cfg, k) for k in ("steps", "churn", "episodes", "workers", "resolution", "fast_render", "seed",
+                                             "policy", "replan_every", "max_steps", "wait_steps", "producer")},
     )
     write_results(out, summary, title=f"{cfg.policy or 'policy'} steps={cfg.steps} churn={cfg.churn}")
     return summary

@@ -6,7 +6,10 @@ diffusion policies, success rate against sampler steps (paper Section 6.3, Fig. 
 decide what is already done (:func:`plan_demos`, :func:`plan_training`,
 :func:`plan_eval`), runs them, and aggregates the evaluation results
 (:func:`aggregate`) into ``libero.json`` + a markdown table + a PNG plot. Everything
-here reads and writes files only: no simulator run, no training.
+here reads and writes files only: no simulator run, no training. Evaluation folders are
+checked through the record every evaluation keeps (``eval_config.json``, see
+:mod:`envs.eval_results`): rollouts of another checkpoint, step count, churn, resolution or
+protocol are refused in one line, never mixed or relabelled.
 
 Folders (``<p>`` = preset): demos ``<data_root>/<suite>/``, runs
 ``<runs_root>/<p>/<suite>/<model>/``, evaluations ``<eval_root>/<p>/<suite>/<model>/steps_<k>/``.
@@ -21,13 +24,14 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from envs.eval_results import atomic_write_text
-from envs.libero import SUITES, list_tasks
+from envs.eval_results import describe_producer, differing_keys, read_run_record, same_producer, weights_identity
+from envs.libero import NUM_WAIT_STEPS, SUITES, list_tasks
 from envs.study_report import StudyError, collect_results, write_study_results
+from policy.utils import atomic_write_text
 
 DEFAULT_ENERGY: tuple[tuple[float, float], ...] = ((1.0, 1.0), (0.5, 1.0), (1.0, 0.1))
 SPEC_FILE = "study_spec.json"  # written into a run dir before its training starts
-EVAL_MARKER = "study_eval.json"  # written into an eval dir before its rollouts start: the checkpoint step
+LEGACY_EVAL_MARKER = "study_eval.json"  # the checkpoint step, written by studies before eval_config.json had it (read only)
 
 # The CPU study as measured (docs/study.md): one task, 50 demos, 16k steps of the small model
 # at lr 3e-4, energy (1, 1) and (0.5, 1) against MSE, 50 episodes per step count; two jobs at a time.
@@ -332,9 +336,9 @@ def plan_training(cfg: StudyConfig) -> list[Job]:
         run = cfg.run_dir(m)
         spec_path = run / SPEC_FILE
         if spec_path.is_file():
-            old = json.loads(spec_path.read_text()).get("spec")
-            if old != training_spec(cfg, m):
-                diff = sorted(k for k in training_spec(cfg, m) if (old or {}).get(k) != training_spec(cfg, m)[k])
+            now = training_spec(cfg, m)
+            diff = sorted(differing_keys(json.loads(spec_path.read_text()).get("spec") or {}, now, now))
+            if diff:
                 raise StudyError(f"{run} was trained with other settings ({', '.join(diff)}); "
                                  f"use another runs_root or delete that run dir")
         step = checkpoint_step(run)
@@ -363,13 +367,50 @@ def eval_finished(cfg: StudyConfig, m: ModelSpec, steps: int) -> bool:
         int(res["suites"].get(cfg.suite, {}).get("episodes", 0)) >= len(cfg.task_indices()) * cfg.episodes
 
 
+def recorded_producer(out: Path) -> dict[str, Any] | None:
+    """What made an evaluation folder's rollouts, from its eval_config.json (the record every
+    evaluation keeps, :func:`envs.eval_results.check_resume_record`); folders of older studies
+    only have the checkpoint step in study_eval.json. None when nothing is recorded."""
+    try:
+        rec = read_run_record(out)
+    except ValueError as exc:
+        raise StudyError(str(exc)) from None
+    if rec and rec.get("producer"):
+        return rec["producer"]
+    legacy = out / LEGACY_EVAL_MARKER
+    if legacy.is_file():
+        return {"kind": "checkpoint", "train_step": json.loads(legacy.read_text()).get("train_step")}
+    return None
+
+
+def run_producer(cfg: StudyConfig, m: ModelSpec) -> dict[str, Any] | None:
+    """The weights' identity of the model's run dir now (None before its first checkpoint)."""
+    run = cfg.run_dir(m)
+    return weights_identity(run) if (run / "policy" / "model.safetensors").is_file() else None
+
+
+def check_eval_producer(cfg: StudyConfig, m: ModelSpec, out: Path, now: dict[str, Any] | None) -> None:
+    """Refuse an evaluation folder whose rollouts come from another checkpoint than ``now``
+    (:func:`run_producer`: the model's run dir was trained further): never mixed or reported."""
+    old = recorded_producer(out)
+    run = cfg.run_dir(m)
+    if old is None or now is None:
+        return
+    stale = (not same_producer(old, now)) if "weights_sha256" in old else old.get("train_step") != checkpoint_step(run)
+    if stale:
+        raise StudyError(f"{out} holds rollouts of another checkpoint of {m.name} ({describe_producer(old)}; its run dir "
+                         f"now holds {describe_producer(now)}): delete that folder to evaluate the new one")
+
+
 def plan_eval(cfg: StudyConfig, trained: set[str] | None = None) -> list[Job]:
     """Stage 3: eval_rollouts.py per (model, steps). ``trained``: models whose training is
-    done (default: read from the run dirs); the others wait."""
+    done (default: read from the run dirs); the others wait. Refuses a folder holding rollouts
+    of another checkpoint (:func:`check_eval_producer`)."""
     if trained is None:
         trained = {j.name for j in plan_training(cfg) if j.state == "done"}
     jobs = []
     for m in cfg.models():
+        now = run_producer(cfg, m)
         for k in cfg.eval_steps:
             out = cfg.eval_dir(m, k)
             cmd = _py("eval_rollouts.py") + [
@@ -377,10 +418,7 @@ def plan_eval(cfg: StudyConfig, trained: set[str] | None = None) -> list[Job]:
                 "--episodes", str(cfg.episodes), "--workers", str(cfg.workers), "--out", str(out),
                 "--device", cfg.device] + (["--tasks", ",".join(map(str, cfg.tasks))] if cfg.tasks is not None else []) \
                 + (["--fast-render"] if cfg.fast_render else [])
-            marker = out / EVAL_MARKER
-            if marker.is_file() and json.loads(marker.read_text())["train_step"] != checkpoint_step(cfg.run_dir(m)):
-                raise StudyError(f"{out} holds rollouts of another checkpoint of {m.name} (trained further since); "
-                                 f"delete that folder to evaluate the new one")
+            check_eval_producer(cfg, m, out, now)
             if eval_finished(cfg, m, k):
                 state = "done"
             else:
@@ -398,19 +436,20 @@ def write_spec(cfg: StudyConfig, m: ModelSpec, machine: str) -> None:
         atomic_write_text(run / SPEC_FILE, text + "\n")
 
 
-def write_eval_marker(cfg: StudyConfig, m: ModelSpec, steps: int) -> None:
-    """Record which checkpoint step an evaluation folder's rollouts come from."""
-    out = cfg.eval_dir(m, steps)
-    out.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out / EVAL_MARKER, json.dumps({"train_step": checkpoint_step(cfg.run_dir(m))}) + "\n")
-
-
 # ---------------------------------------------------------------- aggregation
+
+def study_protocol(cfg: StudyConfig) -> dict[str, Any]:
+    """The protocol of the study's evaluations (what :func:`plan_eval`'s commands set): every
+    aggregated folder must have been evaluated with it."""
+    return {"churn": 0.0, "fast_render": cfg.fast_render, "replan_every": 8, "max_steps": None,
+            "wait_steps": NUM_WAIT_STEPS}
+
 
 def aggregate(cfg: StudyConfig) -> dict[str, Path] | None:
     """Stage 4: collect the study's evaluations and write libero.json, the table and the plot
     (None when no evaluation has finished yet)."""
-    table, protocol = collect_results(cfg.suite, {m.name: cfg.eval_dir(m, 1).parent for m in cfg.models()})
+    table, protocol = collect_results(cfg.suite, {m.name: cfg.eval_dir(m, 1).parent for m in cfg.models()},
+                                      expect=study_protocol(cfg))
     if not table:
         return None
     machines = set()

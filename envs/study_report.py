@@ -11,7 +11,8 @@ import json
 from pathlib import Path
 from typing import Any
 
-from envs.eval_results import atomic_write_text, save_figure
+from envs.eval_results import PROTOCOL_KEYS, RUN_CONFIG_FILE, describe_producer, read_run_record, same_producer, save_figure
+from policy.utils import atomic_write_text
 
 
 class StudyError(ValueError):
@@ -23,34 +24,84 @@ Table = dict[str, dict[str, dict[str, Any]]]
 JSON_KEYS = ("success", "episodes")  # what libero.json keeps of a cell (issue 8's format)
 
 
-def collect_results(suite: str, eval_dirs: dict[str, Path]) -> tuple[Table, str]:
+def _cell_record(folder: Path, steps: int, res: dict[str, Any]) -> dict[str, Any]:
+    """The record of how ``<model>/steps_<k>/`` was evaluated (its eval_config.json), checked
+    against the folder's name and its results.json; one-line StudyError naming the fix."""
+    try:
+        rec = read_run_record(folder)
+    except ValueError as exc:
+        raise StudyError(str(exc)) from None
+    if rec is None:
+        raise StudyError(f"{folder} has results but no {RUN_CONFIG_FILE} saying how they were made; "
+                         f"delete {folder} and rerun the study to evaluate it again")
+    config = res.get("config", {})
+    for got in (rec.get("steps"), config.get("steps")):
+        if got is None or int(got) != steps:
+            raise StudyError(f"{folder} holds results of steps={got}, not {steps}; "
+                             f"move them to {folder.parent / f'steps_{got}'} or delete {folder}")
+    for k in PROTOCOL_KEYS:
+        if k in config and config[k] != rec.get(k):
+            raise StudyError(f"{folder}: results.json says {k}={config[k]!r} but {RUN_CONFIG_FILE} {k}={rec.get(k)!r}; "
+                             f"delete {folder} and rerun the study to evaluate it again")
+    return rec
+
+
+def collect_results(suite: str, eval_dirs: dict[str, Path], expect: dict[str, Any] | None = None) -> tuple[Table, str]:
     """Read ``<dir>/steps_<k>/results.json`` (as envs/evaluate.py writes them) for each model.
 
-    Args: eval_dirs maps a model name (starting with ``energy`` or ``mse``) to its folder.
+    Args: eval_dirs maps a model name (starting with ``energy`` or ``mse``) to its folder;
+    expect: protocol values (of :data:`envs.eval_results.PROTOCOL_KEYS`) every folder must
+    have been evaluated with.
     Returns (table, protocol): success = successes / episodes pooled over the suite's
     evaluated tasks; success_length (when any episode succeeded) = the mean length in env
     steps of the successful episodes, pooled the same way (a policy that hesitates at a
     fork succeeds later); outcomes (when the episodes recorded them) = episodes per outcome
     label (``envs.eval_outcome``); protocol is the harness's own protocol line ("" if nothing found).
+    Raises StudyError (one line: the folder, what differs, the fix) when a folder's recorded
+    evaluation (eval_config.json) is of another step count than its name, differs from
+    ``expect`` or from the other folders in churn, resolution or protocol, or when the step
+    counts of one model come from different checkpoints: nothing is merged or relabelled.
     """
     table: Table = {}
     protocol = ""
+    first: tuple[Path, dict[str, Any]] | None = None  # the folder the others' protocol is compared with
     for name, folder in eval_dirs.items():
         if not name.startswith(("energy", "mse")):
             raise StudyError(f"model name {name!r} must start with 'energy' or 'mse'")
-        for path in sorted(Path(folder).glob("steps_*/results.json"), key=lambda p: int(p.parent.name[6:])):
+        cells = [p for p in Path(folder).glob("steps_*/results.json") if p.parent.name[6:].isdigit()]
+        producer: tuple[Path, dict[str, Any]] | None = None
+        for path in sorted(cells, key=lambda p: int(p.parent.name[6:])):
             res = json.loads(path.read_text())
             d = res["suites"].get(suite)
             if d is None or not d["episodes"]:
                 continue
-            steps = str(int(res.get("config", {}).get("steps", path.parent.name[6:])))
+            steps = int(path.parent.name[6:])
+            rec = _cell_record(path.parent, steps, res)
+            for k, v in (expect or {}).items():
+                if rec.get(k, "unrecorded") != v:
+                    raise StudyError(f"{path.parent} was evaluated with {k}={rec.get(k, 'unrecorded')!r} but the study "
+                                     f"evaluates with {k}={v!r}; delete {path.parent} and rerun the study")
+            if first is None:
+                first = (path.parent, rec)
+            for k in [k for k in PROTOCOL_KEYS if k != "steps"]:
+                if rec.get(k, "unrecorded") != first[1].get(k, "unrecorded"):
+                    raise StudyError(f"{path.parent} was evaluated with {k}={rec.get(k, 'unrecorded')!r} but {first[0]} "
+                                     f"with {k}={first[1].get(k, 'unrecorded')!r}; one table needs one protocol: "
+                                     f"delete the odd folder and rerun the study")
+            if rec.get("producer"):
+                if producer is None:
+                    producer = (path.parent, rec["producer"])
+                elif not same_producer(producer[1], rec["producer"]):
+                    raise StudyError(f"{path.parent} holds rollouts of {describe_producer(rec['producer'])} but {producer[0]} "
+                                     f"of {describe_producer(producer[1])}; the step counts of {name} must come from one "
+                                     f"checkpoint: delete the stale folder and rerun the study")
             cell: dict[str, Any] = {"success": d["successes"] / d["episodes"], "episodes": int(d["episodes"])}
             ok = [(t["successes"], t["mean_success_length"]) for t in d.get("tasks", []) if t.get("mean_success_length")]
             if ok:
                 cell["success_length"] = sum(n * length for n, length in ok) / sum(n for n, _ in ok)
             if d.get("outcomes"):
                 cell["outcomes"] = d["outcomes"]
-            table.setdefault(name, {})[steps] = cell
+            table.setdefault(name, {})[str(steps)] = cell
             protocol = protocol or str(res.get("protocol", ""))
     return table, protocol
 

@@ -6,8 +6,10 @@ episode i from init state i, 10 no-op wait steps, per-suite max steps).
   python scripts/eval_rollouts.py --steps 1,2,4,8           # sweep, plots success vs steps
   python scripts/eval_rollouts.py --policy noop --suites libero_goal --tasks 0 --episodes 2
 
-Results: <out>/[steps_<k>/]{episodes.jsonl,results.json,results.md,results.png}.
-Rerunning with the same --out resumes and skips finished episodes.
+Results: <out>/[steps_<k>/]{eval_config.json,episodes.jsonl,results.json,results.md,results.png}.
+Rerunning with the same --out resumes and skips finished episodes; eval_config.json records
+what made them (checkpoint step and weights sha256, steps, churn, protocol) and a rerun that
+differs (e.g. the run was trained further) is refused: use a new --out or delete the folder.
 """
 
 from __future__ import annotations
@@ -54,17 +56,18 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        from envs.eval_policies import load_policy, resolve_checkpoint
-        from envs.eval_results import atomic_write_text, plot_steps_sweep
+        from envs.eval_policies import load_policy_and_producer, resolve_checkpoint
+        from envs.eval_results import plot_steps_sweep
         from envs.evaluate import EvalConfig, run_evaluation
         from envs.libero import DEFAULT_EVAL_SUITES, SUITES, check_suite
+        from policy.utils import atomic_write_text
 
         steps_list = parse_int_list(args.steps, "--steps")
         if any(k < 1 for k in steps_list):
             raise ValueError(f"--steps values must be >= 1, got {args.steps}")
         if not 0.0 <= args.churn <= 1.0:
             raise ValueError(f"--churn must be in [0, 1], got {args.churn}")
-        policy = load_policy(args.policy, args.checkpoint, args.device)
+        policy, producer = load_policy_and_producer(args.policy, args.checkpoint, args.device)
         if args.suites:
             suites = [check_suite(s.strip()) for s in args.suites.split(",") if s.strip()]
         else:
@@ -96,6 +99,7 @@ def main(argv: list[str] | None = None) -> int:
                 seed=args.seed,
                 video=args.video,
                 policy=args.policy if args.policy != "checkpoint" else str(resolve_checkpoint(args.checkpoint)),
+                producer=producer,
             )
             summary = run_evaluation(policy, cfg)
             points[k] = summary

@@ -138,8 +138,7 @@ def main(argv: list[str]) -> int:
     if any(a in ("-h", "--help") for a in argv):
         print(__doc__.strip())
         return 0
-    from envs.study import (StudyError, aggregate, parse_overrides, plan_demos, plan_eval, plan_training,
-                            write_eval_marker, write_spec)
+    from envs.study import StudyError, aggregate, parse_overrides, plan_demos, plan_eval, plan_training, write_spec
 
     start = time.time()
     try:
@@ -158,8 +157,8 @@ def main(argv: list[str]) -> int:
         failed = {"demos": run_stage("[1/4] demos", plan_demos(cfg), threads=n)}
         failed["train"] = run_stage("[2/4] train", plan_training(cfg), threads=n, parallel=par,
                                     before=lambda j: write_spec(cfg, models[j.name], describe_machine()))
-        failed["eval"] = run_stage("[3/4] eval", plan_eval(cfg), threads=n, parallel=par,
-                                   before=lambda j: write_eval_marker(cfg, models[j.key[0]], j.key[1]))
+        # each evaluation records what produced it (eval_config.json) itself
+        failed["eval"] = run_stage("[3/4] eval", plan_eval(cfg), threads=n, parallel=par)
         paths = aggregate(cfg)
     except StudyError as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -1,22 +1,31 @@
 """The rollout harness on the real simulator: success detection, failure at the cap,
-resume, a policy that raises, a worker that dies; plus the statistics."""
+resume, a policy that raises, a worker that dies, two workers replaying a demonstration to
+success, a killed run resumed, a folder of another checkpoint refused; plus the statistics."""
 
 from __future__ import annotations
 
 import json
 import multiprocessing as mp
+import os
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 
 from envs.eval_policies import NoopPolicy, ReplayPolicy, load_policy
 from envs.eval_outcome import LIFT_M, classify
-from envs.eval_results import EPISODES_FILE, failure_text, load_episodes, markdown_table, summarize, wilson_interval
-from envs.evaluate import EvalConfig, run_evaluation
+from envs.eval_results import (EPISODES_FILE, RUN_CONFIG_FILE, failure_text, load_episodes, markdown_table, summarize,
+                               weights_identity, wilson_interval)
+from envs.evaluate import EvalConfig, record_run, run_evaluation
 from envs.libero import get_init_states
 
 GOAL_SUITE, GOAL_TASK = "libero_goal", 0  # as in conftest.py
+REPO = Path(__file__).resolve().parents[2]
 
 
 def test_wilson_interval_and_summary() -> None:
@@ -167,3 +176,185 @@ def test_eval_rollouts_cli_errors(tmp_path, monkeypatch, capsys) -> None:
     assert "bad --steps list" in capsys.readouterr().err
     assert mod.main(["--policy", "noop", "--suites", "libero_goal", "--tasks", "10"]) == 2
     assert "task index 10 out of range" in capsys.readouterr().err
+
+
+def _eval_rollouts():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("eval_rollouts", REPO / "scripts" / "eval_rollouts.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)  # type: ignore[union-attr]
+    return mod
+
+
+def _fake_checkpoint(path: Path, weights: bytes, step: int | None) -> None:
+    """A pretrained-policy dir as save_pretrained writes it, as far as provenance goes."""
+    path.mkdir(parents=True, exist_ok=True)
+    (path / "model.safetensors").write_bytes(weights)
+    (path / "config.json").write_text(json.dumps({"policy": {}, **({"train_step": step} if step is not None else {})}))
+
+
+def test_weights_identity_is_the_step_and_the_hash_of_the_weights(tmp_path) -> None:
+    import hashlib
+
+    _fake_checkpoint(tmp_path / "run" / "policy", b"weights A" * 1000, 300)
+    ident = weights_identity(tmp_path / "run")  # a run dir: its policy/
+    assert ident == {"kind": "checkpoint", "path": str((tmp_path / "run" / "policy").resolve()), "train_step": 300,
+                     "weights_sha256": hashlib.sha256(b"weights A" * 1000).hexdigest()}
+    _fake_checkpoint(tmp_path / "old", b"weights A" * 1000, None)  # saved before train_step was recorded
+    assert weights_identity(tmp_path / "old")["train_step"] is None
+    with pytest.raises(FileNotFoundError, match="no model.safetensors"):
+        weights_identity(tmp_path)
+
+
+def test_a_folder_is_never_resumed_with_other_settings(tmp_path) -> None:
+    """No simulator: the record of a folder against a rerun (nothing to run: the episode is done)."""
+    out = tmp_path / "run"
+    ckpt = {"kind": "checkpoint", "path": "/x", "train_step": 100, "weights_sha256": "a" * 64}
+    record_run(_cfg(out, episodes=1, producer=ckpt))
+    rec = {"suite": GOAL_SUITE, "task_index": GOAL_TASK, "episode": 0, "success": False, "length": 16, "error": None,
+           "steps": 2, "churn": 0.0}
+    (out / EPISODES_FILE).write_text(json.dumps(rec) + "\n")
+    summary = run_evaluation(NoopPolicy(), _cfg(out, episodes=1, producer={**ckpt, "path": "/moved"}))
+    assert summary["new_episodes"] == 0 and summary["config"]["producer"]["train_step"] == 100
+    for change, msg in [({"producer": {**ckpt, "train_step": 200, "weights_sha256": "b" * 64}},
+                         "the actions of checkpoint step 100, weights sha256 aaaaaaaaaaaa "
+                         "(now checkpoint step 200, weights sha256 bbbbbbbbbbbb)"),
+                        ({"producer": {**ckpt, "weights_sha256": "b" * 64}}, "weights sha256 bbbbbbbbbbbb"),
+                        ({"churn": 0.5}, "churn=0.0 (now 0.5)"),
+                        ({"seed": 3}, "seed=0 (now 3)"),
+                        ({"wait_steps": 5}, "wait_steps=10 (now 5)")]:
+        with pytest.raises(ValueError) as err:
+            run_evaluation(NoopPolicy(), _cfg(out, episodes=1, **{"producer": ckpt, **change}))
+        line = str(err.value)
+        assert msg in line and line.startswith(f"{out} holds episodes made with ")
+        assert line.endswith(f"; use a new --out or delete {out}") and "\n" not in line
+    # the log itself is checked too: a record rewritten by hand cannot hide other episodes
+    (out / EPISODES_FILE).write_text(json.dumps({**rec, "steps": 4}) + "\n")
+    with pytest.raises(ValueError, match=f"steps=4 \\(now 2\\) in {EPISODES_FILE}; use a new --out or delete"):
+        run_evaluation(NoopPolicy(), _cfg(out, episodes=1, producer=ckpt))
+    # a folder whose record says nothing of what made its episodes (older runs) is not resumed
+    (out / EPISODES_FILE).write_text(json.dumps(rec) + "\n")
+    (out / RUN_CONFIG_FILE).write_text(json.dumps({k: v for k, v in json.loads((out / RUN_CONFIG_FILE).read_text()).items()
+                                                   if k != "producer"}))
+    with pytest.raises(ValueError, match="the actions of an unrecorded policy"):
+        run_evaluation(NoopPolicy(), _cfg(out, episodes=1, producer=ckpt))
+    (out / RUN_CONFIG_FILE).unlink()
+    with pytest.raises(ValueError, match=f"holds episodes but no {RUN_CONFIG_FILE} saying what made them"):
+        run_evaluation(NoopPolicy(), _cfg(out, episodes=1, producer=ckpt))
+
+
+@pytest.mark.sim
+def test_rerun_after_further_training_refuses_the_old_checkpoints_episodes(tmp_path, monkeypatch, capsys) -> None:
+    """eval_rollouts.py into a folder whose episodes came from an earlier checkpoint (the run
+    was trained further with resume=true) must refuse in one line, not report the old episodes."""
+    import envs.eval_policies as eval_policies
+
+    fake = NoopPolicy()
+    fake.config = SimpleNamespace(image_size=64, suites=[GOAL_SUITE])  # type: ignore[attr-defined]
+    monkeypatch.setattr(eval_policies, "load_policy", lambda *a, **k: fake)  # the weights are not read: no torch model
+    run = tmp_path / "run"
+    _fake_checkpoint(run / "policy", b"weights at step 100", 100)
+    out = tmp_path / "eval"
+    argv = ["--checkpoint", str(run), "--suites", GOAL_SUITE, "--tasks", "0", "--episodes", "1", "--workers", "1",
+            "--max-steps", "2", "--fast-render", "--out", str(out)]
+    mod = _eval_rollouts()
+    assert mod.main(argv) == 0
+    capsys.readouterr()
+    assert json.loads((out / RUN_CONFIG_FILE).read_text())["producer"]["train_step"] == 100
+    assert mod.main(argv) == 0  # the same weights: resumes (nothing left to run)
+    assert "done: 1 episodes" in capsys.readouterr().out
+    _fake_checkpoint(run / "policy", b"weights at step 200", 200)  # trained further
+    assert mod.main(argv) == 2
+    import hashlib
+
+    sha = {k: hashlib.sha256(f"weights at step {k}".encode()).hexdigest()[:12] for k in (100, 200)}
+    assert capsys.readouterr().err.splitlines() == [
+        f"error: {out} holds episodes made with the actions of checkpoint step 100, weights sha256 {sha[100]} "
+        f"(now checkpoint step 200, weights sha256 {sha[200]}); use a new --out or delete {out}"]
+    _fake_checkpoint(run / "policy", b"other weights, same step", 100)  # the step alone does not decide
+    assert mod.main(argv) == 2 and "use a new --out" in capsys.readouterr().err
+    assert len(load_episodes(out / EPISODES_FILE)) == 1
+
+
+def _replay_demo(tmp_path: Path) -> tuple[np.ndarray, Path, int]:
+    """A scripted demonstration of 'open the middle drawer' (the shortest: ~85 steps) planned
+    without cameras: its first state and an HDF5 file whose demo 0 holds its actions and demo 1
+    none (a replay of demo 1 stands still)."""
+    import h5py
+
+    from envs.libero import get_task
+    from envs.scripted_demos import make_planning_env, plan_attempt
+
+    task = get_task(GOAL_SUITE, GOAL_TASK)
+    env = make_planning_env(task)
+    try:
+        attempt = plan_attempt(env, task, 0, max_steps=200)
+    finally:
+        env.close()
+    assert attempt.success
+    path = tmp_path / "demos.hdf5"
+    with h5py.File(path, "w") as f:
+        f.create_dataset("data/demo_0/actions", data=attempt.actions.astype(np.float32))
+        f.create_dataset("data/demo_1/actions", data=np.zeros((0, 7), np.float32))
+    return attempt.init_state, path, len(attempt.actions)
+
+
+@pytest.mark.sim
+def test_two_workers_replay_a_demonstration_to_success(tmp_path) -> None:
+    """Two workers, both episodes from the same first state: episode 0 replays the scripted
+    demonstration (wait_steps=0: the demo was planned from that very state) and must succeed on
+    its last action; episode 1 replays nothing and must fail at the cap. Serving a chunk to the
+    wrong worker, losing track of an episode's step index or mixing up the episode info turns
+    that around or fails both."""
+    start, demos, n = _replay_demo(tmp_path)
+    out = tmp_path / "run"
+    cfg = _cfg(out, workers=2, wait_steps=0, max_steps=n + 8, fast_render=True, policy=f"replay:{demos}")
+    summary = run_evaluation(ReplayPolicy(demos), cfg, lambda suite, task, episode: start)
+    recs = {r["episode"]: r for r in load_episodes(out / EPISODES_FILE)}
+    assert sorted(recs) == [0, 1] and len(load_episodes(out / EPISODES_FILE)) == 2
+    assert recs[0]["success"] and recs[0]["length"] == n and recs[0]["env_steps"] == n and recs[0]["error"] is None
+    assert not recs[1]["success"] and recs[1]["length"] == n + 8 and recs[1]["error"] is None
+    assert {recs[0]["worker"], recs[1]["worker"]} == {0, 1}  # both workers ran an episode
+    assert summary["suites"][GOAL_SUITE]["successes"] == 1 and summary["new_episodes"] == 2
+
+
+_KILLED_RUN = """
+import json, sys
+from envs.eval_policies import NoopPolicy
+from envs.evaluate import EvalConfig, run_evaluation
+if __name__ == "__main__":
+    run_evaluation(NoopPolicy(), EvalConfig(**json.loads(sys.argv[1])))
+"""
+
+
+@pytest.mark.sim
+def test_killed_run_resumes_without_redoing_finished_episodes(tmp_path) -> None:
+    """A real evaluation process (and its workers) SIGKILLed once an episode is written; the
+    rerun finishes the remaining episodes only: no episode twice, the finished ones untouched."""
+    out = tmp_path / "run"
+    kw = dict(suites=[GOAL_SUITE], tasks={GOAL_SUITE: [GOAL_TASK]}, out_dir=str(out), episodes=3, workers=1,
+              max_steps=24, resolution=64, fast_render=True, progress=False, policy="noop", producer={"kind": "noop"})
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+    proc = subprocess.Popen([sys.executable, "-c", _KILLED_RUN, json.dumps(kw)], cwd=REPO, env=env,
+                            start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    log = out / EPISODES_FILE
+    try:
+        deadline = time.time() + 240
+        while not (log.is_file() and log.read_text().count("\n") >= 1):
+            assert proc.poll() is None, proc.stderr.read().decode()[-2000:]  # type: ignore[union-attr]
+            assert time.time() < deadline, "no episode finished in 240 s"
+            time.sleep(0.05)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)  # the parent and its workers, mid-episode
+        proc.wait()
+    assert not (out / "results.json").exists()  # killed before the end
+    before = log.read_text()
+    done = {r["episode"]: r for r in load_episodes(log)}
+    assert 1 <= len(done) < 3
+    summary = run_evaluation(NoopPolicy(), EvalConfig(**kw))
+    recs = load_episodes(log)
+    assert sorted(r["episode"] for r in recs) == [0, 1, 2]  # each once
+    assert summary["new_episodes"] == 3 - len(done) and summary["overall"]["episodes"] == 3
+    assert all(r == done[r["episode"]] for r in recs if r["episode"] in done)  # finished ones not redone
+    assert log.read_text().startswith(before[: before.rfind("\n") + 1])  # appended to, never rewritten

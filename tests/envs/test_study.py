@@ -12,7 +12,8 @@ from pathlib import Path
 import h5py
 import pytest
 
-from envs.eval_results import summarize, wilson_interval, write_results
+from envs.eval_results import summarize, weights_identity, wilson_interval, write_results
+from envs.evaluate import EvalConfig, record_run
 from envs.study import (
     StudyError,
     aggregate,
@@ -22,7 +23,6 @@ from envs.study import (
     plan_demos,
     plan_eval,
     plan_training,
-    write_eval_marker,
     write_study_results,
 )
 
@@ -41,17 +41,23 @@ def run_study(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int,
     return rc, out, err
 
 
-def fake_eval(out: Path, suite: str, steps: int, successes: list[list[bool]], outcomes: bool = True) -> None:
+def fake_eval(out: Path, suite: str, steps: int, successes: list[list[bool]], outcomes: bool = True,
+              **record: object) -> None:
     """results.json written by the harness's own functions from synthetic episode records
     (successes[task][episode]); a success of task t lasts 100 + 20 t steps, a failure 290;
-    with ``outcomes``, task 0 fails by missed_grasp and the others by dropped."""
+    with ``outcomes``, task 0 fails by missed_grasp and the others by dropped. The folder's
+    eval_config.json is the harness's own record of an EvalConfig with ``steps`` and ``record``
+    (churn, resolution, producer, ...; the study's protocol by default)."""
+    cfg = EvalConfig(**{"suites": [suite], "out_dir": str(out), "steps": steps, "resolution": 64, "fast_render": True,
+                        "policy": "x", **record})  # type: ignore[arg-type]
+    record_run(cfg)
     recs = [{"suite": suite, "task_index": t, "episode": e, "success": ok, "length": 100 + 20 * t if ok else 290,
              **({"outcome": "success" if ok else "dropped" if t else "missed_grasp"} if outcomes else {})}
             for t, eps in enumerate(successes) for e, ok in enumerate(eps)]
     summary = summarize(recs, {(suite, t): f"task{t}" for t in range(len(successes))})
     summary.update(protocol="common (wait 10 no-op steps, cap per-suite MAX_STEPS, execute 8/8 actions per chunk)",
-                   config={"steps": steps, "churn": 0.0, "episodes": len(successes[0]), "workers": 2,
-                           "resolution": 64, "fast_render": True, "seed": 0, "policy": "x"})
+                   config={"steps": steps, "churn": cfg.churn, "episodes": len(successes[0]), "workers": 2,
+                           "resolution": cfg.resolution, "fast_render": cfg.fast_render, "seed": 0, "policy": "x"})
     write_results(out, summary)
 
 
@@ -93,6 +99,74 @@ def test_aggregate_writes_json_table_and_plot(tmp_path: Path) -> None:
     assert paths["png"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and paths["png"].stat().st_size > 5000
 
 
+def test_aggregate_refuses_to_merge_or_relabel_other_evaluations(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Each cell of the table must be what its folder says: the step count of its name, the
+    study's churn and protocol, one resolution, one checkpoint per model. Otherwise one line
+    naming the folder, what differs and the fix; nothing is written."""
+    cfg = quick(tmp_path, "eval_steps=2,4")
+    energy, mse = cfg.models()
+    for m in (energy, mse):
+        fake_run(cfg.run_dir(m), 300)
+    ident = {m.name: weights_identity(cfg.run_dir(m)) for m in (energy, mse)}
+
+    def fill(**odd: object) -> Path:
+        """Every cell evaluated alike, then energy's steps_4 cell redone with ``odd``; returns that folder."""
+        for m in (energy, mse):
+            for k in (2, 4):
+                folder = cfg.eval_dir(m, k)
+                for f in folder.glob("*"):
+                    f.unlink()
+                fake_eval(folder, SUITE, k, [[True, False] * 2], producer=ident[m.name])
+        folder = cfg.eval_dir(energy, 4)
+        for f in folder.glob("*"):
+            f.unlink()
+        fake_eval(folder, SUITE, int(odd.pop("steps", 4)), [[True] * 4], **{"producer": ident[energy.name], **odd})
+        return folder
+
+    fill()
+    assert aggregate(cfg) is not None  # all alike: fine
+    (tmp_path / "libero.json").unlink()
+    odd_producer = {**ident[energy.name], "train_step": 200, "weights_sha256": "f" * 64}
+    for odd, msg in [
+        ({"steps": 2}, "{f} holds results of steps=2, not 4; move them to {p}/steps_2 or delete {f}"),
+        ({"churn": 0.5}, "{f} was evaluated with churn=0.5 but the study evaluates with churn=0.0; delete {f} and rerun the study"),
+        ({"fast_render": False}, "{f} was evaluated with fast_render=False but the study evaluates with fast_render=True; "
+                                 "delete {f} and rerun the study"),
+        ({"max_steps": 40}, "{f} was evaluated with max_steps=40 but the study evaluates with max_steps=None; "
+                            "delete {f} and rerun the study"),
+        ({"wait_steps": 5}, "{f} was evaluated with wait_steps=5 but the study evaluates with wait_steps=10; "
+                            "delete {f} and rerun the study"),
+        ({"resolution": 128}, "{f} was evaluated with resolution=128 but {first} with resolution=64; one table needs one "
+                              "protocol: delete the odd folder and rerun the study"),
+        ({"producer": odd_producer}, "{f} holds rollouts of checkpoint step 200, weights sha256 ffffffffffff but {first} of "
+                                     "checkpoint step 300, weights sha256 {sha}; the step counts of energy_lam1_beta1 must "
+                                     "come from one checkpoint: delete the stale folder and rerun the study"),
+    ]:
+        folder = fill(**odd)
+        with pytest.raises(StudyError) as err:
+            aggregate(cfg)
+        assert str(err.value) == msg.format(f=folder, p=folder.parent, first=cfg.eval_dir(energy, 2),
+                                            sha=ident[energy.name]["weights_sha256"][:12]), odd
+        assert not (tmp_path / "libero.json").exists()
+    # a folder with results but no record of how they were made
+    folder = fill()
+    (folder / "eval_config.json").unlink()
+    with pytest.raises(StudyError, match=f"{folder} has results but no eval_config.json saying how they were made; "
+                                         f"delete {folder} and rerun the study"):
+        aggregate(cfg)
+    # the CLI on a finished study (nothing to run): one line, exit 2
+    from envs.libero import list_tasks
+    from envs.scripted_demos import task_file_name
+
+    write_demo_file(tmp_path / "data" / SUITE / task_file_name(list_tasks(SUITE)[0].name), 5, 64, True)
+    folder = fill(churn=0.5)
+    rc, out, err = run_study(["preset=quick", f"data_root={tmp_path}/data", f"runs_root={tmp_path}/runs",
+                              f"eval_root={tmp_path}/eval", f"results={tmp_path}/libero.json", "eval_steps=2,4"], capsys)
+    assert rc == 2 and "$ " not in out
+    assert err.splitlines() == [f"error: {folder} was evaluated with churn=0.5 but the study evaluates with churn=0.0; "
+                                f"delete {folder} and rerun the study"]
+
+
 def test_collect_ignores_other_suites_and_checks_names(tmp_path: Path) -> None:
     fake_eval(tmp_path / "a" / "steps_4", "libero_goal", 4, [[True, False]])
     assert collect_results(SUITE, {"mse": tmp_path / "a"}) == ({}, "")
@@ -122,11 +196,13 @@ def write_demo_file(path: Path, n: int, resolution: int, fast: bool, detour: flo
 
 
 def fake_run(run: Path, step: int) -> None:
+    """A run dir trained to ``step``: its checkpoint and its policy/ (weights differ per step)."""
     ck = run / "checkpoints" / f"step_{step:08d}"
     ck.mkdir(parents=True)
     (ck / "trainer_state.json").write_text(json.dumps({"step": step}))
     (run / "policy").mkdir(exist_ok=True)
-    (run / "policy" / "config.json").write_text("{}")
+    (run / "policy" / "config.json").write_text(json.dumps({"train_step": step}))
+    (run / "policy" / "model.safetensors").write_bytes(f"weights of step {step}".encode())
 
 
 def test_plan_skips_finished_stages_and_resumes(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -150,12 +226,20 @@ def test_plan_skips_finished_stages_and_resumes(tmp_path: Path, capsys: pytest.C
     assert jobs["mse"].state == "resume" and "resume=true" in jobs["mse"].cmd and f"run_dir={cfg.run_dir(mse)}" in jobs["mse"].cmd
     ev = {j.name: j for j in plan_eval(cfg)}
     assert ev[f"{energy.name} steps=2"].state == "run" and ev["mse steps=2"].state == "wait"
-    fake_eval(cfg.eval_dir(energy, 2), SUITE, 2, [[True, False, True, False]])
+    # rollouts of the step-300 checkpoint, recorded by the evaluation itself ...
+    fake_eval(cfg.eval_dir(energy, 2), SUITE, 2, [[True, False, True, False]], producer=weights_identity(cfg.run_dir(energy)))
     assert {j.name: j.state for j in plan_eval(cfg)}[f"{energy.name} steps=2"] == "done"
-    write_eval_marker(cfg, energy, 2)  # rollouts of the step-300 checkpoint ...
     fake_run(cfg.run_dir(energy), 600)  # ... then the model is trained further
-    with pytest.raises(StudyError, match="another checkpoint of energy_lam1_beta1.*delete that folder"):
+    with pytest.raises(StudyError, match=r"another checkpoint of energy_lam1_beta1 \(checkpoint step 300, weights sha256 "
+                                         r"\w{12}; its run dir now holds checkpoint step 600, .*\): delete that folder"):
         plan_eval(quick(tmp_path, "train_steps=600"))
+    (cfg.eval_dir(energy, 2) / "eval_config.json").unlink()
+    # folders of older studies recorded the step in study_eval.json: still read
+    (cfg.eval_dir(energy, 2) / "study_eval.json").write_text(json.dumps({"train_step": 300}))
+    with pytest.raises(StudyError, match="another checkpoint of energy_lam1_beta1 .checkpoint step 300"):
+        plan_eval(quick(tmp_path, "train_steps=600"))
+    (cfg.eval_dir(energy, 2) / "study_eval.json").write_text(json.dumps({"train_step": 600}))
+    assert {j.name: j.state for j in plan_eval(quick(tmp_path, "train_steps=600"))}[f"{energy.name} steps=2"] == "done"
     (cfg.eval_dir(energy, 2) / "study_eval.json").unlink()
 
     # the CLI dry run prints the same plan and runs nothing
