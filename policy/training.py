@@ -156,6 +156,7 @@ def train(
         if not ckpts:
             raise FileNotFoundError(f"resume=true but {ckpt_dir} holds no checkpoint; start without resume")
         step = load_checkpoint(ckpts[-1], net, ema.model, opt, sched, device).step
+        ema.updates = step  # one EMA update per step: the warm-up resumes where it was
     if world > 1 or not resume:  # per-rank noise; a single-process resume keeps the restored RNG (exact)
         torch.manual_seed(train_cfg.seed * 7919 + step * 31 + rank)
     model: torch.nn.Module = net
