@@ -259,11 +259,13 @@ def test_a_slow_decode_on_one_connection_does_not_stall_the_others(server, monke
     from websockets.sync.client import connect
 
     try:
-        with connect(f"ws://127.0.0.1:{server.port}", max_size=None) as slow, PolicyClient("127.0.0.1", server.port) as other:
+        with connect(f"ws://127.0.0.1:{server.port}", max_size=None) as slow, connect(f"ws://127.0.0.1:{server.port}", max_size=None) as other:
             unpackb(slow.recv())
+            unpackb(other.recv())
             slow.send(b"\xc0")
             assert entered.wait(10)
-            reply = other.infer(good_obs())  # with decoding on the event loop this never returns
+            other.send(packb(good_obs()))
+            reply = unpackb(other.recv(timeout=15))  # with decoding on the event loop: TimeoutError
             assert reply["actions"].shape == (8, 7)
             release.set()
             assert slow.recv(timeout=30) == "bad request: request must be a msgpack map of observation keys, got NoneType"
