@@ -22,14 +22,16 @@ RESULTS_PNG = "results.png"
 
 
 def wilson_interval(successes: int, n: int, z: float = 1.959963984540054) -> tuple[float, float]:
-    """95% Wilson score interval (lo, hi) of a binomial proportion; (0, 1) when n == 0."""
+    """95% Wilson score interval (lo, hi) of a binomial proportion; (0, 1) when n == 0.
+    lo is exactly 0 when nothing succeeded and hi exactly 1 when everything did (rounding
+    would otherwise put the rate a hair outside its own interval)."""
     if n == 0:
         return 0.0, 1.0
     p = successes / n
     den = 1 + z * z / n
     centre = (p + z * z / (2 * n)) / den
     half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / den
-    return max(0.0, centre - half), min(1.0, centre + half)
+    return (0.0 if successes == 0 else max(0.0, centre - half)), (1.0 if successes == n else min(1.0, centre + half))
 
 
 RUN_CONFIG_FILE = "eval_config.json"  # the record of what produced a result folder
@@ -300,7 +302,8 @@ def plot_results(summary: dict[str, Any], path: str | os.PathLike, title: str = 
     for ax, (suite, d) in zip(axes[0], suites):
         x = [t["task_index"] for t in d["tasks"]]
         y = [t["success_rate"] for t in d["tasks"]]
-        err = [[t["success_rate"] - t["ci95"][0] for t in d["tasks"]], [t["ci95"][1] - t["success_rate"] for t in d["tasks"]]]
+        err = [[max(0.0, t["success_rate"] - t["ci95"][0]) for t in d["tasks"]],
+               [max(0.0, t["ci95"][1] - t["success_rate"]) for t in d["tasks"]]]
         ax.bar(x, y, yerr=err, capsize=2, color="tab:blue", alpha=0.8)
         ax.axhline(d["median_over_tasks"], color="tab:red", lw=1, label=f"median {100 * d['median_over_tasks']:.0f}%")
         ax.set_ylim(0, 1.05)

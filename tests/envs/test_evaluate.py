@@ -41,6 +41,18 @@ def test_wilson_interval_and_summary() -> None:
     assert s["outcomes"] is None and s["tasks"][0]["outcomes"] is None  # logs from before outcomes
 
 
+def test_a_task_without_successes_is_plotted(tmp_path) -> None:
+    """0/50 (and 0/3, 0/7, ...) put the Wilson lower bound 1e-17 above the rate by rounding:
+    matplotlib then refused the error bar and a finished evaluation ended in a ValueError."""
+    from envs.eval_results import write_results
+
+    for n in range(1, 101):
+        assert wilson_interval(0, n)[0] == 0.0 and wilson_interval(n, n)[1] == 1.0
+    recs = [{"suite": "s", "task_index": t, "episode": e, "success": t == 1, "length": 5} for t in range(2) for e in range(50)]
+    write_results(tmp_path, summarize(recs, {}))
+    assert (tmp_path / "results.png").read_bytes()[:4] == b"\x89PNG"
+
+
 def test_outcome_labels_and_their_counts() -> None:
     assert classify(True, None, 1, 0.2, False) == "success"
     assert classify(False, "policy raised", 3, 0.2, True) == "error"  # an error wins over everything
