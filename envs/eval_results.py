@@ -76,8 +76,9 @@ def describe_producer(producer: dict[str, Any] | None) -> str:
         return "an unrecorded policy"
     if producer.get("kind") == "checkpoint":
         step = producer.get("train_step")
-        return (f"checkpoint {'step ' + str(step) if step is not None else 'of unrecorded step'}, "
-                f"weights sha256 {str(producer.get('weights_sha256'))[:12]}")
+        sha = producer.get("weights_sha256")
+        return f"checkpoint {'step ' + str(step) if step is not None else 'of unrecorded step'}" + (
+            f", weights sha256 {str(sha)[:12]}" if sha else "")
     extra = f", sha256 {str(producer['sha256'])[:12]}" if producer.get("sha256") else ""
     return f"{producer.get('kind', 'policy')} {producer.get('path', '')}".strip() + extra
 

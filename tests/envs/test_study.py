@@ -236,7 +236,7 @@ def test_plan_skips_finished_stages_and_resumes(tmp_path: Path, capsys: pytest.C
     (cfg.eval_dir(energy, 2) / "eval_config.json").unlink()
     # folders of older studies recorded the step in study_eval.json: still read
     (cfg.eval_dir(energy, 2) / "study_eval.json").write_text(json.dumps({"train_step": 300}))
-    with pytest.raises(StudyError, match="another checkpoint of energy_lam1_beta1 .checkpoint step 300"):
+    with pytest.raises(StudyError, match=r"another checkpoint of energy_lam1_beta1 \(checkpoint step 300; its run dir now"):
         plan_eval(quick(tmp_path, "train_steps=600"))
     (cfg.eval_dir(energy, 2) / "study_eval.json").write_text(json.dumps({"train_step": 600}))
     assert {j.name: j.state for j in plan_eval(quick(tmp_path, "train_steps=600"))}[f"{energy.name} steps=2"] == "done"
