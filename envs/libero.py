@@ -343,6 +343,14 @@ class LiberoEnv(gym.Env):
                 self._env = None
 
 
+def clear_gripper_commands(robosuite_env: Any) -> None:
+    """Zero each gripper's ramped command (robosuite keeps it in the gripper model, so only a
+    hard reset, which builds a new model, clears it; the camera-less planning env resets soft)."""
+    for robot in robosuite_env.robots:
+        if robot.has_gripper:
+            robot.gripper.current_action = np.zeros_like(robot.gripper.current_action)
+
+
 def make_env(
     suite: str,
     task_index: int,

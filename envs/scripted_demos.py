@@ -23,7 +23,8 @@ import numpy as np
 
 from envs.hdf5_writer import (Demo, file_attrs, robot_state_vector, scripted_modes, task_file_name, write_demo_shard,
                               write_task_file)
-from envs.libero import MAX_STEPS, NOOP_ACTION, NUM_WAIT_STEPS, TaskInfo, hdf5_obs_fields, make_env
+from envs.libero import (MAX_STEPS, NOOP_ACTION, NUM_WAIT_STEPS, TaskInfo, clear_gripper_commands, hdf5_obs_fields,
+                         make_env)
 from envs.scripted import ScriptedPlanner, run_episode
 from envs.scripted_bddl import parse_goal
 from envs.scripted_layout import repair_layout
@@ -72,6 +73,7 @@ def plan_attempt(env: Any, task: TaskInfo, seed: int, max_steps: int | None = No
     t0 = time.time()
     env.seed(int(seed))
     env.reset()
+    clear_gripper_commands(env.env)  # a soft reset keeps the last attempt's gripper command
     repair_layout(env.env)  # objects on/in fixture regions: LIBERO's sampler puts them in the air
     for _ in range(NUM_WAIT_STEPS):
         env.step(NOOP_ACTION.astype(np.float64))

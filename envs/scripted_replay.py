@@ -13,7 +13,7 @@ import h5py
 import numpy as np
 
 from envs.hdf5_writer import Demo, write_task_file
-from envs.libero import SUITES, LiberoEnv, TaskInfo, hdf5_obs_fields, list_tasks
+from envs.libero import SUITES, LiberoEnv, TaskInfo, clear_gripper_commands, hdf5_obs_fields, list_tasks
 
 
 def task_of_file(path: str | Path) -> TaskInfo:
@@ -76,7 +76,11 @@ def replay_actions(env: Any, group: h5py.Group, on_state: Callable[[int, Any], N
     """
     states = np.asarray(group["states"])
     actions = np.asarray(group["actions"])
-    env.set_init_state(states[0])
+    if not isinstance(env, LiberoEnv):  # a raw LIBERO env keeps controller state across loads: reset first
+        env.seed(0)
+        env.reset()
+        clear_gripper_commands(env.env)
+    env.set_init_state(states[0])  # a LiberoEnv resets by itself when it stepped since its last reset
     worst = 0.0
     for t, a in enumerate(actions):
         cur = np.asarray(env.get_sim_state())

@@ -155,7 +155,10 @@ def test_demo_replays_to_success_and_images_match(demo_file: Path) -> None:
         success, worst = replay_actions(env, g, on_state=on_state)
         tracker[0].step(actions[-1])
         stored = {k: g["obs"][k][check] for k in ("agentview_rgb", "eye_in_hand_rgb", "joint_states")}
+        # again in the same env, now stale (gripper closed and opened, arm elsewhere): the same path
+        again, worst_again = replay_actions(env, g)
     env.close()
+    assert again and worst_again < 1e-6, f"a second replay in the same env drifts by {worst_again}"
     assert success, "replaying the stored actions from the first state did not reach the goal"
     assert worst < 1e-6, f"replayed states drift from the stored ones by {worst}"
     # one close command, the soup carried well above LIFT_M in the hand on the way, not at the start
