@@ -24,6 +24,8 @@ from scipy import linalg
 from torch import Tensor, nn
 from torch.nn import functional as F
 
+from policy.utils import read_safetensors
+
 
 def frechet_distance(feats_a: np.ndarray, feats_b: np.ndarray) -> float:
     """FD between Gaussians fitted to feats_a (N, D) and feats_b (M, D); float64 throughout."""
@@ -224,9 +226,7 @@ def load_inception(path: str | Path) -> InceptionFeatures:
     if not p.is_file():
         raise FileNotFoundError(f"Inception weights {p} not found; pass pytorch-fid's pt_inception-2015-12-05-6726825d.pth")
     if p.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        state = load_file(p)
+        state = read_safetensors(p)[0]
     else:
         state = torch.load(p, map_location="cpu", weights_only=True)
     net = InceptionFeatures()

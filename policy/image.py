@@ -26,7 +26,6 @@ from typing import Any, Callable
 
 import numpy as np
 import torch
-from safetensors.torch import load_file
 from torch import Tensor, nn
 from torch.nn import functional as F
 from tqdm.auto import tqdm
@@ -35,7 +34,7 @@ from policy.diffusion import diffusion_loss, sample
 from policy.nets.unet import UNet, UNetConfig
 from policy.optim import EMA, check_finite
 from policy.scoring import LossConfig
-from policy.utils import atomic_save_safetensors, atomic_write, atomic_write_text
+from policy.utils import atomic_save_safetensors, atomic_write, atomic_write_text, read_safetensors
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 
@@ -322,5 +321,5 @@ def load_image_model(directory: str | Path) -> UNet:
         raise FileNotFoundError(f"{d} is not an image model directory (needs config.json and model.safetensors)")
     cfg = UNetConfig.from_dict(json.loads((d / "config.json").read_text())["unet"])
     model = UNet(cfg)
-    model.load_state_dict(load_file(d / "model.safetensors"))
+    model.load_state_dict(read_safetensors(d / "model.safetensors")[0])
     return model

@@ -23,12 +23,11 @@ from typing import Any
 
 import numpy as np
 import torch
-from safetensors.torch import load_file
 
 from policy.config import PolicyConfig
 from policy.model import PolicyNetwork
 from policy.nets.language import LanguageEncoder
-from policy.utils import atomic_save_safetensors, atomic_write_bytes
+from policy.utils import atomic_save_safetensors, atomic_write_bytes, read_safetensors
 
 FORMAT_VERSION = 1
 CONFIG_NAME = "config.json"
@@ -163,13 +162,13 @@ class DiffusionPolicy:
             raise ValueError(f"{root / CONFIG_NAME}: not a DiffusionPolicy config ({exc})") from None
         cache: dict[str, torch.Tensor] = {}
         if (root / LANG_CACHE_NAME).is_file():
-            from safetensors import safe_open
-
-            with safe_open(str(root / LANG_CACHE_NAME), framework="pt") as f:
-                texts = json.loads((f.metadata() or {}).get("instructions", "[]"))
-                emb = f.get_tensor("embeddings")
-            cache = dict(zip(texts, emb))
+            tensors, meta = read_safetensors(root / LANG_CACHE_NAME)
+            try:
+                cache = dict(zip(json.loads(meta.get("instructions", "[]")), tensors["embeddings"]))
+            except (KeyError, ValueError) as exc:
+                raise ValueError(f"{root / LANG_CACHE_NAME}: not a language cache ({exc}); delete it, the policy "
+                                 "embeds its instructions again") from None
         language = LanguageEncoder(config.language_model, cache)
         net = PolicyNetwork(config, lang_dim)
-        load_state_strict(net, load_file(str(root / WEIGHTS_NAME)), str(root / WEIGHTS_NAME))
+        load_state_strict(net, read_safetensors(root / WEIGHTS_NAME)[0], str(root / WEIGHTS_NAME))
         return cls(config, language, net, device)

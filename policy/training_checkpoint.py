@@ -18,10 +18,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file
 
 from policy.policy import load_state_strict
-from policy.utils import atomic_dir, atomic_save_safetensors, atomic_write, atomic_write_json
+from policy.utils import atomic_dir, atomic_save_safetensors, atomic_write, atomic_write_json, read_safetensors
 
 PREFIX = "step_"
 
@@ -79,12 +78,12 @@ def load_checkpoint(
     for name in ("model.safetensors", "ema.safetensors", "optimizer.pt", "rng.safetensors", "trainer_state.json"):
         if not (ckpt / name).is_file():
             raise FileNotFoundError(f"checkpoint {ckpt} lacks {name}; it is incomplete, delete it to resume from an older one")
-    load_state_strict(model, load_file(str(ckpt / "model.safetensors"), device=str(device)), str(ckpt / "model.safetensors"))
-    load_state_strict(ema_model, load_file(str(ckpt / "ema.safetensors"), device=str(device)), str(ckpt / "ema.safetensors"))
+    for name, module in (("model.safetensors", model), ("ema.safetensors", ema_model)):
+        load_state_strict(module, read_safetensors(ckpt / name, str(device))[0], str(ckpt / name))
     opt_state = torch.load(ckpt / "optimizer.pt", map_location=device, weights_only=True)
     optimizer.load_state_dict(opt_state["optimizer"])
     scheduler.load_state_dict(opt_state["scheduler"])
-    rng = load_file(str(ckpt / "rng.safetensors"))
+    rng = read_safetensors(ckpt / "rng.safetensors")[0]
     torch.set_rng_state(rng["torch_cpu"])
     if torch.cuda.is_available():
         states = [rng[k] for k in sorted(rng) if k.startswith("torch_cuda_")]

@@ -102,6 +102,20 @@ def atomic_write_json(path: str | os.PathLike, obj: Any) -> Path:
     return atomic_write_text(path, json.dumps(obj, indent=2) + "\n")
 
 
+def read_safetensors(path: str | os.PathLike, device: str = "cpu") -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """(tensors, metadata) of a safetensors file; a truncated or corrupt file is one ValueError
+    line naming it (safetensors' own error says only "Error while deserializing header")."""
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(path), framework="pt", device=str(device)) as f:
+            return {k: f.get_tensor(k) for k in f.keys()}, dict(f.metadata() or {})
+    except SafetensorError as exc:
+        reason = (str(exc).strip().splitlines() or ["unreadable"])[0]
+        raise ValueError(f"{path}: not a readable safetensors file ({reason}): it is truncated or corrupt; "
+                         "copy it again or re-export it") from None
+
+
 def atomic_save_safetensors(tensors: Mapping[str, torch.Tensor], path: str | os.PathLike, metadata: dict[str, str] | None = None) -> Path:
     """safetensors.torch.save_file, atomically; tensors are moved to CPU and made contiguous."""
     from safetensors.torch import save_file

@@ -126,6 +126,52 @@ def test_save_load_round_trip_identical(tiny_config: PolicyConfig, language: Lan
         DiffusionPolicy.from_pretrained(tmp_path / "nothing")
 
 
+def _script(name: str):
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location(name, Path(__file__).parents[2] / "scripts" / f"{name}.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_a_damaged_weights_file_is_one_line_naming_it(tiny_config: PolicyConfig, language: LanguageEncoder, tmp_path,
+                                                      capsys) -> None:
+    """A truncated or garbled model.safetensors gave a 17-line SafetensorError traceback in eval and serve."""
+    policy = DiffusionPolicy(tiny_config, language)
+    policy.predict(_obs(1))
+    good = policy.save_pretrained(tmp_path / "good")
+    data = (good / "model.safetensors").read_bytes()
+    rng = np.random.default_rng(0)
+    damaged = {"truncated": data[: len(data) // 2], "garbled": rng.integers(0, 256, len(data), np.uint8).tobytes(),
+               "empty": b""}
+    for kind, content in damaged.items():
+        bad = tmp_path / kind
+        bad.mkdir()
+        for f in good.iterdir():
+            (bad / f.name).write_bytes(content if f.name == "model.safetensors" else f.read_bytes())
+        with pytest.raises(ValueError) as err:
+            DiffusionPolicy.from_pretrained(bad)
+        msg = str(err.value)
+        assert "\n" not in msg and str(bad / "model.safetensors") in msg and "truncated or corrupt" in msg, (kind, msg)
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    for f in good.iterdir():
+        raw = f.read_bytes()
+        (cache / f.name).write_bytes(raw[:100] if f.name == "language_cache.safetensors" else raw)
+    with pytest.raises(ValueError, match="language_cache.safetensors: not a readable safetensors file"):
+        DiffusionPolicy.from_pretrained(cache)
+    # both entry points print that one line, no traceback
+    capsys.readouterr()
+    assert _script("serve_policy").main(["--checkpoint", str(tmp_path / "truncated"), "--port", "0"]) == 2
+    assert _script("eval_rollouts").main(["--checkpoint", str(tmp_path / "garbled"), "--suites", "libero_object",
+                                          "--out", str(tmp_path / "eval")]) == 2
+    err_lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert len(err_lines) == 2 and all(line.startswith("error: ") and "truncated or corrupt" in line for line in err_lines), err_lines
+    assert not (tmp_path / "eval").exists()
+
+
 def test_config_and_normalizer_validation() -> None:
     with pytest.raises(ValueError, match="d_model"):
         PolicyConfig(d_model=30, n_heads=4)
