@@ -39,7 +39,7 @@ import torch.nn.functional as F
 from torch.utils.data import Dataset
 from tqdm import tqdm
 
-from envs.libero import process_observation
+from envs.libero import SUITES, process_observation
 from policy.utils import atomic_write
 
 CAMERA_KEYS = ("agentview_rgb", "eye_in_hand_rgb")
@@ -47,9 +47,18 @@ OBS_SHAPES = {"joint_states": 7, "gripper_states": 2}
 ACTION_DIM = 7
 DEMO_SOURCES = (
     "download the official LIBERO HDF5 files (LIBERO's benchmark_scripts/download_libero_datasets.py, or "
-    "huggingface.co/datasets/yifengzhu-hf/LIBERO-datasets) into data/<suite>/, or generate scripted ones with "
-    "`python scripts/generate_demos.py --suite {suite} --out data/`"
+    "huggingface.co/datasets/yifengzhu-hf/LIBERO-datasets) into data/<suite>/, or generate scripted ones with {generate}"
 )
+
+
+def generate_hint(folder: Path) -> str:
+    """A generate_demos.py command that fills ``folder`` (it writes <out>/<suite>/), or, for a folder not
+    named after a suite, one that writes a suite folder beside it to point the config at."""
+    out = folder.parent if str(folder.parent) not in ("", ".") else Path(".")
+    if folder.name in SUITES:
+        return f"`python scripts/generate_demos.py --suite {folder.name} --out {out}/`"
+    return (f"`python scripts/generate_demos.py --suite <suite> --out {out}/` (it writes {out}/<suite>/, <suite> one of "
+            f"{', '.join(SUITES)}; {folder.name!r} is not a suite name) and use that folder")
 
 
 class DatasetError(ValueError):
@@ -76,9 +85,9 @@ def find_hdf5_files(folders: str | Path | Sequence[str | Path]) -> list[Path]:
         folder = Path(folder)
         found = sorted(folder.glob("*.hdf5")) if folder.is_dir() else []
         if not found:
-            suite = folder.name or "libero_10"
             state = "has no *.hdf5 files" if folder.is_dir() else "does not exist"
-            raise FileNotFoundError(f"demonstration folder {folder} {state}: " + DEMO_SOURCES.format(suite=suite))
+            raise FileNotFoundError(f"demonstration folder {folder} {state}: "
+                                    + DEMO_SOURCES.format(generate=generate_hint(folder)))
         files += found
     return files
 

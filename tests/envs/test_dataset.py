@@ -168,3 +168,23 @@ def test_simulator_recording_reads_back_as_the_evaluation_observation(tmp_path: 
         assert info["fields"]["agentview_rgb"].shape == (64, 64, 3)
     finally:
         env.close()
+
+
+def test_missing_data_suggests_a_generate_command_that_fills_the_folder(tmp_path: Path) -> None:
+    """It suggested `--suite <folder name>` even for folders not named after a suite (a command that fails)."""
+    import re
+
+    from envs.dataset import find_hdf5_files
+
+    for folder, suite in ((tmp_path / "data" / "libero_goal", "libero_goal"), (tmp_path / "mydemos", None)):
+        folder.mkdir(parents=True)
+        with pytest.raises(FileNotFoundError) as err:
+            find_hdf5_files(folder)
+        msg = str(err.value)
+        assert "\n" not in msg and f"demonstration folder {folder} has no *.hdf5 files" in msg
+        cmd = re.search(r"`python scripts/generate_demos.py --suite (\S+) --out (\S+)/`", msg)
+        assert cmd is not None, msg
+        if suite is not None:  # generate_demos.py writes <out>/<suite>/: exactly the folder asked for
+            assert cmd.group(1) == suite and Path(cmd.group(2)) / cmd.group(1) == folder
+        else:
+            assert cmd.group(1) == "<suite>" and "--suite mydemos" not in msg and "libero_object" in msg
