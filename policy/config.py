@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import numbers
+import os
 import types
 import typing
 from dataclasses import dataclass
@@ -125,7 +126,7 @@ def find_type_error(value: Any, tp: Any, key: str, numeric_strings: bool = False
     elif tp is float:
         ok = is_float(value, numeric_strings)
     elif tp is str:
-        ok = isinstance(value, str) or (numeric_strings and is_float(value))
+        ok = isinstance(value, (str, os.PathLike)) or (numeric_strings and is_float(value))
     elif isinstance(tp, type):
         ok = isinstance(value, tp)
     else:

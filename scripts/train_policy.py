@@ -17,7 +17,7 @@ Keys:   train.steps, train.batch_size, train.lr, train.eval_every, train.wandb_m
 Flags:  --cfg job|hydra|all (-c): print the config (YAML) and exit, --resolve resolves it;
         -m/--multirun: comma-separated values (key=a,b), range(...) and choice(...) sweep;
         the combinations run one after another in this process, each in a new run dir,
-        then one summary line per job (exit 1 if any failed).
+        then one summary line per job (non-zero exit if any failed).
 """
 
 from __future__ import annotations
