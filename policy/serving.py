@@ -40,6 +40,7 @@ from policy.wire import MAX_ERROR_CHARS, RequestError, packb, parse_observation,
 
 log = logging.getLogger("policy.serving")
 DEFAULT_MAX_MESSAGE_BYTES = 4 * 1024 * 1024
+REFUSED_BYTES_PER_S = 16 * 1024 * 1024  # a connection's refused frames are paced to this rate
 DEFAULT_MAX_CONNECTIONS = 16
 DEFAULT_MAX_CACHED_PROMPTS = 1024
 MAX_QUEUED_FRAMES = 1  # websockets' max_queue: frames buffered per connection before it stops reading
@@ -176,18 +177,24 @@ class PolicyServer:
         async for message in ws:
             t0 = time.perf_counter()
             self._last_request[id(ws)] = t0
+            pause = 0.0
             try:
                 reply = await self._answer(message, t0)
             except RequestError as e:
                 self.stats["errors"] += 1
-                await ws.send(error_text(str(e)))
-                continue
+                reply = error_text(str(e))
+                # refused bytes cost the sender time: while this connection waits its (one-frame)
+                # receive queue stays full, so a client flooding large bad frames is slowed to
+                # REFUSED_BYTES_PER_S and the others keep the event loop; small mistakes cost ~nothing
+                pause = len(message) / REFUSED_BYTES_PER_S
             except Exception:
                 self.stats["errors"] += 1
                 log.exception("unexpected error while serving a request")
-                await ws.send("internal server error (details in the server log)")
-                continue
+                reply = "internal server error (details in the server log)"
+            del message  # out here neither the frame nor an exception's traceback holding it lives on
             await ws.send(reply)
+            if pause:
+                await asyncio.sleep(pause)
 
     def _decode(self, message: bytes) -> Any:
         request = unpackb(message, self.max_message_bytes)

@@ -273,6 +273,32 @@ def test_a_slow_decode_on_one_connection_does_not_stall_the_others(server, monke
         release.set()
 
 
+def test_refused_bytes_pace_their_sender(server, monkeypatch):
+    """Item 10: a client flooding large bad frames is slowed to REFUSED_BYTES_PER_S (its one-frame queue
+    stays full while it waits), so it cannot keep the event loop from the others; a good client is not."""
+    import policy.serving as serving
+    from websockets.sync.client import connect
+
+    monkeypatch.setattr(serving, "REFUSED_BYTES_PER_S", 1024 * 1024)
+    bad = b"\xc5" + (60_000).to_bytes(2, "big") + bytes(60_000)  # a 60 kB msgpack bin: not a map
+    with connect(f"ws://127.0.0.1:{server.port}", max_size=None) as flood, \
+            connect(f"ws://127.0.0.1:{server.port}", max_size=None) as other:
+        unpackb(flood.recv())
+        unpackb(other.recv())
+        t0 = time.perf_counter()
+        for _ in range(10):
+            flood.send(bad)
+            assert flood.recv(timeout=30).startswith("bad request: request must be a msgpack map")
+        paced = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        for _ in range(10):
+            other.send(packb(good_obs()))
+            assert unpackb(other.recv(timeout=30))["actions"].shape == (8, 7)
+        good = time.perf_counter() - t0
+    assert paced >= 9 * 60_003 / (1024 * 1024), paced  # the 10th reply comes before its pause
+    assert good < paced, (good, paced)  # good requests never pay it
+
+
 def test_error_replies_are_capped_whatever_the_client_sent(server):
     """Item 11: a huge dtype string or thousands of unknown keys get a short reply."""
     from websockets.sync.client import connect
