@@ -74,10 +74,10 @@ def describe_producer(producer: dict[str, Any] | None) -> str:
     """``checkpoint step 300, weights sha256 1a2b3c4d5e6f`` and the like, for one-line messages."""
     if not producer:
         return "an unrecorded policy"
-    if producer.get("kind") == "checkpoint":
+    if producer.get("kind") in ("checkpoint", "training"):  # a saved checkpoint, or weights in a training run
         step = producer.get("train_step")
         sha = producer.get("weights_sha256")
-        return f"checkpoint {'step ' + str(step) if step is not None else 'of unrecorded step'}" + (
+        return f"{producer['kind']} {'step ' + str(step) if step is not None else 'of unrecorded step'}" + (
             f", weights sha256 {str(sha)[:12]}" if sha else "")
     extra = f", sha256 {str(producer['sha256'])[:12]}" if producer.get("sha256") else ""
     return f"{producer.get('kind', 'policy')} {producer.get('path', '')}".strip() + extra

@@ -116,6 +116,21 @@ def read_safetensors(path: str | os.PathLike, device: str = "cpu") -> tuple[dict
                          "copy it again or re-export it") from None
 
 
+def state_sha256(module: torch.nn.Module) -> str:
+    """sha256 of a module's state (names, dtypes, shapes and bytes, in name order): the identity
+    of weights held in memory, e.g. for results made during training (no file to hash)."""
+    import hashlib
+
+    import torch
+
+    h = hashlib.sha256()
+    for name, t in sorted(module.state_dict().items()):
+        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+        flat = t.detach().cpu().contiguous().reshape(-1)
+        h.update(flat.view(torch.uint8).numpy().tobytes() if flat.numel() else b"")
+    return h.hexdigest()
+
+
 def atomic_save_safetensors(tensors: Mapping[str, torch.Tensor], path: str | os.PathLike, metadata: dict[str, str] | None = None) -> Path:
     """safetensors.torch.save_file, atomically; tensors are moved to CPU and made contiguous."""
     from safetensors.torch import save_file

@@ -34,6 +34,7 @@ def _eval_fn(cfg, run_dir: Path):
     """envs.evaluate.run_evaluation as the periodic in-simulator evaluation callback."""
     try:
         from envs.evaluate import EvalConfig, run_evaluation  # lazy: simulator only when evaluating
+        from policy.utils import state_sha256
     except ImportError as exc:
         print(f"note: envs.evaluate is not available ({exc}); periodic evaluation disabled", file=sys.stderr)
         return None
@@ -42,7 +43,9 @@ def _eval_fn(cfg, run_dir: Path):
         ecfg = EvalConfig(suites=list(cfg.suite.suites), out_dir=str(run_dir / "evals" / f"step_{step:08d}"),
                           episodes=int(cfg.train.eval_episodes), workers=int(cfg.eval.workers), steps=int(cfg.eval.steps),
                           max_steps=cfg.eval.max_steps, tasks={s: list(cfg.eval.tasks) for s in cfg.suite.suites} if cfg.eval.tasks else {},
-                          policy=f"{run_dir.name}@{step}", progress=False)
+                          policy=f"{run_dir.name}@{step}", progress=False,
+                          producer={"kind": "training", "path": str(run_dir.resolve()), "train_step": int(step),
+                                    "weights_sha256": state_sha256(policy.net)})
         overall = run_evaluation(policy, ecfg)["overall"]
         return {"success_rate": float(overall["success_rate"]), "episodes": float(overall["episodes"])}
 

@@ -62,3 +62,19 @@ def test_temp_file_keeps_the_suffix(tmp_path: Path) -> None:
     seen = []
     atomic_write(tmp_path / "v.mp4", lambda tmp: (seen.append(tmp), Path(tmp).write_bytes(b"x")))
     assert seen[0].endswith(".mp4") and Path(seen[0]).name.startswith(".v.mp4.")
+
+
+def test_state_sha256_names_the_weights_in_memory() -> None:
+    """The identity the periodic in-training evaluation records (there is no weights file to hash)."""
+    from policy.utils import state_sha256
+
+    torch.manual_seed(0)
+    a = torch.nn.Linear(3, 2)
+    b = torch.nn.Linear(3, 2)
+    b.load_state_dict(a.state_dict())
+    assert state_sha256(a) == state_sha256(b) and len(state_sha256(a)) == 64
+    with torch.no_grad():
+        b.weight[0, 0] = torch.nextafter(b.weight[0, 0], torch.tensor(1.0))  # one ulp
+    assert state_sha256(b) != state_sha256(a)
+    assert state_sha256(a.to(torch.float64)) != state_sha256(b.to(torch.float64))
+    assert state_sha256(torch.nn.Linear(3, 2).to(torch.bfloat16)) != state_sha256(a)
