@@ -87,6 +87,23 @@ def _dist_info() -> tuple[int, int, int]:
     return int(os.environ.get("RANK", "0")), world, int(os.environ.get("LOCAL_RANK", "0"))
 
 
+def make_loader(dataset: DemoDataset, train_cfg: TrainConfig, step: int, rank: int, world: int, pin_memory: bool = False) -> tuple[DataLoader, int]:
+    """This rank's loader for the epoch that holds `step`, from that step's batch on, and the epoch.
+
+    Every rank draws the same epoch permutation (seeded by train_cfg.seed and the epoch) and
+    takes its shard perm[rank::world]; the epoch is set on the dataset (augmentation).
+    """
+    per_epoch = len(EpochBatches(len(dataset), train_cfg.batch_size, train_cfg.seed, 0, rank, world))
+    epoch, offset = divmod(step, per_epoch)
+    dataset.set_epoch(epoch)
+    batches = EpochBatches(len(dataset), train_cfg.batch_size, train_cfg.seed, epoch, rank, world, offset)
+    loader = DataLoader(
+        dataset, batch_sampler=batches, num_workers=train_cfg.num_workers, pin_memory=pin_memory,
+        generator=torch.Generator().manual_seed(train_cfg.seed + epoch),  # keeps the global RNG untouched
+    )
+    return loader, epoch
+
+
 def resolve_loss(loss: LossConfig, bandwidth: float | str, multiplier: float, dataset: DemoDataset, net: PolicyNetwork) -> LossConfig:
     """`bandwidth='auto'`: median pairwise distance of normalised action chunks x multiplier (paper rule)."""
     if bandwidth != "auto":
@@ -173,14 +190,7 @@ def train(
     ema_policy = DiffusionPolicy(policy_cfg, language, ema.model, device)
     end = train_cfg.steps if stop_after is None else min(stop_after, train_cfg.steps)
     while step < end:
-        per_epoch = len(EpochBatches(len(dataset), train_cfg.batch_size, train_cfg.seed, 0, rank, world))
-        epoch, offset = divmod(step, per_epoch)
-        dataset.set_epoch(epoch)
-        batches = EpochBatches(len(dataset), train_cfg.batch_size, train_cfg.seed, epoch, rank, world, offset)
-        loader = DataLoader(
-            dataset, batch_sampler=batches, num_workers=train_cfg.num_workers, pin_memory=device.type == "cuda",
-            generator=torch.Generator().manual_seed(train_cfg.seed + epoch),  # keeps the global RNG untouched
-        )
+        loader, epoch = make_loader(dataset, train_cfg, step, rank, world, pin_memory=device.type == "cuda")
         for batch in loader:
             images, proprio, actions = _to_device(batch, policy_cfg.cameras, device)
             lang = language.embed(batch["language"], device)

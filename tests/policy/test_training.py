@@ -1,4 +1,4 @@
-"""Training: overfitting, exact resume, checkpoints, Hydra composition, the script, DDP."""
+"""Training: overfitting, exact resume, checkpoints, Hydra composition, the script (DDP: test_ddp.py)."""
 
 from __future__ import annotations
 
@@ -226,20 +226,6 @@ def test_trim_metrics_keeps_the_steps_up_to_the_checkpoint(tmp_path: Path) -> No
     assert [json.loads(x)["step"] for x in path.read_text().splitlines()] == [20, 40]
     trim_metrics(path, 0)  # a fresh start in a run dir whose first attempt never checkpointed
     assert path.read_text() == ""
-
-
-@pytest.mark.slow
-def test_ddp_two_processes_gloo(tmp_path: Path, synthetic_suite: Path) -> None:
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29531",
-           str(REPO / "scripts" / "train_policy.py"), f"suite.data_dirs=[{synthetic_suite}]", *TINY_OVERRIDES,
-           "train.steps=4", "train.log_every=1", "loss.population=2", "train.batch_size=4"]
-    out = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"})
-    assert out.returncode == 0, out.stderr[-3000:]
-    assert out.stdout.count("done: 4 steps") == 1  # only rank 0 reports
-    latest = tmp_path / "runs" / "latest"
-    metrics = [json.loads(x) for x in (latest / "metrics.jsonl").read_text().splitlines()]
-    assert [m["step"] for m in metrics] == [1, 2, 3, 4]
-    assert DiffusionPolicy.from_pretrained(latest).predict is not None
 
 
 def test_kernel_bandwidth_auto_is_the_median_rule(synthetic_suite: Path, language: LanguageEncoder) -> None:
