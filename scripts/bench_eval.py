@@ -30,10 +30,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         from tqdm import tqdm
 
-        from envs.eval_bench import machine_info, measure_steps_per_s, render_compare_png, today
-        from envs.eval_results import atomic_write_text
-        from envs.evaluate import EvalConfig, run_evaluation
-        from envs.libero import get_task
+        from envs.evaluation.bench import machine_info, measure_steps_per_s, render_compare_png, today
+        from envs.evaluation.results import atomic_write_text
+        from envs.evaluation.harness import EvalConfig, run_evaluation
+        from envs.libero.env import get_task
 
         get_task(args.suite, args.task)
         workers = tuple(int(x) for x in args.workers.split(","))
@@ -46,12 +46,12 @@ def main(argv: list[str] | None = None) -> int:
                            (res["official"]["faces"], res["fast"]["faces"]))
 
         if args.checkpoint:
-            from envs.eval_policies import load_policy
+            from envs.evaluation.policies import load_policy
 
             policy = load_policy("checkpoint", args.checkpoint)
         else:
-            from policy.config import PolicyConfig
-            from policy.policy import DiffusionPolicy
+            from policy.model.config import PolicyConfig
+            from policy.model.policy import DiffusionPolicy
 
             policy = DiffusionPolicy(PolicyConfig(suites=(args.suite,)))
         with tempfile.TemporaryDirectory() as tmp:

@@ -39,7 +39,7 @@ def obs(size: int, seed: int) -> dict:
 
 def _start_server(policy, args):
     """The server in a thread of this process, or serve_policy.py in its own process."""
-    from policy.serving import PolicyServer
+    from policy.serving.server import PolicyServer
 
     if args.in_thread:
         server = PolicyServer(policy, steps=args.steps, port=0, batch_window_ms=args.batch_window_ms)
@@ -86,7 +86,7 @@ def load_run(port: int, clients: int, count: int, size: int) -> tuple[float, lis
 def _gated_client(go, port: int, k: int, count: int, size: int, results) -> None:
     """A client that connects and prepares, reports ready, then starts on the common signal."""
 
-    from policy.serving import PolicyClient
+    from policy.serving.server import PolicyClient
 
     observations = [obs(size, k * 100000 + i) for i in range(count)]
     lat, batch, failed = [], [], 0
@@ -132,10 +132,10 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
-    from policy.config import PolicyConfig
-    from policy.policy import DiffusionPolicy
-    from policy.serving import PolicyClient
-    from policy.wire import stack_observations
+    from policy.model.config import PolicyConfig
+    from policy.model.policy import DiffusionPolicy
+    from policy.serving.server import PolicyClient
+    from policy.serving.wire import stack_observations
     from policy.utils import atomic_write_json
 
     torch.set_num_threads(args.threads)

@@ -37,8 +37,8 @@ def main() -> int:
     torch.set_num_threads(args.threads)
 
     from policy.utils import atomic_write_json
-    from policy.training_bench import device_description, peak_memory_mb, predict_latency_ms, step_times
-    from policy.training_config import compose_config, split_config
+    from policy.training.bench import device_description, peak_memory_mb, predict_latency_ms, step_times
+    from policy.training.config import compose_config, split_config
 
     policy_cfg = split_config(compose_config([f"model={args.model}"], REPO / "configs"))[0]
     device = torch.device(args.device)

@@ -37,7 +37,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    from envs.scripted_generate import GenerateConfig, generate_suite
+    from envs.scripted.generate import GenerateConfig, generate_suite
 
     try:
         cfg = GenerateConfig(suite=args.suite, tasks=args.tasks, demos_per_task=args.demos_per_task,

@@ -29,8 +29,8 @@ def main(argv: list[str] | None = None) -> int:
     import h5py
     from tqdm import tqdm
 
-    from envs.scripted_demos import make_planning_env
-    from envs.scripted_replay import replay_actions, rerender_file, task_of_file
+    from envs.scripted.demos import make_planning_env
+    from envs.scripted.replay import replay_actions, rerender_file, task_of_file
 
     try:
         task = task_of_file(src)

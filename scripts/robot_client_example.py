@@ -27,7 +27,7 @@ NOOP = np.array([0, 0, 0, 0, 0, 0, -1], dtype=np.float32)
 
 
 def to_request(obs: dict, openpi_keys: bool) -> dict:
-    """Policy observation of envs.libero -> one server request."""
+    """Policy observation of envs.libero.env -> one server request."""
     if not openpi_keys:
         return {k: obs[k] for k in ("agentview_rgb", "eye_in_hand_rgb", "joint_states", "gripper_states", "language")}
     return {"observation/image": obs["agentview_rgb"], "observation/wrist_image": obs["eye_in_hand_rgb"],
@@ -50,8 +50,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--package-keys", action="store_true", help="send the package's observation keys instead of openpi's")
     args = p.parse_args(argv)
 
-    from envs.libero import MAX_STEPS, NUM_WAIT_STEPS, get_init_states, get_task, make_env
-    from policy.serving import ActionChunker, PolicyClient
+    from envs.libero.env import MAX_STEPS, NUM_WAIT_STEPS, get_init_states, get_task, make_env
+    from policy.serving.server import ActionChunker, PolicyClient
 
     try:
         task = get_task(args.suite, args.task)

@@ -28,13 +28,13 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from policy import frechet  # noqa: E402
-from policy.image import (  # noqa: E402
+from policy.image import frechet  # noqa: E402
+from policy.image.train import (  # noqa: E402
     ImageData, TrainConfig, generate, load_cifar10, load_digits, load_image_folder, load_npz,
     measure_step_time, save_grid, save_image_model, train_image_model,
 )
-from policy.nets.unet import PAPER_CIFAR10, QUICK_DIGITS, UNet, count_parameters  # noqa: E402
-from policy.optim import NonFiniteError  # noqa: E402
+from policy.image.unet import PAPER_CIFAR10, QUICK_DIGITS, UNet, count_parameters  # noqa: E402
+from policy.training.optim import NonFiniteError  # noqa: E402
 from policy.scoring import LossConfig  # noqa: E402
 from policy.utils import atomic_write_json  # noqa: E402
 

@@ -31,12 +31,12 @@ sys.path.insert(0, str(REPO))
 
 
 def _eval_fn(cfg, run_dir: Path):
-    """envs.evaluate.run_evaluation as the periodic in-simulator evaluation callback."""
+    """envs.evaluation.harness.run_evaluation as the periodic in-simulator evaluation callback."""
     try:
-        from envs.evaluate import EvalConfig, run_evaluation  # lazy: simulator only when evaluating
+        from envs.evaluation.harness import EvalConfig, run_evaluation  # lazy: simulator only when evaluating
         from policy.utils import state_sha256
     except ImportError as exc:
-        print(f"note: envs.evaluate is not available ({exc}); periodic evaluation disabled", file=sys.stderr)
+        print(f"note: envs.evaluation.harness is not available ({exc}); periodic evaluation disabled", file=sys.stderr)
         return None
 
     def fn(policy, step):
@@ -78,7 +78,7 @@ def _parse_args(argv: list[str]) -> tuple[list[str], str | None, bool, bool]:
 
 def _compose_job(overrides: list[str]):
     """The typed config of one run: configs/ + overrides, or the resumed run's own config."""
-    from policy.training_config import compose_config, resume_config, resume_run_dir
+    from policy.training.config import compose_config, resume_config, resume_run_dir
 
     cfg = compose_config(overrides, REPO / "configs")
     if cfg.resume:  # continue with the run's own config (+ dotted overrides such as train.steps=...)
@@ -89,7 +89,7 @@ def _compose_job(overrides: list[str]):
 def _print_config(cfg, mode: str, resolve: bool, overrides: list[str]) -> None:
     from omegaconf import OmegaConf
 
-    from policy.training_config import compose_hydra_config
+    from policy.training.config import compose_hydra_config
 
     if mode in ("hydra", "all"):
         hydra_cfg = compose_hydra_config([o for o in overrides if not o.startswith(("resume=", "run_dir="))], REPO / "configs")
@@ -102,12 +102,12 @@ def _train_job(cfg) -> tuple[int, str]:
     """Train one composed config. Returns (exit code, one-line summary)."""
     from omegaconf import OmegaConf
 
-    from policy.training import train
-    from policy.training_config import data_dirs, make_run_dir, resume_run_dir, split_config
+    from policy.training.loop import train
+    from policy.training.config import data_dirs, make_run_dir, resume_run_dir, split_config
 
     try:
         policy_cfg, train_cfg, loss_cfg, bandwidth, multiplier = split_config(cfg)
-        from envs.dataset import DatasetError, LiberoDataset
+        from envs.libero.dataset import DatasetError, LiberoDataset
 
         rank = int(os.environ.get("RANK", "0"))
         image_size = cfg.data.image_size or policy_cfg.image_size
@@ -163,7 +163,7 @@ def _multirun(overrides: list[str], mode: str | None, resolve: bool) -> int:
     from hydra.core.override_parser.overrides_parser import OverridesParser
     from hydra.errors import HydraException
 
-    from policy.training_config import split_config
+    from policy.training.config import split_config
 
     try:
         jobs = BasicSweeper.split_arguments(OverridesParser.create().parse_overrides(overrides), None)[0]

@@ -23,9 +23,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from policy.optim import NonFiniteError  # noqa: E402
-from policy.toy2d import TARGETS  # noqa: E402
-from policy.toy2d_train import Toy2DConfig, mmd_plot, run_experiment, scatter_grid  # noqa: E402
+from policy.training.optim import NonFiniteError  # noqa: E402
+from policy.toy2d.targets import TARGETS  # noqa: E402
+from policy.toy2d.train import Toy2DConfig, mmd_plot, run_experiment, scatter_grid  # noqa: E402
 from policy.utils import atomic_write_json  # noqa: E402
 
 CONFIGS = {"quick": Toy2DConfig.quick, "medium": Toy2DConfig.medium, "paper": Toy2DConfig.paper}

@@ -1,4 +1,4 @@
-"""envs/dataset.py: the official-layout HDF5 reader, chunks, statistics, augmentation, errors."""
+"""envs/libero/dataset.py: the official-layout HDF5 reader, chunks, statistics, augmentation, errors."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from envs.dataset import DatasetError, LiberoDataset, read_demo_file, write_demo_file, write_synthetic_suite
+from envs.libero.dataset import DatasetError, LiberoDataset, read_demo_file, write_demo_file, write_synthetic_suite
 
 
 @pytest.fixture(scope="module")
@@ -137,10 +137,10 @@ def test_missing_folder_says_where_demos_come_from(tmp_path: Path) -> None:
 def test_simulator_recording_reads_back_as_the_evaluation_observation(tmp_path: Path) -> None:
     """A real LIBERO rollout written in the official layout is read back pixel-identical
     to what evaluation feeds the policy, and the policy's chunk drives the simulator."""
-    from envs.libero import NOOP_ACTION, get_init_states, hdf5_obs_fields, make_env, stack_observations
-    from policy.config import PolicyConfig
-    from policy.nets.language import LanguageEncoder
-    from policy.policy import DiffusionPolicy
+    from envs.libero.env import NOOP_ACTION, get_init_states, hdf5_obs_fields, make_env, stack_observations
+    from policy.model.config import PolicyConfig
+    from policy.model.language import LanguageEncoder
+    from policy.model.policy import DiffusionPolicy
 
     env = make_env("libero_spatial", 0, resolution=64)
     try:
@@ -175,7 +175,7 @@ def test_missing_data_suggests_a_generate_command_that_fills_the_folder(tmp_path
     """It suggested `--suite <folder name>` even for folders not named after a suite (a command that fails)."""
     import re
 
-    from envs.dataset import find_hdf5_files
+    from envs.libero.dataset import find_hdf5_files
 
     for folder, suite in ((tmp_path / "data" / "libero_goal", "libero_goal"), (tmp_path / "mydemos", None)):
         folder.mkdir(parents=True)

@@ -17,12 +17,12 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from envs.eval_policies import NoopPolicy, ReplayPolicy, load_policy
-from envs.eval_outcome import LIFT_M, classify
-from envs.eval_results import (EPISODES_FILE, RUN_CONFIG_FILE, failure_text, load_episodes, markdown_table, summarize,
+from envs.evaluation.policies import NoopPolicy, ReplayPolicy, load_policy
+from envs.evaluation.outcome import LIFT_M, classify
+from envs.evaluation.results import (EPISODES_FILE, RUN_CONFIG_FILE, failure_text, load_episodes, markdown_table, summarize,
                                weights_identity, wilson_interval)
-from envs.evaluate import EvalConfig, record_run, run_evaluation
-from envs.libero import get_init_states
+from envs.evaluation.harness import EvalConfig, record_run, run_evaluation
+from envs.libero.env import get_init_states
 
 GOAL_SUITE, GOAL_TASK = "libero_goal", 0  # as in conftest.py
 REPO = Path(__file__).resolve().parents[2]
@@ -44,7 +44,7 @@ def test_wilson_interval_and_summary() -> None:
 def test_a_task_without_successes_is_plotted(tmp_path) -> None:
     """0/50 (and 0/3, 0/7, ...) put the Wilson lower bound 1e-17 above the rate by rounding:
     matplotlib then refused the error bar and a finished evaluation ended in a ValueError."""
-    from envs.eval_results import write_results
+    from envs.evaluation.results import write_results
 
     for n in range(1, 101):
         assert wilson_interval(0, n)[0] == 0.0 and wilson_interval(n, n)[1] == 1.0
@@ -260,7 +260,7 @@ def test_a_folder_is_never_resumed_with_other_settings(tmp_path) -> None:
 def test_rerun_after_further_training_refuses_the_old_checkpoints_episodes(tmp_path, monkeypatch, capsys) -> None:
     """eval_rollouts.py into a folder whose episodes came from an earlier checkpoint (the run
     was trained further with resume=true) must refuse in one line, not report the old episodes."""
-    import envs.eval_policies as eval_policies
+    import envs.evaluation.policies as eval_policies
 
     fake = NoopPolicy()
     fake.config = SimpleNamespace(image_size=64, suites=[GOAL_SUITE])  # type: ignore[attr-defined]
@@ -295,8 +295,8 @@ def _replay_demo(tmp_path: Path) -> tuple[np.ndarray, Path, int]:
     none (a replay of demo 1 stands still)."""
     import h5py
 
-    from envs.libero import get_task
-    from envs.scripted_demos import make_planning_env, plan_attempt
+    from envs.libero.env import get_task
+    from envs.scripted.demos import make_planning_env, plan_attempt
 
     task = get_task(GOAL_SUITE, GOAL_TASK)
     env = make_planning_env(task)
@@ -333,8 +333,8 @@ def test_two_workers_replay_a_demonstration_to_success(tmp_path) -> None:
 
 _KILLED_RUN = """
 import json, sys
-from envs.eval_policies import NoopPolicy
-from envs.evaluate import EvalConfig, run_evaluation
+from envs.evaluation.policies import NoopPolicy
+from envs.evaluation.harness import EvalConfig, run_evaluation
 if __name__ == "__main__":
     run_evaluation(NoopPolicy(), EvalConfig(**json.loads(sys.argv[1])))
 """

@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from envs.libero import (MAX_STEPS, NOOP_ACTION, SUITES, get_init_states, get_task, hdf5_obs_fields, list_tasks,
+from envs.libero.env import (MAX_STEPS, NOOP_ACTION, SUITES, get_init_states, get_task, hdf5_obs_fields, list_tasks,
                          make_env, process_observation, stack_observations)
-from envs.render_fast import Mesh, read_mesh, simplify_mesh, write_mesh
+from envs.libero.render_fast import Mesh, read_mesh, simplify_mesh, write_mesh
 
 FOUR = ["libero_spatial", "libero_object", "libero_goal", "libero_10"]
 

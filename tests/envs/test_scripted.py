@@ -16,10 +16,10 @@ import numpy as np
 import pytest
 
 import envs  # noqa: F401  (headless rendering defaults)  # pyflakes: ignore
-from envs.eval_outcome import OutcomeTracker, classify
-from envs.hdf5_writer import DATA_ATTRS, DEMO_KEYS, OBS_KEYS, check_official_layout, task_file_name
-from envs.libero import get_init_states, list_tasks
-from envs.scripted_bddl import Atom, order_subgoals, parse_goal
+from envs.evaluation.outcome import OutcomeTracker, classify
+from envs.libero.hdf5_writer import DATA_ATTRS, DEMO_KEYS, OBS_KEYS, check_official_layout, task_file_name
+from envs.libero.env import get_init_states, list_tasks
+from envs.libero.bddl import Atom, order_subgoals, parse_goal
 
 REPO = Path(__file__).resolve().parents[2]
 SUITES4 = ("libero_spatial", "libero_object", "libero_goal", "libero_10")
@@ -58,10 +58,10 @@ def test_parse_goal_rejects_unknown_predicate() -> None:
 @pytest.mark.sim
 def test_repair_layout_puts_the_bowl_on_the_stove() -> None:
     """LIBERO's sampler drops "bowl on the stove" from ~1 m up and beside the stove (it falls
-    to the floor); after :func:`envs.scripted_layout.repair_layout` it rests in the cook region."""
-    from envs.libero import NOOP_ACTION, NUM_WAIT_STEPS
-    from envs.scripted_demos import make_planning_env
-    from envs.scripted_layout import repair_layout
+    to the floor); after :func:`envs.scripted.layout.repair_layout` it rests in the cook region."""
+    from envs.libero.env import NOOP_ACTION, NUM_WAIT_STEPS
+    from envs.scripted.demos import make_planning_env
+    from envs.scripted.layout import repair_layout
 
     task = next(t for t in list_tasks("libero_spatial") if "on_the_stove" in t.name)
     env = make_planning_env(task)
@@ -85,7 +85,7 @@ def test_repair_layout_puts_the_bowl_on_the_stove() -> None:
 # --------------------------------------------------------------- one real demonstration
 @pytest.fixture(scope="module")
 def demo_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from envs.scripted_demos import assemble_task_file, generate_task_demos
+    from envs.scripted.demos import assemble_task_file, generate_task_demos
 
     out = tmp_path_factory.mktemp("demos")
     task = list_tasks("libero_object")[0]
@@ -127,9 +127,9 @@ def test_file_has_official_layout(demo_file: Path) -> None:
 
 @pytest.mark.sim
 def test_demo_replays_to_success_and_images_match(demo_file: Path) -> None:
-    from envs.libero import hdf5_obs_fields, make_env
-    from envs.scripted_demos import make_planning_env
-    from envs.scripted_replay import replay_actions
+    from envs.libero.env import hdf5_obs_fields, make_env
+    from envs.scripted.demos import make_planning_env
+    from envs.scripted.replay import replay_actions
 
     task = list_tasks("libero_object")[0]
     env = make_planning_env(task)  # a fresh simulator, physics only
@@ -186,7 +186,7 @@ def test_demo_replays_to_success_and_images_match(demo_file: Path) -> None:
 
 @pytest.mark.sim
 def test_generation_is_resumable(demo_file: Path) -> None:
-    from envs.scripted_demos import tried_seeds
+    from envs.scripted.demos import tried_seeds
 
     task = list_tasks("libero_object")[0]
     kept, next_attempt = tried_seeds(demo_file.parent, task)
@@ -196,7 +196,7 @@ def test_generation_is_resumable(demo_file: Path) -> None:
 @pytest.mark.slow
 @pytest.mark.sim
 def test_full_rendered_action_replay(demo_file: Path) -> None:
-    from envs.libero import make_env
+    from envs.libero.env import make_env
 
     env = make_env("libero_object", 0, resolution=32, fast_render=True)
     env.reset(seed=0)
@@ -228,7 +228,7 @@ def test_generate_script_two_workers_then_resume(tmp_path: Path) -> None:
 
 # --------------------------------------------------------------- route modes (--detour)
 def test_fork_steps_sideways_both_ways_and_is_off_by_default() -> None:
-    from envs.scripted_primitives import Style, fork
+    from envs.scripted.primitives import Style, fork
 
     rng = np.random.default_rng(0)
     here, goal = np.array([0.0, 0.0]), np.array([0.0, 0.5])
@@ -245,10 +245,10 @@ def test_fork_steps_sideways_both_ways_and_is_off_by_default() -> None:
 def test_route_mode_demos_go_round_either_side_and_succeed() -> None:
     """Planned (physics only) with --detour 0.12: the reach towards the can first steps ~12 cm
     sideways, to the left in some episodes and to the right in others, and every episode succeeds."""
-    from envs.libero import get_task
-    from envs.scripted import ScriptedPlanner, run_episode
-    from envs.scripted_demos import make_planning_env
-    from envs.scripted_layout import repair_layout
+    from envs.libero.env import get_task
+    from envs.scripted.planner import ScriptedPlanner, run_episode
+    from envs.scripted.demos import make_planning_env
+    from envs.scripted.layout import repair_layout
 
     task = get_task("libero_object", 0)
     env = make_planning_env(task)
@@ -275,7 +275,7 @@ def test_route_mode_demos_go_round_either_side_and_succeed() -> None:
 
 # --------------------------------------------------------------- grasp-yaw modes (--yaw-modes)
 def test_yaw_fork_turns_back_either_way_and_is_off_by_default() -> None:
-    from envs.scripted_primitives import Style, yaw_fork
+    from envs.scripted.primitives import Style, yaw_fork
 
     rng = np.random.default_rng(0)
     assert yaw_fork(0.3, Style(), rng) == (0.3, 0.3)  # off: no draw from the random stream
@@ -294,9 +294,9 @@ def test_yaw_mode_demos_succeed_either_way_and_their_average_fails(monkeypatch: 
     """Planned (physics only) on the cream cheese (libero_object task 1, 8.1 cm wide): with yaw modes
     every episode succeeds, turning the hand one way in some and the other way in others; forcing
     the average of the two modes (the fingers stay across the wide side) makes the grasp fail."""
-    import envs.scripted_pick as pick
-    from envs.libero import get_task
-    from envs.scripted_demos import make_planning_env, plan_attempt
+    import envs.scripted.pick as pick
+    from envs.libero.env import get_task
+    from envs.scripted.demos import make_planning_env, plan_attempt
 
     task = get_task("libero_object", 1)
     env = make_planning_env(task)
@@ -317,8 +317,8 @@ def test_yaw_mode_demos_succeed_either_way_and_their_average_fails(monkeypatch: 
 def test_demos_of_other_modes_are_refused_in_the_same_folder(tmp_path: Path) -> None:
     """generate_demos.py refuses to mix demonstrations made with other route or yaw modes, from
     the task file's attributes or the shards' marker, with one line naming the fix."""
-    from envs.libero import get_task
-    from envs.scripted_demos import check_detour, partial_dir
+    from envs.libero.env import get_task
+    from envs.scripted.demos import check_detour, partial_dir
 
     task = get_task("libero_object", 1)
     check_detour(tmp_path, task, 0.0, True)  # nothing there yet

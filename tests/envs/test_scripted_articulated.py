@@ -4,8 +4,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from envs.libero import get_task
-from envs.scripted_bddl import Atom, order_subgoals, parse_goal
+from envs.libero.env import get_task
+from envs.libero.bddl import Atom, order_subgoals, parse_goal
 
 
 def test_every_in_gets_an_open_of_its_region_first() -> None:
@@ -26,7 +26,7 @@ class _Hand:
 
 
 def test_hand_rotation_points_the_fingers_and_picks_the_nearer_finger_sign() -> None:
-    from envs.scripted_pose import hand_rotation
+    from envs.scripted.pose import hand_rotation
 
     down = np.array([[0.0, 1.0, 0.0], [1.0, 0.0, 0.0], [0.0, 0.0, -1.0]])  # fingers along +y, pointing down
     pointing = np.array([0.0, -np.cos(0.3), -np.sin(0.3)])
@@ -39,7 +39,7 @@ def test_hand_rotation_points_the_fingers_and_picks_the_nearer_finger_sign() -> 
 
 @pytest.mark.sim
 def test_planner_opens_the_middle_drawer() -> None:
-    from envs.scripted_demos import make_planning_env, plan_attempt
+    from envs.scripted.demos import make_planning_env, plan_attempt
 
     task = get_task("libero_goal", 0)
     env = make_planning_env(task)
@@ -53,7 +53,7 @@ def test_planner_opens_the_middle_drawer() -> None:
 
 @pytest.mark.sim
 def test_drawer_place_xy_keeps_the_far_rim_clear_of_the_handle_above(make_planner) -> None:
-    from envs.scripted_door import _geoms, _slide_dir, drawer_place_xy, find_joint
+    from envs.scripted.door import _geoms, _slide_dir, drawer_place_xy, find_joint
 
     # libero_10 task 3: the bottom drawer starts open, under the middle drawer's handle
     _, planner = make_planner("libero_10", 3, seed=500_000, rng_seed=0)

@@ -3,12 +3,12 @@ from __future__ import annotations
 
 import pytest
 
-from envs.libero import get_task
+from envs.libero.env import get_task
 
 
 @pytest.mark.sim
 def test_microwave_is_enclosed_and_a_drawer_is_not(make_planner) -> None:
-    from envs.scripted_insert import cavity, enclosing_container, handle_bar
+    from envs.scripted.insert import cavity, enclosing_container, handle_bar
 
     _, planner = make_planner("libero_10", 9)
     region = "microwave_1_heating_region"
@@ -23,7 +23,7 @@ def test_microwave_is_enclosed_and_a_drawer_is_not(make_planner) -> None:
 
 @pytest.mark.sim
 def test_planner_puts_the_mug_in_the_microwave_and_closes_it() -> None:
-    from envs.scripted_demos import SEED_STRIDE, make_planning_env, plan_attempt
+    from envs.scripted.demos import SEED_STRIDE, make_planning_env, plan_attempt
 
     task = get_task("libero_10", 9)
     env = make_planning_env(task)

@@ -1,4 +1,4 @@
-"""The study runner (scripts/run_study.py, envs/study.py): aggregation of real-format
+"""The study runner (scripts/run_study.py, envs/study/runner.py): aggregation of real-format
 evaluation results, the resume/skip plan, and one-line errors. No training, no rollouts."""
 
 from __future__ import annotations
@@ -12,9 +12,9 @@ from pathlib import Path
 import h5py
 import pytest
 
-from envs.eval_results import summarize, weights_identity, wilson_interval, write_results
-from envs.evaluate import EvalConfig, record_run
-from envs.study import (
+from envs.evaluation.results import summarize, weights_identity, wilson_interval, write_results
+from envs.evaluation.harness import EvalConfig, record_run
+from envs.study.runner import (
     StudyError,
     aggregate,
     collect_results,
@@ -155,8 +155,8 @@ def test_aggregate_refuses_to_merge_or_relabel_other_evaluations(tmp_path: Path,
                                          f"delete {folder} and rerun the study"):
         aggregate(cfg)
     # the CLI on a finished study (nothing to run): one line, exit 2
-    from envs.libero import list_tasks
-    from envs.scripted_demos import task_file_name
+    from envs.libero.env import list_tasks
+    from envs.scripted.demos import task_file_name
 
     write_demo_file(tmp_path / "data" / SUITE / task_file_name(list_tasks(SUITE)[0].name), 5, 64, True)
     folder = fill(churn=0.5)
@@ -206,8 +206,8 @@ def fake_run(run: Path, step: int) -> None:
 
 
 def test_plan_skips_finished_stages_and_resumes(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    from envs.libero import list_tasks
-    from envs.scripted_demos import task_file_name
+    from envs.libero.env import list_tasks
+    from envs.scripted.demos import task_file_name
 
     cfg = quick(tmp_path)
     assert cfg.threads == 1 and parse_overrides(["preset=paper"]).threads == 0  # OMP_NUM_THREADS of the children
@@ -255,9 +255,9 @@ def test_plan_skips_finished_stages_and_resumes(tmp_path: Path, capsys: pytest.C
 
 
 def test_reused_folders_with_other_settings_are_refused(tmp_path: Path) -> None:
-    from envs.libero import list_tasks
-    from envs.scripted_demos import task_file_name
-    from envs.study import write_spec
+    from envs.libero.env import list_tasks
+    from envs.scripted.demos import task_file_name
+    from envs.study.runner import write_spec
 
     cfg = quick(tmp_path)
     write_demo_file(tmp_path / "data" / SUITE / task_file_name(list_tasks(SUITE)[0].name), 5, 128, False)
@@ -269,8 +269,8 @@ def test_reused_folders_with_other_settings_are_refused(tmp_path: Path) -> None:
 
 
 def test_route_mode_demos_are_kept_apart(tmp_path: Path) -> None:
-    from envs.libero import list_tasks
-    from envs.scripted_demos import task_file_name
+    from envs.libero.env import list_tasks
+    from envs.scripted.demos import task_file_name
 
     bimodal = parse_overrides(["preset=cpu_bimodal", f"data_root={tmp_path}/data", f"runs_root={tmp_path}/runs"])
     assert bimodal.detour == 0.12 and [m.name for m in bimodal.models()] == ["energy_lam1_beta1", "energy_lam1_beta0.1", "mse"]
@@ -286,7 +286,7 @@ def test_route_mode_demos_are_kept_apart(tmp_path: Path) -> None:
     write_demo_file(path, 50, 64, True, detour=0.12)
     assert plan_demos(bimodal)[0].state == "done"
     # the route modes are part of a run's identity only when on: run dirs of earlier studies stay valid
-    from envs.study import training_spec
+    from envs.study.runner import training_spec
 
     assert "detour" not in training_spec(unimodal, unimodal.models()[0])
     assert training_spec(bimodal, bimodal.models()[0])["detour"] == 0.12
@@ -295,9 +295,9 @@ def test_route_mode_demos_are_kept_apart(tmp_path: Path) -> None:
 
 
 def test_yaw_mode_demos_are_kept_apart(tmp_path: Path) -> None:
-    from envs.libero import list_tasks
-    from envs.scripted_demos import task_file_name
-    from envs.study import training_spec
+    from envs.libero.env import list_tasks
+    from envs.scripted.demos import task_file_name
+    from envs.study.runner import training_spec
 
     yaw = parse_overrides(["preset=cpu_yaw_task1", f"data_root={tmp_path}/data", f"runs_root={tmp_path}/runs"])
     assert yaw.yaw_modes and yaw.detour == 0.0 and yaw.task_indices() == [1]
@@ -338,8 +338,8 @@ def test_bad_input_gives_one_clear_error(tmp_path: Path) -> None:
 
 
 def test_rerun_of_a_finished_study_runs_nothing_and_aggregates(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    from envs.libero import list_tasks
-    from envs.scripted_demos import task_file_name
+    from envs.libero.env import list_tasks
+    from envs.scripted.demos import task_file_name
 
     cfg = quick(tmp_path)
     write_demo_file(tmp_path / "data" / SUITE / task_file_name(list_tasks(SUITE)[0].name), 5, 64, True)
@@ -360,7 +360,7 @@ def test_rerun_of_a_finished_study_runs_nothing_and_aggregates(tmp_path: Path, c
 def test_parallel_stage_runs_jobs_side_by_side_with_logs(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """jobs=2: two children at once, each writing to its own log; a failing one is reported
     with the tail of its log and the others still run."""
-    from envs.study import Job
+    from envs.study.runner import Job
 
     spec = importlib.util.spec_from_file_location("run_study", REPO / "scripts" / "run_study.py")
     module = importlib.util.module_from_spec(spec)

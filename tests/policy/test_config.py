@@ -11,9 +11,9 @@ import pytest
 import yaml
 from omegaconf import OmegaConf
 
-from envs.dataset import write_synthetic_suite
-from policy.config import PolicyConfig, TrainConfig
-from policy.training_config import compose_config, resume_config, split_config
+from envs.libero.dataset import write_synthetic_suite
+from policy.model.config import PolicyConfig, TrainConfig
+from policy.training.config import compose_config, resume_config, split_config
 
 REPO = Path(__file__).resolve().parents[2]
 TINY_OVERRIDES = [  # as in tests/policy/test_training.py

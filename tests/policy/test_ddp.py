@@ -23,16 +23,16 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from torch.optim.optimizer import register_optimizer_step_post_hook, register_optimizer_step_pre_hook
 
-import policy.model
-from envs.dataset import LiberoDataset, write_synthetic_suite
-from policy.config import TrainConfig
+import policy.model.network
+from envs.libero.dataset import LiberoDataset, write_synthetic_suite
+from policy.model.config import TrainConfig
 from policy.diffusion import diffusion_loss
-from policy.model import PolicyNetwork
-from policy.nets.language import LanguageEncoder
-from policy.policy import DiffusionPolicy
+from policy.model.network import PolicyNetwork
+from policy.model.language import LanguageEncoder
+from policy.model.policy import DiffusionPolicy
 from policy.scoring import ScoreTerms
-from policy.training import _dist_info, make_loader, train
-from policy.training_config import compose_config, split_config
+from policy.training.loop import _dist_info, make_loader, train
+from policy.training.config import compose_config, split_config
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -144,7 +144,7 @@ def _language(folder: Path) -> dict[str, torch.Tensor]:
 def _train_two_steps(rank: int, world: int, port: int, folder: Path, batch_size: int, cache: dict, out: Path) -> None:
     _join_group_env(rank, world, port)
     probe = _Probe()
-    policy.model.diffusion_loss = probe.loss  # PolicyNetwork.forward looks it up at call time
+    policy.model.network.diffusion_loss = probe.loss  # PolicyNetwork.forward looks it up at call time
     probe.hooks()
     p, t, loss = _two_step_configs(batch_size)
     ds = LiberoDataset(folder, augment=False, progress=False)
@@ -170,7 +170,7 @@ def test_ddp_steps_equal_single_process_steps_on_the_combined_batch(tmp_path: Pa
     for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
         monkeypatch.delenv(name, raising=False)
     probe = _Probe()
-    monkeypatch.setattr(policy.model, "diffusion_loss", probe.loss)
+    monkeypatch.setattr(policy.model.network, "diffusion_loss", probe.loss)
     handles = probe.hooks()
     try:
         p, t, loss = _two_step_configs(8)

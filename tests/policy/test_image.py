@@ -14,10 +14,10 @@ import pytest
 import torch
 
 import policy.diffusion
-import policy.image as image
+import policy.image.train as image
 import policy.scoring
-from policy import frechet
-from policy.nets.unet import UNet, UNetConfig
+from policy.image import frechet
+from policy.image.unet import UNet, UNetConfig
 from policy.scoring import LossConfig
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -104,7 +104,7 @@ def test_training_calls_the_shared_loss_core(monkeypatch: pytest.MonkeyPatch) ->
 
 
 def test_image_module_defines_no_loss_schedule_or_sampler_of_its_own() -> None:
-    src = (ROOT / "policy" / "image.py").read_text()
+    src = (ROOT / "policy" / "image" / "train.py").read_text()
     assert "from policy.diffusion import diffusion_loss, sample" in src
     defs = re.findall(r"^def (\w+)", src, flags=re.M)
     banned = ("norm", "kernel", "energy", "score", "schedule", "alpha", "sigma", "snr", "transition", "weight")

@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 import torch
 
-import policy.image as image
-import policy.toy2d_train as toy2d_train
-from policy.optim import NonFiniteError, check_finite
+import policy.image.train as image
+import policy.toy2d.train as toy2d_train
+from policy.training.optim import NonFiniteError, check_finite
 from policy.scoring import LossConfig
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -45,7 +45,7 @@ def test_check_finite_names_the_step_and_what_was_non_finite():
         check_finite(torch.tensor(0.5), 9, torch.tensor(float("inf")))
 
 
-# ---------------------------------------------------------------- 2D (policy/toy2d_train.py)
+# ---------------------------------------------------------------- 2D (policy/toy2d/train.py)
 
 _TINY_2D = toy2d_train.Toy2DConfig(steps=6, warmup_steps=1, hidden=16, depth=1, population=2, batch_size=8)
 
@@ -95,7 +95,7 @@ def test_train_toy2d_script_prints_one_line(monkeypatch: pytest.MonkeyPatch, tmp
     assert line.startswith("error: mixture/energy: step 0: the loss is nan")
 
 
-# ---------------------------------------------------------------- images (policy/image.py)
+# ---------------------------------------------------------------- images (policy/image/train.py)
 
 _TINY_UNET = image.UNetConfig(image_channels=1, image_size=8, base_channels=8, channel_mult=(1, 2), num_res_blocks=1,
                               attn_resolutions=(), num_heads=2, groups=4)
@@ -144,12 +144,12 @@ def test_train_image_script_prints_one_line(monkeypatch: pytest.MonkeyPatch, tmp
     assert line.startswith("error: train energy: step 0: the loss is nan")
 
 
-# ---------------------------------------------------------------- LIBERO policy (policy/training.py)
+# ---------------------------------------------------------------- LIBERO policy (policy/training/loop.py)
 
 
 @pytest.fixture(scope="module")
 def suite(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from envs.dataset import write_synthetic_suite
+    from envs.libero.dataset import write_synthetic_suite
 
     folder = tmp_path_factory.mktemp("nonfinite") / "libero_syn"
     write_synthetic_suite(folder, n_tasks=1, n_demos=1, length=12, size=32)
@@ -158,7 +158,7 @@ def suite(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def language():
-    from policy.nets.language import LanguageEncoder
+    from policy.model.language import LanguageEncoder
 
     return LanguageEncoder()
 
@@ -172,7 +172,7 @@ _TINY_POLICY = [
 
 def _nan_actions_from_call(monkeypatch: pytest.MonkeyPatch, first_bad: int) -> None:
     """LiberoDataset items get a NaN action from the first_bad-th item read on (stats stay clean)."""
-    from envs.dataset import LiberoDataset
+    from envs.libero.dataset import LiberoDataset
 
     real, calls = LiberoDataset.__getitem__, []
 
@@ -188,9 +188,9 @@ def _nan_actions_from_call(monkeypatch: pytest.MonkeyPatch, first_bad: int) -> N
 
 
 def test_policy_loop_stops_on_nan_actions(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, suite: Path, language) -> None:
-    from envs.dataset import LiberoDataset
-    from policy.training import train
-    from policy.training_config import compose_config, split_config
+    from envs.libero.dataset import LiberoDataset
+    from policy.training.loop import train
+    from policy.training.config import compose_config, split_config
 
     p, t, loss, _, _ = split_config(compose_config(_TINY_POLICY))
     ds = LiberoDataset(suite, augment=False, progress=False)
@@ -200,9 +200,9 @@ def test_policy_loop_stops_on_nan_actions(monkeypatch: pytest.MonkeyPatch, tmp_p
 
 
 def test_train_policy_script_prints_one_line(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, suite: Path, language, capsys) -> None:
-    import policy.training
+    import policy.training.loop
 
-    monkeypatch.setattr(policy.training, "LanguageEncoder", lambda *a, **k: language)  # reuse the loaded BERT
+    monkeypatch.setattr(policy.training.loop, "LanguageEncoder", lambda *a, **k: language)  # reuse the loaded BERT
     monkeypatch.chdir(tmp_path)
     _nan_actions_from_call(monkeypatch, 0)
     rc = _script("train_policy").main(["suite=libero_10", f"suite.data_dirs=[{suite}]", *_TINY_POLICY,

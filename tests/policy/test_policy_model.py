@@ -8,12 +8,12 @@ import numpy as np
 import pytest
 import torch
 
-from policy.config import PolicyConfig, TrainConfig
-from policy.model import PolicyNetwork
-from policy.nets.denoiser import CrossAttentionDenoiser
-from policy.nets.language import LanguageEncoder, resolve_language_model
-from policy.normalize import Normalizer
-from policy.policy import DiffusionPolicy
+from policy.model.config import PolicyConfig, TrainConfig
+from policy.model.network import PolicyNetwork
+from policy.model.denoiser import CrossAttentionDenoiser
+from policy.model.language import LanguageEncoder, resolve_language_model
+from policy.model.normalize import Normalizer
+from policy.model.policy import DiffusionPolicy
 from policy.scoring import LossConfig
 
 
@@ -195,7 +195,7 @@ def test_policy_package_never_imports_the_simulator() -> None:
     import sys
 
     code = (
-        "import sys, policy.policy, policy.training, policy.training_config, policy.training_bench\n"
+        "import sys, policy.model.policy, policy.training.loop, policy.training.config, policy.training.bench\n"
         "bad = [m for m in ('envs', 'libero', 'robosuite', 'mujoco') if m in sys.modules]\n"
         "assert not bad, bad"
     )

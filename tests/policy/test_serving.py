@@ -18,11 +18,11 @@ import numpy as np
 import pytest
 import torch
 
-from policy.config import PolicyConfig
-from policy.nets.language import LanguageEncoder
-from policy.policy import DiffusionPolicy
-from policy.serving import ActionChunker, PolicyClient, PolicyServer
-from policy.wire import RequestError, packb, unpackb
+from policy.model.config import PolicyConfig
+from policy.model.language import LanguageEncoder
+from policy.model.policy import DiffusionPolicy
+from policy.serving.server import ActionChunker, PolicyClient, PolicyServer
+from policy.serving.wire import RequestError, packb, unpackb
 
 TINY = dict(image_size=32, resnet_widths=(8, 16, 32, 64), d_model=64, n_heads=4, encoder_layers=1, decoder_layers=2, dropout=0.0)
 ROOT = Path(__file__).resolve().parents[2]
@@ -218,7 +218,7 @@ def test_a_nan_request_does_not_spoil_the_good_requests_batched_with_it():
 
 def test_hostile_structure_is_refused_before_objects_are_built(server, monkeypatch):
     """Millions of empty maps or deep nesting cost a bounded header scan, not a decode (item 10)."""
-    import policy.wire as wire
+    import policy.serving.wire as wire
 
     built = []
     hook = wire._unpack_hook
@@ -244,7 +244,7 @@ def test_hostile_structure_is_refused_before_objects_are_built(server, monkeypat
 
 def test_a_slow_decode_on_one_connection_does_not_stall_the_others(server, monkeypatch):
     """Frames are decoded off the event loop: while one client's frame is stuck decoding, another is served."""
-    import policy.serving as serving
+    import policy.serving.server as serving
 
     release, entered = threading.Event(), threading.Event()
     real = serving.unpackb
@@ -276,7 +276,7 @@ def test_a_slow_decode_on_one_connection_does_not_stall_the_others(server, monke
 def test_refused_bytes_pace_their_sender(server, monkeypatch):
     """Item 10: a client flooding large bad frames is slowed to REFUSED_BYTES_PER_S (its one-frame queue
     stays full while it waits), so it cannot keep the event loop from the others; a good client is not."""
-    import policy.serving as serving
+    import policy.serving.server as serving
     from websockets.sync.client import connect
 
     monkeypatch.setattr(serving, "REFUSED_BYTES_PER_S", 1024 * 1024)
@@ -324,7 +324,7 @@ def test_memory_is_bounded_per_connection_and_in_total(policy):
     from websockets.exceptions import ConnectionClosedError, InvalidStatus
     from websockets.sync.client import connect
 
-    from policy.serving import worst_case_connection_bytes
+    from policy.serving.server import worst_case_connection_bytes
 
     srv = PolicyServer(_EchoPolicy(), port=0, max_message_bytes=64 * 1024, max_connections=2)
     srv.start_in_thread()

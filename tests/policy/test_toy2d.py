@@ -6,9 +6,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from policy.nets.mlp import MLPGenerator
+from policy.toy2d.mlp import MLPGenerator
 from policy.scoring import LossConfig
-from policy.toy2d import (
+from policy.toy2d.targets import (
     ExactMixturePosteriorMean,
     ExactMixturePosteriorSampler,
     mixture_posterior_mean,
@@ -21,7 +21,7 @@ from policy.toy2d import (
     sample_mixture,
     sample_target,
 )
-from policy.toy2d_train import Toy2DConfig, train_generator
+from policy.toy2d.train import Toy2DConfig, train_generator
 
 
 def test_checkerboard_lies_on_the_black_squares():

