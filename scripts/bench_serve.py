@@ -86,7 +86,7 @@ def load_run(port: int, clients: int, count: int, size: int) -> tuple[float, lis
 def _gated_client(go, port: int, k: int, count: int, size: int, results) -> None:
     """A client that connects and prepares, reports ready, then starts on the common signal."""
 
-    from policy.serving.server import PolicyClient
+    from policy.serving.client import PolicyClient
 
     observations = [obs(size, k * 100000 + i) for i in range(count)]
     lat, batch, failed = [], [], 0
@@ -134,7 +134,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from policy.model.config import PolicyConfig
     from policy.model.policy import DiffusionPolicy
-    from policy.serving.server import PolicyClient
+    from policy.serving.client import PolicyClient
     from policy.serving.wire import stack_observations
     from policy.utils import atomic_write_json
 

@@ -51,7 +51,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
 
     from envs.libero.env import MAX_STEPS, NUM_WAIT_STEPS, get_init_states, get_task, make_env
-    from policy.serving.server import ActionChunker, PolicyClient
+    from policy.serving.client import ActionChunker, PolicyClient
 
     try:
         task = get_task(args.suite, args.task)

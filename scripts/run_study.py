@@ -138,7 +138,9 @@ def main(argv: list[str]) -> int:
     if any(a in ("-h", "--help") for a in argv):
         print(__doc__.strip())
         return 0
-    from envs.study.runner import StudyError, aggregate, parse_overrides, plan_demos, plan_eval, plan_training, write_spec
+    from envs.study.report import StudyError
+    from envs.study.runner import aggregate, plan_demos, plan_eval, plan_training, write_spec
+    from envs.study.config import parse_overrides
 
     start = time.time()
     try:

@@ -4,7 +4,7 @@
   python scripts/serve_policy.py                       # runs/latest on 127.0.0.1:8000
   python scripts/serve_policy.py --checkpoint DIR --steps 2 --host 0.0.0.0 --api-key KEY
 
-Clients: openpi_client.WebsocketClientPolicy or policy.serving.server.PolicyClient.
+Clients: openpi_client.WebsocketClientPolicy or policy.serving.client.PolicyClient.
 Health check: GET http://HOST:PORT/healthz (503 while the model loads and warms up, then 200).
 Stop with Ctrl-C or SIGTERM. Memory for client frames is bounded by --max-connections x
 6 x --max-message-mb (see docs/serving.md).

@@ -1,1 +1,1 @@
-"""The policy server and client (openpi wire format): server.py (PolicyServer, PolicyClient, ActionChunker), wire.py (msgpack frames to observations)."""
+"""The policy server and its thin client (openpi wire format): server.py (PolicyServer: batching, bounds, warm-up), client.py (PolicyClient, ActionChunker; needs only numpy, msgpack and websockets), wire.py (msgpack frames <-> observations)."""

@@ -14,17 +14,9 @@ import pytest
 
 from envs.evaluation.results import summarize, weights_identity, wilson_interval, write_results
 from envs.evaluation.harness import EvalConfig, record_run
-from envs.study.runner import (
-    StudyError,
-    aggregate,
-    collect_results,
-    parse_energy,
-    parse_overrides,
-    plan_demos,
-    plan_eval,
-    plan_training,
-    write_study_results,
-)
+from envs.study.report import StudyError, collect_results, write_study_results
+from envs.study.runner import aggregate, plan_demos, plan_eval, plan_training
+from envs.study.config import parse_energy, parse_overrides
 
 REPO = Path(__file__).resolve().parents[2]
 SUITE = "libero_object"

@@ -21,7 +21,8 @@ import torch
 from policy.model.config import PolicyConfig
 from policy.model.language import LanguageEncoder
 from policy.model.policy import DiffusionPolicy
-from policy.serving.server import ActionChunker, PolicyClient, PolicyServer
+from policy.serving.client import ActionChunker, PolicyClient
+from policy.serving.server import PolicyServer
 from policy.serving.wire import RequestError, packb, unpackb
 
 TINY = dict(image_size=32, resnet_widths=(8, 16, 32, 64), d_model=64, n_heads=4, encoder_layers=1, decoder_layers=2, dropout=0.0)

@@ -1,0 +1,226 @@
+"""What a study is: presets, the models it compares, and its ``key=value`` overrides
+(:func:`parse_overrides`); the stages that act on it are in :mod:`envs.study.runner`."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from envs.libero.env import SUITES
+from envs.study.report import StudyError
+
+DEFAULT_ENERGY: tuple[tuple[float, float], ...] = ((1.0, 1.0), (0.5, 1.0), (1.0, 0.1))
+
+# The CPU study as measured (docs/study.md): one task, 50 demos, 16k steps of the small model
+# at lr 3e-4, energy (1, 1) and (0.5, 1) against MSE, 50 episodes per step count; two jobs at a time.
+_CPU_STUDY: dict[str, Any] = dict(
+    tasks=[0], demos=50, resolution=64, fast_render=True, model="small", train_steps=16000, checkpoint_every=2000,
+    energy=[(1.0, 1.0), (0.5, 1.0)], eval_steps=[1, 2, 4, 8, 16], episodes=50, workers=1, jobs=2,
+    train_overrides=["train.lr=3e-4"], data_root="data/study_cpu", results="benchmarks/results/libero.json", threads=1)
+
+# The cpu study on demonstrations with route modes (every reach and transfer first steps 12 cm
+# left or right, 50/50): a discrete multimodality whose average action stands still.
+_BIMODAL_STUDY: dict[str, Any] = {**_CPU_STUDY, "detour": 0.12, "energy": [(1.0, 1.0), (1.0, 0.1)],
+                                  "data_root": "data/study_cpu_bimodal", "results": "benchmarks/results/libero_bimodal.json"}
+
+# The cpu study on demonstrations with grasp-yaw modes on libero_object task 1 (cream cheese,
+# 8.1 cm wide, 4.3 cm narrow): the hand travels turned a quarter turn off the grasp axis and turns
+# back one way or the other above the box; the average of the two closes the fingers across the
+# wide side, which fails (the mean action is not a way of acting). 8k training steps (CPU budget).
+_YAW_STUDY: dict[str, Any] = {**_CPU_STUDY, "tasks": [1], "yaw_modes": True, "energy": [(1.0, 0.1)],
+                              "train_steps": 8000, "checkpoint_every": 1000, "eval_steps": [1, 2, 16],
+                              "data_root": "data/study_cpu_yaw", "results": "benchmarks/results/libero_yaw_task1.json"}
+
+PRESETS: dict[str, dict[str, Any]] = {
+    # CPU quickstart: 1 task, a handful of 64x64 demos, a few hundred steps, 2 models, steps 2.
+    "quick": dict(tasks=[0], demos=5, resolution=64, fast_render=True, model="small", train_steps=300,
+                  checkpoint_every=100, energy=[(1.0, 1.0)], eval_steps=[2], episodes=4,
+                  data_root="data/study_quick", results="eval/study/quick/libero.json", threads=1),
+    "cpu": _CPU_STUDY,
+    # The same on every task of the suite, 20 demos and 10 episodes per task, three energy models (not yet run).
+    "cpu_suite": {**_CPU_STUDY, "tasks": None, "demos": 20, "energy": list(DEFAULT_ENERGY), "episodes": 10},
+    "cpu_bimodal": _BIMODAL_STUDY,
+    # Its replication on a second task (cream cheese): the best energy model of task 0 against MSE
+    # at every step count (the demos go into the same data_root).
+    "cpu_bimodal_task1": {**_BIMODAL_STUDY, "tasks": [1], "energy": [(1.0, 0.1)],
+                          "results": "benchmarks/results/libero_bimodal_task1.json"},
+    "cpu_yaw_task1": _YAW_STUDY,
+    # The paper's configuration, for a GPU: 50 demos/task at 128 px, 250k steps, 50 episodes/task.
+    "paper": dict(tasks=None, demos=50, resolution=128, fast_render=False, model="paper", train_steps=250_000,
+                  checkpoint_every=10_000, energy=list(DEFAULT_ENERGY), eval_steps=[1, 2, 4, 8, 16], episodes=50,
+                  data_root="data", results="benchmarks/results/libero.json", device="cuda"),
+}
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """One model of the study: its name (starts with ``energy`` or ``mse``) and its loss."""
+
+    name: str
+    loss: str  # "energy" | "mse"
+    lam: float
+    beta: float
+    population: int
+
+    def overrides(self) -> list[str]:
+        """train_policy.py overrides selecting this loss."""
+        if self.loss == "mse":
+            return ["loss=mse"]
+        return ["loss=energy", f"loss.lam={self.lam:g}", f"loss.beta={self.beta:g}", f"loss.population={self.population}"]
+
+
+@dataclass
+class StudyConfig:
+    """All options of one study run (see ``scripts/run_study.py --help``)."""
+
+    suite: str = "libero_object"
+    preset: str = "cpu"
+    tasks: list[int] | None = None  # None = every task of the suite
+    demos: int = 20
+    resolution: int = 64
+    fast_render: bool = True
+    detour: float = 0.0  # route modes of the scripted demonstrations (m, 0 = off; generate_demos.py --detour)
+    yaw_modes: bool = False  # grasp-yaw modes of the scripted demonstrations (generate_demos.py --yaw-modes)
+    model: str = "small"
+    train_steps: int = 5000
+    checkpoint_every: int = 500
+    seed: int = 0
+    energy: list[tuple[float, float]] = field(default_factory=lambda: list(DEFAULT_ENERGY))
+    population: int = 16
+    mse: bool = True
+    eval_steps: list[int] = field(default_factory=lambda: [1, 2, 4, 8, 16])
+    episodes: int = 50
+    workers: int = 2
+    device: str = "cpu"
+    data_root: str = "data"
+    runs_root: str = "runs/study"
+    eval_root: str = "eval/study"
+    results: str = "benchmarks/results/libero.json"
+    dry_run: bool = False
+    threads: int = 0  # > 0: OMP_NUM_THREADS for the subprocesses unless exported (0 = torch's default)
+    jobs: int = 1  # training / evaluation subprocesses run at a time (> 1: each logs to a file)
+    train_overrides: list[str] = field(default_factory=list)  # extra train.*/data.*/model.* overrides
+
+    def models(self) -> list[ModelSpec]:
+        """The energy models (one per (lambda, beta)) then the MSE model."""
+        out = [ModelSpec(f"energy_lam{lam:g}_beta{beta:g}", "energy", lam, beta, self.population) for lam, beta in self.energy]
+        return out + ([ModelSpec("mse", "mse", 0.0, 2.0, 1)] if self.mse else [])
+
+    def run_dir(self, m: ModelSpec) -> Path:
+        return Path(self.runs_root) / self.preset / self.suite / m.name
+
+    def eval_dir(self, m: ModelSpec, steps: int) -> Path:
+        return Path(self.eval_root) / self.preset / self.suite / m.name / f"steps_{steps}"
+
+    def task_indices(self) -> list[int]:
+        return list(self.tasks) if self.tasks is not None else list(range(SUITES[self.suite].num_tasks))
+
+
+# ---------------------------------------------------------------- options
+
+
+def _parse_bool(key: str, text: str) -> bool:
+    value = {"1": True, "true": True, "yes": True, "0": False, "false": False, "no": False}.get(text.lower())
+    if value is None:
+        raise StudyError(f"{key}={text!r} is not a boolean; use {key}=true or {key}=false")
+    return value
+
+
+def _parse_ints(key: str, text: str, low: int = 0) -> list[int]:
+    try:
+        values = [int(x) for x in text.strip("[]").split(",") if x.strip()]
+    except ValueError:
+        raise StudyError(f"{key}={text!r}: expected comma-separated integers such as 1,2,4") from None
+    if not values or any(v < low for v in values):
+        raise StudyError(f"{key}={text!r}: expected a non-empty list of integers >= {low}")
+    return values
+
+
+def parse_energy(text: str) -> list[tuple[float, float]]:
+    """``"1:1,0.5:1,1:0.1"`` -> [(1, 1), (0.5, 1), (1, 0.1)] as (lambda, beta) pairs; ``""`` or
+    ``none`` -> []. lambda must lie in [0, 1] and beta in (0, 2] (eq. 14-16)."""
+    if text.strip().lower() in ("", "none", "[]"):
+        return []
+    pairs = []
+    for item in text.strip("[]").split(","):
+        parts = item.strip().strip("()").split(":")
+        try:
+            lam, beta = (float(p) for p in parts)
+        except ValueError:
+            raise StudyError(f"energy={text!r}: bad pair {item.strip()!r}; write lambda:beta pairs such as energy=1:1,0.5:1,1:0.1") from None
+        if not (0.0 <= lam <= 1.0 and 0.0 < beta <= 2.0):
+            raise StudyError(f"energy pair {item.strip()!r}: need lambda in [0, 1] and beta in (0, 2]")
+        pairs.append((lam, beta))
+    if len(set(pairs)) != len(pairs):
+        raise StudyError(f"energy={text!r} lists a (lambda, beta) pair twice")
+    return pairs
+
+
+def default_preset() -> str:
+    """``paper`` where CUDA is visible, ``cpu`` otherwise."""
+    try:
+        import torch
+
+        return "paper" if torch.cuda.is_available() else "cpu"
+    except ImportError:
+        return "cpu"
+
+
+def parse_overrides(argv: list[str]) -> StudyConfig:
+    """``["suite=libero_object", "preset=quick", "episodes=2", ...]`` -> a validated StudyConfig.
+
+    The preset (default :func:`default_preset`) sets the defaults; every other key overrides
+    one field. ``train.*``, ``data.*`` and ``model.*`` keys are passed on to train_policy.py.
+    Raises :class:`StudyError` (one line) on an unknown key, suite or preset or a bad value.
+    """
+    kv: dict[str, str] = {}
+    extra: list[str] = []
+    for arg in argv:
+        key, sep, value = arg.partition("=")
+        if not sep or not key:
+            raise StudyError(f"bad argument {arg!r}; write key=value, e.g. suite=libero_object (see --help)")
+        if key.split(".")[0] in ("train", "data", "model") and "." in key:
+            extra.append(arg)
+        else:
+            kv[key] = value
+    if kv.get("suite", "libero_object") not in SUITES:
+        raise StudyError(f"unknown suite {kv['suite']!r}; choose one of {', '.join(SUITES)}")
+    preset = kv.pop("preset", None) or default_preset()
+    if preset not in PRESETS:
+        raise StudyError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
+    defaults = dict(PRESETS[preset])
+    cfg = StudyConfig(preset=preset, **{**defaults, "train_overrides": defaults.get("train_overrides", []) + extra})
+    ints = {"demos": 1, "resolution": 8, "train_steps": 1, "checkpoint_every": 1, "seed": 0, "population": 2,
+            "episodes": 1, "workers": 1, "threads": 0, "jobs": 1}
+    for key, value in kv.items():
+        if key in ints:
+            cfg = replace(cfg, **{key: _parse_ints(key, value, ints[key])[0]})
+        elif key in ("fast_render", "mse", "dry_run", "yaw_modes"):
+            cfg = replace(cfg, **{key: _parse_bool(key, value)})
+        elif key == "detour":
+            try:
+                cfg = replace(cfg, detour=float(value))
+            except ValueError:
+                raise StudyError(f"detour must be a number of metres (0 = off), got {value!r}") from None
+        elif key == "energy":
+            cfg = replace(cfg, energy=parse_energy(value))
+        elif key == "eval_steps":
+            cfg = replace(cfg, eval_steps=_parse_ints(key, value, 1))
+        elif key == "tasks":
+            cfg = replace(cfg, tasks=None if value == "all" else _parse_ints(key, value, 0))
+        elif key in ("suite", "model", "device", "data_root", "runs_root", "eval_root", "results"):
+            cfg = replace(cfg, **{key: value})
+        else:
+            raise StudyError(f"unknown option {key!r}; see scripts/run_study.py --help for the keys")
+    if cfg.model not in ("small", "paper"):
+        raise StudyError(f"unknown model {cfg.model!r}; choose small or paper")
+    bad = [t for t in cfg.task_indices() if t >= SUITES[cfg.suite].num_tasks]
+    if bad:
+        raise StudyError(f"tasks {bad} out of range for {cfg.suite} (0..{SUITES[cfg.suite].num_tasks - 1})")
+    if not cfg.models():
+        raise StudyError("no model to train: give energy=lambda:beta pairs or mse=true")
+    return cfg
+
+
+# ---------------------------------------------------------------- planning
