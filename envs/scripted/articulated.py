@@ -16,23 +16,22 @@ Drawers and doors live in :mod:`envs.scripted.door`; joint goals come from the o
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Generator
+from typing import Generator
 
 import numpy as np
 
 from envs.libero.bddl import Atom
+from envs.scripted.context import PlannerContext
 from envs.scripted.door import close_door, close_drawer, find_joint, open_drawer
 from envs.scripted.primitives import CLOSE, OPEN, close_gripper, maybe_pause, move_to, open_gripper, servo
 from envs.scripted.scene import Box
 
-if TYPE_CHECKING:
-    from envs.scripted.planner import ScriptedPlanner
 
 Actions = Generator[np.ndarray, None, bool]
 TURN_MARGIN = 0.25  # rad beyond the switching threshold, so the knob stays on after release
 
 
-def _hinge(planner: "ScriptedPlanner", name: str) -> tuple[int, int]:
+def _hinge(planner: PlannerContext, name: str) -> tuple[int, int]:
     """(joint id, body id) of the first hinge joint inside object ``name``."""
     view = planner.view
     m = view.model
@@ -43,7 +42,7 @@ def _hinge(planner: "ScriptedPlanner", name: str) -> tuple[int, int]:
     raise ValueError(f"{name} has no hinge joint to turn")
 
 
-def turn_knob(planner: "ScriptedPlanner", atom: Atom) -> Actions:
+def turn_knob(planner: PlannerContext, atom: Atom) -> Actions:
     """Grasp a stove knob's grip bar from above and twist the wrist until the atom holds."""
     view, style, rng = planner.view, planner.style, planner.rng
     name = atom.args[0]
@@ -91,7 +90,7 @@ def turn_knob(planner: "ScriptedPlanner", atom: Atom) -> Actions:
     return True
 
 
-def open_articulated(planner: "ScriptedPlanner", atom: Atom) -> Actions:
+def open_articulated(planner: PlannerContext, atom: Atom) -> Actions:
     """Open a drawer (grip its handle and pull, :func:`envs.scripted.door.open_drawer`).
 
     Opening a hinged door is not scripted (none of the scripted suites needs it): fails with a message.
@@ -103,7 +102,7 @@ def open_articulated(planner: "ScriptedPlanner", atom: Atom) -> Actions:
     return (yield from open_drawer(planner, atom, joint))
 
 
-def close_articulated(planner: "ScriptedPlanner", atom: Atom) -> Actions:
+def close_articulated(planner: PlannerContext, atom: Atom) -> Actions:
     """Push a drawer or a hinged door shut (:func:`envs.scripted.door.close_drawer` / ``close_door``)."""
     joint = find_joint(planner, atom.args[0])
     handler = close_drawer if joint.slide else close_door

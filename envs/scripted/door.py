@@ -24,18 +24,17 @@ articulated object's own ``default_open_ranges`` / ``default_close_ranges`` (wha
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Callable, Generator
+from typing import Callable, Generator
 
 import numpy as np
 
 from envs.libero.bddl import Atom
+from envs.scripted.context import PlannerContext
 from envs.scripted.pose import follow_pose, hand_rotation
 from envs.scripted.primitives import (CLOSE, CLOSE_STEP, FULL_OPENING, KEEP, OPEN, UP, Primitive, Style, close_on,
                                       hold_pose, move_pose, pose_servo)
-from envs.scripted.scene import Box, SceneView, _scene_boxes, _scene_mask, xy_clearance
+from envs.scripted.scene import Box, SceneView, scene_boxes, scene_mask, xy_clearance
 
-if TYPE_CHECKING:
-    from envs.scripted.planner import ScriptedPlanner
 
 Actions = Generator[np.ndarray, None, bool]
 HAND_HALF = 0.105  # m, half length of the Panda hand along the finger axis: its edge does the pushing
@@ -74,7 +73,7 @@ def _goal(ranges: list[float], towards: float, lo: float, hi: float) -> float:
     return float(np.clip(q, lo + 0.002, hi - 0.002))
 
 
-def find_joint(planner: "ScriptedPlanner", name: str) -> Joint:
+def find_joint(planner: PlannerContext, name: str) -> Joint:
     """The drawer or door joint behind a region (``..._bottom_region``) or object (``microwave_1``)."""
     env, view = planner.env, planner.view
     m, d = view.model, view.data
@@ -126,7 +125,7 @@ def _retreat(view: SceneView, rot: np.ndarray, away: np.ndarray, style: Style,
     return True
 
 
-def _push_aside(planner: "ScriptedPlanner", name: str, d: np.ndarray, shift: float) -> Actions:
+def _push_aside(planner: PlannerContext, name: str, d: np.ndarray, shift: float) -> Actions:
     """Slide object ``name`` ``shift`` metres along horizontal unit ``d`` (3,) with the closed hand."""
     view, style, rng = planner.view, planner.style, planner.rng
     corners = view.geom_corners(name)
@@ -152,7 +151,7 @@ def _push_aside(planner: "ScriptedPlanner", name: str, d: np.ndarray, shift: flo
     return moved()
 
 
-def _clear_sweep(planner: "ScriptedPlanner", region: str, joint: Joint, out: np.ndarray,
+def _clear_sweep(planner: PlannerContext, region: str, joint: Joint, out: np.ndarray,
                  travel: float) -> Actions:
     """Push what is to go into the drawer out of the floor area the pulled-out drawer will cover.
 
@@ -180,13 +179,13 @@ def _clear_sweep(planner: "ScriptedPlanner", region: str, joint: Joint, out: np.
 def _preshape_steps(view: SceneView, joint: Joint, bar: Box, out: np.ndarray) -> int:
     """Gripper-close steps (each narrows the open fingers by ~1 cm) that make the fingers, closing
     vertically, fit between the neighbouring drawers' handles above and below the bar."""
-    lo, hi, bodies = _scene_boxes(view)
+    lo, hi, bodies = scene_boxes(view)
     lateral = np.cross(UP, out)
     b_lat = np.sort([bar.lo @ lateral, bar.hi @ lateral])
     lat = np.sort(np.stack([lo @ lateral, hi @ lateral], axis=1), axis=1)
     fwd = np.maximum(lo @ out, hi @ out)
     near = ((lat[:, 1] > b_lat[0]) & (lat[:, 0] < b_lat[1]) & (fwd > float(bar.lo @ out) - 0.01)
-            & _scene_mask(view, bodies, {joint.body}))
+            & scene_mask(view, bodies, {joint.body}))
     zc = float(bar.center[2])
     gaps = [lo[i, 2] - zc for i in np.nonzero(near)[0] if lo[i, 2] > bar.hi[2]]
     gaps += [zc - hi[i, 2] for i in np.nonzero(near)[0] if hi[i, 2] < bar.lo[2]]
@@ -195,7 +194,7 @@ def _preshape_steps(view: SceneView, joint: Joint, bar: Box, out: np.ndarray) ->
     return int(np.ceil((FULL_OPENING - opening) / CLOSE_STEP))
 
 
-def open_drawer(planner: "ScriptedPlanner", atom: Atom, joint: Joint) -> Actions:
+def open_drawer(planner: PlannerContext, atom: Atom, joint: Joint) -> Actions:
     """Grip the drawer's handle bar with the hand pointing into the cabinet and pull it open."""
     view, style, rng = planner.view, planner.style, planner.rng
     out = _slide_dir(joint)
@@ -233,7 +232,7 @@ def open_drawer(planner: "ScriptedPlanner", atom: Atom, joint: Joint) -> Actions
     return (yield from _slide_drawer(planner, atom, joint, target, rot, out, done, 0.8, "open"))
 
 
-def drawer_place_xy(planner: "ScriptedPlanner", obj: str, region: str) -> np.ndarray | None:
+def drawer_place_xy(planner: PlannerContext, obj: str, region: str) -> np.ndarray | None:
     """Where to set ``obj`` (its body origin, (2,)) down in the open drawer ``region``; None when
     ``region`` is not a drawer.
 
@@ -255,7 +254,7 @@ def drawer_place_xy(planner: "ScriptedPlanner", obj: str, region: str) -> np.nda
     size = view.object_box(obj).size
     r = 0.5 * float(max(size[0], size[1]))
     floor = float(c[2] - half[2])
-    lo, hi, bodies = _scene_boxes(view)
+    lo, hi, bodies = scene_boxes(view)
     skip = set(view._subtree(joint.body)) | set(view._subtree(view.body_id(obj))) | view.robot_bodies
     lat = np.sort(np.stack([lo @ lateral, hi @ lateral], axis=1), axis=1)
     fwd = np.sort(np.stack([lo @ out, hi @ out], axis=1), axis=1)
@@ -309,7 +308,7 @@ def descend_onto(view: SceneView, point: np.ndarray, lift: float, rot: np.ndarra
     return ok
 
 
-def close_drawer(planner: "ScriptedPlanner", atom: Atom, joint: Joint) -> Actions:
+def close_drawer(planner: PlannerContext, atom: Atom, joint: Joint) -> Actions:
     """Push the drawer front shut with the edge of the closed hand, pointing down."""
     view, style, rng = planner.view, planner.style, planner.rng
     out = _slide_dir(joint)
@@ -325,7 +324,7 @@ def close_drawer(planner: "ScriptedPlanner", atom: Atom, joint: Joint) -> Action
     return (yield from _slide_drawer(planner, atom, joint, target, rot, out, done, 0.5, "close"))
 
 
-def _slide_drawer(planner: "ScriptedPlanner", atom: Atom, joint: Joint, target: np.ndarray, rot: np.ndarray,
+def _slide_drawer(planner: PlannerContext, atom: Atom, joint: Joint, target: np.ndarray, rot: np.ndarray,
                   out: np.ndarray, done: Callable[[], bool], vmax: float, verb: str) -> Actions:
     """Drive the hand (holding or pushing the drawer) to ``target`` (3,) at ``rot`` until ``done()``,
     let go and back off along ``out``; True when ``atom`` holds, else sets the planner's failure."""
@@ -339,13 +338,13 @@ def _slide_drawer(planner: "ScriptedPlanner", atom: Atom, joint: Joint, target: 
     return True
 
 
-def _turn(axis: np.ndarray, angle: float, v: np.ndarray) -> np.ndarray:
+def rotate_about(axis: np.ndarray, angle: float, v: np.ndarray) -> np.ndarray:
     """``v`` (3,) rotated by ``angle`` about unit ``axis`` (3,) (Rodrigues)."""
     return (v * np.cos(angle) + np.cross(axis, v) * np.sin(angle)
             + axis * float(axis @ v) * (1.0 - np.cos(angle)))
 
 
-def close_door(planner: "ScriptedPlanner", atom: Atom, joint: Joint) -> Actions:
+def close_door(planner: PlannerContext, atom: Atom, joint: Joint) -> Actions:
     """Push a hinged door's outer face near its free end, following the arc until it is shut."""
     view, style, rng = planner.view, planner.style, planner.rng
     axis = joint.axis / np.linalg.norm(joint.axis)
@@ -361,12 +360,12 @@ def close_door(planner: "ScriptedPlanner", atom: Atom, joint: Joint) -> Actions:
     z = min(float(np.mean(zs)), float(zs.max()) - HAND_LIFT - 0.04) + rng.uniform(-0.015, 0.01)
 
     def spot(q: float, clear: float = -PUSH_IN) -> np.ndarray:
-        e = _turn(axis, q - q0, far)
+        e = rotate_about(axis, q - q0, far)
         p = joint.anchor + e * reach - sign * np.cross(axis, e) * (half + HAND_THICK + clear)
         return np.array([p[0], p[1], z])
 
     def rot_at(q: float) -> np.ndarray:  # the hand's long side along the panel
-        return hand_rotation(view, -UP, _turn(axis, q - q0, far))
+        return hand_rotation(view, -UP, rotate_about(axis, q - q0, far))
 
     start, rot = spot(q0, PUSH_CLEAR), rot_at(q0)
     ok = yield from descend_onto(view, start, float(rng.uniform(0.1, 0.14)), rot, style, rot_tol=0.1, tol=0.012)
@@ -377,7 +376,7 @@ def close_door(planner: "ScriptedPlanner", atom: Atom, joint: Joint) -> Actions:
     done = lambda: planner.holds(atom) and abs(qpos(view, joint) - joint.close_goal) < 0.01  # noqa: E731
     yield from follow_pose(view, lambda: spot(lead()), lambda: rot_at(lead()), CLOSE, style, done,
                            max_steps=120, vmax=min(style.vmax, 0.5))
-    e = _turn(axis, qpos(view, joint) - q0, far)
+    e = rotate_about(axis, qpos(view, joint) - q0, far)
     yield from _retreat(view, rot_at(qpos(view, joint)), -sign * np.cross(axis, e), style, rng)
     if not planner.holds(atom):
         planner.failure = f"door of {atom.args[0]} did not close (joint at {qpos(view, joint):.3f})"

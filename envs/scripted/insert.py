@@ -18,19 +18,18 @@ down again. The door is closed afterwards by the planner's ``Close`` sub-goal
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Generator
+from typing import Generator
 
 import numpy as np
 
 from envs.libero.bddl import Atom
-from envs.scripted.door import _turn, find_joint, qpos
+from envs.scripted.context import PlannerContext
+from envs.scripted.door import rotate_about, find_joint, qpos
 from envs.scripted.pick import rim_circle
 from envs.scripted.pose import hand_rotation
 from envs.scripted.primitives import CLOSE, OPEN, UP, close_on, hold_pose, move_pose
-from envs.scripted.scene import SceneView, _scene_boxes, obstacle_distance
+from envs.scripted.scene import SceneView, scene_boxes, obstacle_distance
 
-if TYPE_CHECKING:
-    from envs.scripted.planner import ScriptedPlanner
 
 Actions = Generator[np.ndarray, None, bool]
 TOP_DOWN_ROOM = 0.12  # m above an object that a hand pointing down needs to set it down
@@ -64,7 +63,7 @@ def _static_bodies(view: SceneView, container: str) -> set[int]:
 
 def _static_boxes(view: SceneView, container: str) -> tuple[np.ndarray, np.ndarray]:
     """World AABBs (lo, hi), each (G, 3), of the container's geoms that do not move (no door)."""
-    lo, hi, bodies = _scene_boxes(view)
+    lo, hi, bodies = scene_boxes(view)
     static = _static_bodies(view, container)
     keep = np.array([int(b) in static for b in bodies])
     return lo[keep], hi[keep]
@@ -82,7 +81,7 @@ def cavity(view: SceneView, region: str, container: str) -> tuple[float, float] 
     return floor, float(lo[above, 2].min())
 
 
-def enclosing_container(planner: "ScriptedPlanner", obj: str, region: str) -> str | None:
+def enclosing_container(planner: PlannerContext, obj: str, region: str) -> str | None:
     """The container of ``region`` if ``obj`` cannot be set into it from above, else None.
 
     True for a region on a fixed (not drawer) part of its container whose fixed geometry over the
@@ -147,7 +146,7 @@ def handle_bar(view: SceneView, obj: str) -> tuple[np.ndarray, np.ndarray] | Non
     return centres[k].copy(), out
 
 
-def _door_inner(planner: "ScriptedPlanner", container: str, u: np.ndarray) -> float | None:
+def _door_inner(planner: PlannerContext, container: str, u: np.ndarray) -> float | None:
     """Coordinate along ``u`` of the closed door's inner face, or None if the container has no door."""
     try:
         joint = find_joint(planner, container)
@@ -157,7 +156,7 @@ def _door_inner(planner: "ScriptedPlanner", container: str, u: np.ndarray) -> fl
         return None
     axis = joint.axis / np.linalg.norm(joint.axis)
     pts = planner.view.geom_corners("", body=joint.body) - joint.anchor
-    closed = np.array([_turn(axis, joint.close_goal - qpos(planner.view, joint), p) for p in pts])
+    closed = np.array([rotate_about(axis, joint.close_goal - qpos(planner.view, joint), p) for p in pts])
     return float(((closed + joint.anchor) @ u).min())
 
 
@@ -167,7 +166,7 @@ def _rotation(view: SceneView, lead: np.ndarray, pitch: float) -> np.ndarray:
     return hand_rotation(view, pointing, np.cross(UP, lead))
 
 
-def grasp_handle(planner: "ScriptedPlanner", obj: str
+def grasp_handle(planner: PlannerContext, obj: str
                  ) -> Generator[np.ndarray, None, tuple[np.ndarray, float] | None]:
     """Grasp ``obj`` by its handle bar from above the bar, hand pointing at the body; lift it.
 
@@ -231,7 +230,7 @@ def _slide_spot(view: SceneView, obj: str, rot: np.ndarray, u: np.ndarray, lats:
     return best
 
 
-def _push_handle(planner: "ScriptedPlanner", obj: str, container: str, u: np.ndarray, distance: float
+def _push_handle(planner: PlannerContext, obj: str, container: str, u: np.ndarray, distance: float
                  ) -> Actions:
     """Re-grasp the released object's handle bar with the hand level (it reaches deeper than the
     pitched hand that carried the object in) and slide the object ``distance`` m further along -u,
@@ -263,7 +262,7 @@ def _push_handle(planner: "ScriptedPlanner", obj: str, container: str, u: np.nda
     return ok
 
 
-def put_inside(planner: "ScriptedPlanner", obj: str, region: str, container: str) -> Actions:
+def put_inside(planner: PlannerContext, obj: str, region: str, container: str) -> Actions:
     """Grasp ``obj`` by its handle and slide it into the enclosed ``region`` (see the module doc)."""
     view, style, rng = planner.view, planner.style, planner.rng
     floor, ceiling = cavity(view, region, container)

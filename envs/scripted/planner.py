@@ -21,7 +21,9 @@ from typing import Any, Callable, Generator
 import numpy as np
 
 from envs.libero.bddl import Atom, order_subgoals, parse_goal
+from envs.scripted import articulated as art  # drawers, doors, knobs
 from envs.scripted.door import drawer_place_xy
+from envs.scripted.insert import enclosing_container, put_inside  # a roofed region (microwave)
 from envs.scripted.pick import Grasp, pick, place, still_held, support_z
 from envs.scripted.push import is_flat_and_wide, push
 from envs.scripted.primitives import OPEN, Style, hold
@@ -87,7 +89,6 @@ class ScriptedPlanner:
         """Actions for one sub-goal; dispatches on the predicate."""
         if atom.predicate in ("on", "in"):
             return (yield from self.pick_and_place(atom.args[0], atom.args[1]))
-        from envs.scripted import articulated as art  # drawers, doors, knobs
         handlers: dict[str, Callable] = {
             "open": art.open_articulated, "close": art.close_articulated,
             "turnon": art.turn_knob, "turnoff": art.turn_knob,
@@ -134,7 +135,6 @@ class ScriptedPlanner:
             if not ok:
                 self.failure = f"push of {obj} to {target} failed"
             return ok
-        from envs.scripted.insert import enclosing_container, put_inside  # a roofed region (microwave)
         container = enclosing_container(self, obj, target)
         if container is not None:
             return (yield from put_inside(self, obj, target, container))

@@ -77,7 +77,7 @@ class SceneView:
         base = self.model.body(robot.robot_model.root_body).id
         self.robot_bodies: set[int] = set(self._subtree(base))
         # the table or floor top: the highest geom wider than 0.5 m
-        lo, hi, _ = _scene_boxes(self)
+        lo, hi, _ = scene_boxes(self)
         wide = (hi[:, 0] - lo[:, 0] > 0.5) & (hi[:, 1] - lo[:, 1] > 0.5) & (hi[:, 2] < 1.5)
         self.table_z = float(hi[wide, 2].max()) if wide.any() else 0.0
 
@@ -199,18 +199,18 @@ def subtree(model: Any, root: int) -> list[int]:
     return out
 
 
-def _scene_mask(view: "SceneView", bodies: np.ndarray, exclude_bodies: set[int]) -> np.ndarray:
+def scene_mask(view: "SceneView", bodies: np.ndarray, exclude_bodies: set[int]) -> np.ndarray:
     """Boolean mask (G,) of the geom rows whose body is neither the robot's nor in ``exclude_bodies``."""
     skip = exclude_bodies | view.robot_bodies
     return np.array([int(b) not in skip for b in bodies], dtype=bool)
 
 
 def _collision_geoms(model: Any) -> np.ndarray:
-    """Ids (G,) of the geoms that collide (the order of :func:`_scene_boxes`'s rows)."""
+    """Ids (G,) of the geoms that collide (the order of :func:`scene_boxes`'s rows)."""
     return np.nonzero((model.geom_contype != 0) | (model.geom_conaffinity != 0))[0]
 
 
-def _scene_boxes(view: "SceneView") -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def scene_boxes(view: "SceneView") -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """World AABBs of every collision geom: (lo (G,3), hi (G,3), body id (G,))."""
     m, d = view.model, view.data
     coll = _collision_geoms(m)
@@ -229,8 +229,8 @@ def clearance_height(view: SceneView, points_xy: np.ndarray, radius: float,
     Robot geoms and ``exclude_bodies`` (e.g. the held object) are ignored; geoms wider than
     1 m (floor, table top, walls) count only by their top surface.
     """
-    lo, hi, bodies = _scene_boxes(view)
-    keep = _scene_mask(view, bodies, exclude_bodies)
+    lo, hi, bodies = scene_boxes(view)
+    keep = scene_mask(view, bodies, exclude_bodies)
     lo, hi = lo[keep], hi[keep]
     best = -np.inf
     for p in points_xy:
@@ -260,8 +260,8 @@ def xy_clearance(view: SceneView, point_xy: np.ndarray, exclude_bodies: set[int]
 
     Robot geoms, ``exclude_bodies`` and table-sized geoms are ignored.
     """
-    lo, hi, bodies = _scene_boxes(view)
-    keep = _scene_mask(view, bodies, exclude_bodies)
+    lo, hi, bodies = scene_boxes(view)
+    keep = scene_mask(view, bodies, exclude_bodies)
     keep &= (hi[:, 2] > view.table_z + 0.005) & ((hi[:, 0] - lo[:, 0]) < 0.5) & ((hi[:, 1] - lo[:, 1]) < 0.5)
     if not keep.any():
         return float("inf")
@@ -276,9 +276,9 @@ def obstacle_distance(view: SceneView, points: np.ndarray, exclude_bodies: set[i
     boxes stay tight around the thin walls of a yawed drawer or basket.
     """
     m, d = view.model, view.data
-    lo, hi, bodies = _scene_boxes(view)
+    lo, hi, bodies = scene_boxes(view)
     coll = _collision_geoms(m)
-    keep = _scene_mask(view, bodies, exclude_bodies)
+    keep = scene_mask(view, bodies, exclude_bodies)
     keep &= hi[:, 2] > above_z
     if not keep.any():
         return float("inf")
