@@ -11,6 +11,7 @@ from dataclasses import asdict, dataclass
 from typing import Any, Callable
 
 import torch
+from torch import Tensor, nn
 from tqdm import tqdm
 
 from policy.diffusion import diffusion_loss
@@ -66,26 +67,42 @@ class Toy2DConfig:
         }
 
 
+Sampler = Callable[[int, torch.Generator], Tensor]
+"""``sampler(n, generator) -> (n, D)`` draws n points of the data distribution."""
+
+
 def train_generator(
-    target: str, loss: LossConfig, cfg: Toy2DConfig, progress: bool = True, desc: str = ""
-) -> tuple[MLPGenerator, list[dict[str, float]]]:
-    """Train an MLP generator on a 2D target; returns the EMA model and a loss history.
+    target: str | Sampler, loss: LossConfig, cfg: Toy2DConfig, progress: bool = True, desc: str = "",
+    model: nn.Module | None = None, noise_shape: tuple[int, ...] | None = None,
+) -> tuple[nn.Module, list[dict[str, float]]]:
+    """Train a generator on a point distribution; returns the EMA model and a loss history.
+
+    Args:
+        target: a built-in 2D target's name ("checkerboard", "mixture") or any ``sampler(n,
+            generator) -> (n, D)`` of your own.
+        model: any generator ``G(t (B,), x_t (B, D), xi (B, m, *noise_shape), cond=None) ->
+            (B, m, D)`` (default: the paper's MLP for D-dimensional data, built after
+            ``torch.manual_seed(cfg.seed)``); ``noise_shape`` defaults to ``model.noise_shape``.
 
     Raises:
         policy.training.optim.NonFiniteError: the loss or the gradient norm became NaN/inf (one line).
     """
+    sample = (lambda n, g: sample_target(target, n, g)) if isinstance(target, str) else target
     torch.manual_seed(cfg.seed)
-    model = MLPGenerator(2, cfg.noise_dim, cfg.hidden, cfg.depth)
+    if model is None:
+        dim = sample(2, torch.Generator().manual_seed(0)).shape[-1] if not isinstance(target, str) else 2
+        model = MLPGenerator(dim, cfg.noise_dim, cfg.hidden, cfg.depth)
+    noise_shape = tuple(noise_shape if noise_shape is not None else model.noise_shape)
     ema = EMA(model, cfg.ema_decay)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     sched = cosine_warmup_scheduler(opt, cfg.steps, cfg.warmup_steps)
     data_gen = torch.Generator().manual_seed(cfg.seed + 1)
     history: list[dict[str, float]] = []
-    desc = desc or f"{target}/{loss.kind}"
+    desc = desc or f"{target if isinstance(target, str) else getattr(target, '__name__', 'sampler')}/{loss.kind}"
     bar = tqdm(range(cfg.steps), desc=desc, disable=not progress, mininterval=1.0)
     for step in bar:
-        x0 = sample_target(target, cfg.batch_size, data_gen)
-        terms = diffusion_loss(model, x0, None, loss, model.noise_shape, time_eps=cfg.time_eps)
+        x0 = sample(cfg.batch_size, data_gen)
+        terms = diffusion_loss(model, x0, None, loss, noise_shape, time_eps=cfg.time_eps)
         value = terms.loss.mean()
         opt.zero_grad(set_to_none=True)
         value.backward()

@@ -107,14 +107,9 @@ def test_short_training_learns_a_spread_with_energy_and_a_mean_with_mse():
 
 
 def _toy2d_script():
-    import importlib.util
-    from pathlib import Path
+    from policy.toy2d import cli
 
-    path = Path(__file__).resolve().parents[2] / "scripts" / "train_toy2d.py"
-    spec = importlib.util.spec_from_file_location("train_toy2d", path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return cli
 
 
 def test_train_toy2d_script_writes_results_and_plots(tmp_path):
@@ -182,3 +177,35 @@ def test_readme_toy2d_commands_name_a_size():
     assert commands
     for line in commands:
         assert "--quick" in line or "--config" in line, line
+
+
+def test_train_generator_takes_any_sampler_and_any_generator() -> None:
+    """The 2D API took a target only by name from a module dict and built its own network."""
+    from policy.scoring import LossConfig
+    from policy.toy2d.train import Toy2DConfig, train_generator
+
+    def ring3d(n: int, g: torch.Generator) -> torch.Tensor:  # a distribution of the user's own, in 3-D
+        a = torch.rand(n, generator=g) * 6.2832
+        return torch.stack([a.cos(), a.sin(), 0.1 * torch.randn(n, generator=g)], dim=1)
+
+    class Tiny(torch.nn.Module):  # a generator of the user's own: G(t, x_t, xi, cond) -> (B, m, 3)
+        noise_shape = (3,)
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.net = torch.nn.Sequential(torch.nn.Linear(7, 64), torch.nn.SiLU(), torch.nn.Linear(64, 3))
+
+        def forward(self, t, x_t, xi, cond=None):
+            m = xi.shape[1]
+            h = torch.cat([t[:, None, None].expand(-1, m, 1), x_t[:, None].expand(-1, m, -1), xi], dim=-1)
+            return self.net(h)
+
+    cfg = Toy2DConfig(steps=300, warmup_steps=10, population=4, batch_size=64, lr=3e-3)
+    loss = LossConfig(kind="energy", lam=1.0, beta=1.0, population=4)
+    model, history = train_generator(ring3d, loss, cfg, progress=False, model=Tiny())
+    assert isinstance(model, Tiny) and history[0]["loss"] > history[-1]["loss"], history
+    x = torch.randn(5, 3)
+    assert model(torch.rand(5), x, torch.randn(5, 2, 3)).shape == (5, 2, 3)
+    mlp, _ = train_generator(ring3d, loss, Toy2DConfig(steps=2, warmup_steps=1, hidden=16, population=4),
+                             progress=False)  # the default MLP sizes itself to the data (3-D here)
+    assert mlp.noise_shape == (2,) and mlp(torch.rand(5), x, torch.randn(5, 4, 2)).shape == (5, 4, 3)
