@@ -10,7 +10,6 @@ import argparse
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 TARGET = {"libero_object": 0.9, "libero_spatial": 0.9, "libero_goal": 0.7, "libero_10": 0.7}
 
 

@@ -23,8 +23,6 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
-
 import numpy as np
 from tqdm import tqdm
 
@@ -145,7 +143,9 @@ def main(argv: list[str] | None = None) -> int:
     else:
         from omegaconf import OmegaConf
 
-        small = OmegaConf.to_container(OmegaConf.load(Path(__file__).resolve().parents[1] / "configs/model/small.yaml"))["model"]
+        from policy.training.config import CONFIG_DIR
+
+        small = OmegaConf.to_container(OmegaConf.load(CONFIG_DIR / "model" / "small.yaml"))["model"]
         policy = DiffusionPolicy(PolicyConfig(**small))
         model = "configs/model/small.yaml (untrained)"
     size = policy.config.image_size

@@ -15,8 +15,7 @@ import json
 import sys
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+REPO = Path(__file__).resolve().parents[1]  # the default --out is this checkout's benchmarks/results/
 
 
 def main() -> int:
@@ -40,7 +39,7 @@ def main() -> int:
     from policy.training.bench import device_description, peak_memory_mb, predict_latency_ms, step_times
     from policy.training.config import compose_config, split_config
 
-    policy_cfg = split_config(compose_config([f"model={args.model}"], REPO / "configs"))[0]
+    policy_cfg = split_config(compose_config([f"model={args.model}"]))[0]
     device = torch.device(args.device)
     bar = tqdm(total=3, desc="bench")
     steps = step_times(policy_cfg, args.batch, args.iters, args.warmup, device)

@@ -10,6 +10,8 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+from policy.utils import atomic_write_text
+
 ROOT = Path(__file__).resolve().parents[1]
 TOPICS = ("toy2d", "image", "train", "eval", "demos", "serve", "libero")
 
@@ -23,9 +25,6 @@ def build() -> str:
 
 
 def main() -> int:
-    sys.path.insert(0, str(ROOT))
-    from policy.utils import atomic_write_text
-
     atomic_write_text(ROOT / "BENCHMARKS.md", build())
     print(f"wrote {ROOT / 'BENCHMARKS.md'} from {len(TOPICS)} sections")
     return 0

@@ -1,128 +1,13 @@
 #!/usr/bin/env python
-"""Evaluate a policy on LIBERO with the common protocol (50 episodes per task,
-episode i from init state i, 10 no-op wait steps, per-suite max steps).
+"""Evaluate a policy on LIBERO with the common protocol.
 
-  python scripts/eval_rollouts.py --steps 2                 # runs/latest, its suites
-  python scripts/eval_rollouts.py --steps 1,2,4,8           # sweep, plots success vs steps
-  python scripts/eval_rollouts.py --policy noop --suites libero_goal --tasks 0 --episodes 2
+  python scripts/eval_rollouts.py --steps 2
+  python scripts/eval_rollouts.py --steps 1,2,4,8,16
 
-Results: <out>/[steps_<k>/]{eval_config.json,episodes.jsonl,results.json,results.md,results.png}.
-Rerunning with the same --out resumes and skips finished episodes; eval_config.json records
-what made them (checkpoint step and weights sha256, steps, churn, protocol) and a rerun that
-differs (e.g. the run was trained further) is refused: use a new --out or delete the folder.
+The same as `ddl-eval` or `python -m envs.evaluation.cli`; the code (and the full --help) is in envs/evaluation/cli.py.
 """
 
-from __future__ import annotations
+from envs.evaluation.cli import main
 
-import argparse
-import json
-import sys
-from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-
-def parse_int_list(text: str, what: str) -> list[int]:
-    """"1,2,4" -> [1, 2, 4]; one-line ValueError naming ``what`` otherwise."""
-    try:
-        values = [int(x) for x in text.split(",") if x.strip() != ""]
-    except ValueError:
-        raise ValueError(f"bad {what} list {text!r}; expected comma-separated integers such as 1,2,4,8") from None
-    if not values:
-        raise ValueError(f"empty {what} list; expected comma-separated integers such as 1,2,4,8")
-    return values
-
-
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--checkpoint", help="run dir or pretrained policy dir (default: runs/latest)")
-    p.add_argument("--policy", default="checkpoint", help="checkpoint (default) | noop | replay:<hdf5>")
-    p.add_argument("--steps", default="2", help="sampler steps, or a list such as 1,2,4,8 (sweep)")
-    p.add_argument("--churn", type=float, default=0.0, help="sampler churn in [0,1] (0 = DDIM)")
-    p.add_argument("--suites", help="comma list (default: the checkpoint's suites, else the four)")
-    p.add_argument("--tasks", help="comma list of task indices within each suite (default: all)")
-    p.add_argument("--episodes", type=int, default=50, help="episodes per task (default 50)")
-    p.add_argument("--workers", type=int, default=2, help="parallel simulator processes (default 2)")
-    p.add_argument("--replan-every", type=int, default=8, help="actions executed per chunk (1..8, default 8)")
-    p.add_argument("--max-steps", type=int, help="override the per-suite episode cap (debugging)")
-    p.add_argument("--out", help="output folder (default: eval/<policy or run name>)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--video", type=int, default=0, metavar="K", help="save mp4s of the first K episodes per task")
-    p.add_argument("--fast-render", action="store_true", help="render simplified visual meshes (CPU speed-up)")
-    p.add_argument("--device", default="cpu", help="torch device of the policy (default cpu)")
-    return p
-
-
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    try:
-        from envs.evaluation.policies import load_policy_and_producer, resolve_checkpoint
-        from envs.evaluation.results import plot_steps_sweep
-        from envs.evaluation.harness import EvalConfig, run_evaluation
-        from envs.libero.env import DEFAULT_EVAL_SUITES, SUITES, check_suite
-        from policy.utils import atomic_write_text
-
-        steps_list = parse_int_list(args.steps, "--steps")
-        if any(k < 1 for k in steps_list):
-            raise ValueError(f"--steps values must be >= 1, got {args.steps}")
-        if not 0.0 <= args.churn <= 1.0:
-            raise ValueError(f"--churn must be in [0, 1], got {args.churn}")
-        policy, producer = load_policy_and_producer(args.policy, args.checkpoint, args.device)
-        if args.suites:
-            suites = [check_suite(s.strip()) for s in args.suites.split(",") if s.strip()]
-        else:
-            trained: list[str] = []
-            for s in getattr(getattr(policy, "config", None), "suites", None) or []:
-                trained += list(DEFAULT_EVAL_SUITES) if s == "libero_4" else [s]
-            suites = [s for s in dict.fromkeys(trained) if s in SUITES] or list(DEFAULT_EVAL_SUITES)
-        tasks = parse_int_list(args.tasks, "--tasks") if args.tasks else None
-        resolution = int(getattr(getattr(policy, "config", None), "image_size", 128) or 128)
-        if args.policy == "checkpoint":
-            name = resolve_checkpoint(args.checkpoint).name
-        else:
-            name = args.policy.split(":")[0]
-        out_root = Path(args.out or Path("eval") / name)
-        points = {}
-        for k in steps_list:
-            cfg = EvalConfig(
-                suites=suites,
-                out_dir=str(out_root / f"steps_{k}" if len(steps_list) > 1 else out_root),
-                tasks={s: tasks for s in suites} if tasks else {},
-                episodes=args.episodes,
-                workers=args.workers,
-                steps=k,
-                churn=args.churn,
-                replan_every=args.replan_every,
-                resolution=resolution,
-                fast_render=args.fast_render,
-                max_steps=args.max_steps,
-                seed=args.seed,
-                video=args.video,
-                policy=args.policy if args.policy != "checkpoint" else str(resolve_checkpoint(args.checkpoint)),
-                producer=producer,
-            )
-            summary = run_evaluation(policy, cfg)
-            points[k] = summary
-            print((Path(cfg.out_dir) / "results.md").read_text())
-        if len(steps_list) > 1:
-            atomic_write_text(out_root / "steps_sweep.json", json.dumps(
-                {str(k): {s: d["median_over_tasks"] for s, d in v["suites"].items()} for k, v in points.items()}, indent=2))
-            plot_steps_sweep(points, out_root / "steps_sweep.png")
-    except (ValueError, FileNotFoundError, KeyError) as exc:
-        msg = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
-        print(f"error: {msg}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("interrupted; rerun the same command to resume", file=sys.stderr)
-        return 130
-    last = points[steps_list[-1]]
-    o = last["overall"]
-    errors = sum(d["errors"] for d in last["suites"].values())
-    print(f"done: {o['episodes']} episodes over {', '.join(suites)}, success {100 * o['success_rate']:.1f}% "
-          f"(median over tasks {100 * o['median_over_tasks']:.1f}%), {errors} errors, "
-          f"{last['wall_time_s']:.0f} s; results in {out_root}")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+if __name__ == "__main__":  # guarded: worker processes (spawn) re-import the main script
+    raise SystemExit(main())

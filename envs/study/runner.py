@@ -18,7 +18,6 @@ Folders (``<p>`` = preset): demos ``<data_root>/<suite>/``, runs
 from __future__ import annotations
 
 import json
-import os
 import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -46,9 +45,10 @@ class Job:
     log: Path | None = None  # where the job's output goes when jobs run in parallel
 
 
-def _py(script: str) -> list[str]:
-    """[python, scripts/<script>] with the script path relative to the working directory."""
-    return [sys.executable, os.path.relpath(Path(__file__).resolve().parents[2] / "scripts" / script)]
+def _py(module: str) -> list[str]:
+    """[python, -m, <module>]: a stage's entry module (the code behind scripts/<name>.py), found
+    through the installed package, so the study runs from any working directory."""
+    return [sys.executable, "-m", module]
 
 
 def count_demos(cfg: StudyConfig) -> dict[str, int]:
@@ -87,7 +87,7 @@ def plan_demos(cfg: StudyConfig) -> list[Job]:
     """Stage 1: scripts/generate_demos.py for the tasks still short of ``cfg.demos`` demos."""
     counts = count_demos(cfg)
     short = {k: v for k, v in counts.items() if v < cfg.demos}
-    cmd = _py("generate_demos.py") + [
+    cmd = _py("envs.scripted.cli") + [
         "--suite", cfg.suite, "--tasks", "all" if cfg.tasks is None else ",".join(map(str, cfg.tasks)),
         "--demos-per-task", str(cfg.demos), "--workers", str(cfg.workers), "--out", cfg.data_root,
         "--resolution", str(cfg.resolution)] + (["--fast-render"] if cfg.fast_render else []) + (
@@ -132,10 +132,10 @@ def plan_training(cfg: StudyConfig) -> list[Job]:
             jobs.append(Job("train", m.name, [], "done", f"{step} steps in {run}"))
             continue
         if step > 0:
-            cmd = _py("train_policy.py") + ["resume=true", f"run_dir={run}", f"train.steps={cfg.train_steps}"]
+            cmd = _py("envs.training_cli") + ["resume=true", f"run_dir={run}", f"train.steps={cfg.train_steps}"]
             jobs.append(Job("train", m.name, cmd, "resume", f"from step {step} in {run}", log=run / "study_train.log"))
             continue
-        cmd = _py("train_policy.py") + [
+        cmd = _py("envs.training_cli") + [
             f"suite={cfg.suite}", f"model={cfg.model}", *m.overrides(), f"train.steps={cfg.train_steps}",
             f"train.seed={cfg.seed}", f"train.checkpoint_every={cfg.checkpoint_every}",
             f"suite.data_dirs=[{Path(cfg.data_root) / cfg.suite}]", f"run_dir={run}", *cfg.train_overrides]
@@ -199,7 +199,7 @@ def plan_eval(cfg: StudyConfig, trained: set[str] | None = None) -> list[Job]:
         now = run_producer(cfg, m)
         for k in cfg.eval_steps:
             out = cfg.eval_dir(m, k)
-            cmd = _py("eval_rollouts.py") + [
+            cmd = _py("envs.evaluation.cli") + [
                 "--checkpoint", str(cfg.run_dir(m)), "--steps", str(k), "--suites", cfg.suite,
                 "--episodes", str(cfg.episodes), "--workers", str(cfg.workers), "--out", str(out),
                 "--device", cfg.device] + (["--tasks", ",".join(map(str, cfg.tasks))] if cfg.tasks is not None else []) \

@@ -1,20 +1,22 @@
 """Hydra configuration of a training run -> validated dataclasses, and the run dir.
 
 ``compose_config(overrides)`` composes ``configs/train_policy.yaml`` with its groups
-(suite/, loss/, model/) and command-line style overrides, then type-checks every key
-against the structured schema ``RunConfig`` (built from the ``PolicyConfig`` and
-``TrainConfig`` dataclasses plus the suite/loss/data/eval dataclasses below) and merges
-it into that schema (OmegaConf structured merge), so the result is typed and closed.
-A value of the wrong type is one ``ValueError`` line naming the key, the value, the
-expected type and the YAML file that documents the key. ``split_config`` turns the
-result into (PolicyConfig, TrainConfig, LossConfig, bandwidth, multiplier), each
-validated. ``make_run_dir`` creates ``runs/<suite>/<timestamp>/``;
-``train(latest_in=runs_root)`` points ``runs/latest`` at it from its first checkpoint on.
+(suite/, loss/, model/; all in ``CONFIG_DIR``, the package's own ``policy/configs/``)
+and command-line style overrides, then type-checks every key against the structured
+schema ``RunConfig`` (built from the ``PolicyConfig`` and ``TrainConfig`` dataclasses
+plus the suite/loss/data/eval dataclasses below) and merges it into that schema
+(OmegaConf structured merge), so the result is typed and closed. A value of the wrong
+type is one ``ValueError`` line naming the key, the value, the expected type and the
+YAML file that documents the key. ``split_config`` turns the result into (PolicyConfig,
+TrainConfig, LossConfig, bandwidth, multiplier), each validated. ``make_run_dir``
+creates ``runs/<suite>/<timestamp>/``; ``train(latest_in=runs_root)`` points
+``runs/latest`` at it from its first checkpoint on.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import importlib.resources
 import os
 import time
 import typing
@@ -30,7 +32,9 @@ from omegaconf.errors import OmegaConfBaseException
 from policy.model.config import PolicyConfig, TrainConfig, find_type_error, is_float
 from policy.scoring import LossConfig
 
-REPO_CONFIGS = Path(__file__).resolve().parents[2] / "configs"
+# The YAML tree ships inside the package (policy/configs/, package data; the repository's
+# top-level configs/ is a symlink to it), so an installed wheel finds it without a checkout.
+CONFIG_DIR = Path(str(importlib.resources.files("policy") / "configs"))
 
 
 # ---------------------------------------------------------------- typed schema of a run
@@ -110,9 +114,9 @@ def _source(key: str, choices: dict[str, str], config_dir: Path | None, saved: P
         return f"{saved}: {key}"
     top = key.split(".", 1)[0].split("[", 1)[0]
     rel = f"{top}/{choices[top]}.yaml" if top in ("suite", "loss", "model") and top in choices else "train_policy.yaml"
-    path = (config_dir or REPO_CONFIGS) / rel
+    path = (config_dir or CONFIG_DIR) / rel
     try:
-        shown = path.relative_to(REPO_CONFIGS.parent)
+        shown = path.relative_to(CONFIG_DIR.parent)
     except ValueError:
         shown = path
     return f"{shown}: {key}"
@@ -169,7 +173,7 @@ def _compose(overrides: list[str], config_dir: Path) -> DictConfig:
         raise ValueError(f"bad config override: {first}{hint}") from None
 
 
-def compose_config(overrides: list[str] | None = None, config_dir: str | Path = REPO_CONFIGS) -> DictConfig:
+def compose_config(overrides: list[str] | None = None, config_dir: str | Path = CONFIG_DIR) -> DictConfig:
     """Compose train_policy.yaml with overrides such as ``suite=libero_goal loss.lam=0.5``,
     type-checked and merged into the ``RunConfig`` schema.
 
@@ -184,7 +188,7 @@ def compose_config(overrides: list[str] | None = None, config_dir: str | Path = 
     return typed_config(full, choices, config_dir)
 
 
-def compose_hydra_config(overrides: list[str] | None = None, config_dir: str | Path = REPO_CONFIGS) -> DictConfig:
+def compose_hydra_config(overrides: list[str] | None = None, config_dir: str | Path = CONFIG_DIR) -> DictConfig:
     """The `hydra:` node Hydra would use for these overrides (what ``--cfg hydra`` prints)."""
     full = _compose(list(overrides or []), Path(config_dir).resolve())
     return OmegaConf.create({"hydra": full.hydra})

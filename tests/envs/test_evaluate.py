@@ -174,11 +174,8 @@ def test_policy_loading_errors(tmp_path, monkeypatch) -> None:
 
 
 def test_eval_rollouts_cli_errors(tmp_path, monkeypatch, capsys) -> None:
-    import importlib.util
+    from envs.evaluation import cli as mod
 
-    spec = importlib.util.spec_from_file_location("eval_rollouts", Path(__file__).parents[2] / "scripts" / "eval_rollouts.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
     monkeypatch.chdir(tmp_path)
     assert mod.main([]) == 2
     assert "runs/latest does not exist" in capsys.readouterr().err
@@ -191,12 +188,9 @@ def test_eval_rollouts_cli_errors(tmp_path, monkeypatch, capsys) -> None:
 
 
 def _eval_rollouts():
-    import importlib.util
+    from envs.evaluation import cli
 
-    spec = importlib.util.spec_from_file_location("eval_rollouts", REPO / "scripts" / "eval_rollouts.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)  # type: ignore[union-attr]
-    return mod
+    return cli
 
 
 def _fake_checkpoint(path: Path, weights: bytes, step: int | None) -> None:

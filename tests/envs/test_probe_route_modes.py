@@ -1,17 +1,15 @@
-"""scripts/probe_route_modes.py: the fork axis, side and strength statistics, and its one-line errors."""
+"""envs/study/probe_cli.py (scripts/probe_route_modes.py): the fork axis, side and strength statistics, and its one-line errors."""
 from __future__ import annotations
 
-import importlib.util
 import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
 
+from envs.study import probe_cli as probe
+
 REPO = Path(__file__).resolve().parents[2]
-_spec = importlib.util.spec_from_file_location("probe_route_modes", REPO / "scripts" / "probe_route_modes.py")
-probe = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(probe)  # type: ignore[union-attr]
 
 
 def _chunks(lateral: np.ndarray, forward: float = -0.3) -> np.ndarray:

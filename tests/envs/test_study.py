@@ -1,9 +1,8 @@
-"""The study runner (scripts/run_study.py, envs/study/runner.py): aggregation of real-format
+"""The study runner (envs/study/cli.py behind scripts/run_study.py, envs/study/runner.py): aggregation of real-format
 evaluation results, the resume/skip plan, and one-line errors. No training, no rollouts."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import subprocess
 import sys
@@ -23,10 +22,9 @@ SUITE = "libero_object"
 
 
 def run_study(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
-    """scripts/run_study.py main() in this process (no interpreter start-up): (exit code, stdout, stderr)."""
-    spec = importlib.util.spec_from_file_location("run_study", REPO / "scripts" / "run_study.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)  # type: ignore[union-attr]
+    """The study's main() (envs/study/cli.py) in this process (no interpreter start-up): (exit code, stdout, stderr)."""
+    from envs.study import cli as module
+
     capsys.readouterr()
     rc = module.main(argv)
     out, err = capsys.readouterr()
@@ -242,7 +240,7 @@ def test_plan_skips_finished_stages_and_resumes(tmp_path: Path, capsys: pytest.C
     assert any(ln.strip().startswith("done  demos") for ln in lines)
     assert any(ln.strip().startswith(f"done  train {energy.name}") for ln in lines)
     assert any(ln.strip().startswith("resume  train mse") for ln in lines)
-    assert any("scripts/eval_rollouts.py --checkpoint" in ln and "--tasks 0 --fast-render" in ln for ln in lines)
+    assert any("-m envs.evaluation.cli --checkpoint" in ln and "--tasks 0 --fast-render" in ln for ln in lines)
     assert "dry run: nothing executed" in lines[-1] and not (tmp_path / "libero.json").exists()
 
 
@@ -354,9 +352,8 @@ def test_parallel_stage_runs_jobs_side_by_side_with_logs(tmp_path: Path, capsys:
     with the tail of its log and the others still run."""
     from envs.study.runner import Job
 
-    spec = importlib.util.spec_from_file_location("run_study", REPO / "scripts" / "run_study.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)  # type: ignore[union-attr]
+    from envs.study import cli as module
+
     stamp = "import sys, time; open(sys.argv[1], 'w').write(str(time.time())); time.sleep(1.5); print('hello', sys.argv[1])"
     jobs = [Job("eval", f"ok{i}", [sys.executable, "-c", stamp, str(tmp_path / f"start{i}")], "run",
                 log=tmp_path / f"ok{i}" / "study_eval.log") for i in range(2)]

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import re
 import subprocess
@@ -204,18 +203,16 @@ def test_script_help_and_bad_input_exit_nonzero() -> None:
     out = subprocess.run([sys.executable, script, "--help"], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0 and "--quick" in out.stdout
     assert len(out.stdout.splitlines()) < 50  # fits a screen
-    spec = importlib.util.spec_from_file_location("train_image_script", script)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+    from policy.image import cli as mod
+
     with pytest.raises(SystemExit, match="--data"):
         mod.main(["--config", "cifar10"])
     assert mod.main(["--data", "/nonexistent/x.npz", "--threads", "1"]) == 2
 
 
 def test_script_writes_runs_by_default_and_the_reference_only_when_asked(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    spec = importlib.util.spec_from_file_location("train_image_out", ROOT / "scripts" / "train_image.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+    from policy.image import cli as mod
+
     reference = tmp_path / "reference"
     monkeypatch.setattr(mod, "REFERENCE_DIR", reference)  # stands in for the committed benchmarks/results
     monkeypatch.chdir(tmp_path)
@@ -241,4 +238,4 @@ def test_script_writes_runs_by_default_and_the_reference_only_when_asked(tmp_pat
     assert json.loads((reference / "image.json").read_text())["digits"]["nfe"] == [1]
     assert (reference / "image" / "digits_mse_nfe1.png").is_file() and written[-1] == reference / "image.json"
     assert mod.main([*args, "--save-reference", "--out", str(tmp_path / "x")]) == 2
-    assert "tempfile" not in (ROOT / "scripts" / "train_image.py").read_text()
+    assert "tempfile" not in (ROOT / "policy" / "image" / "cli.py").read_text()

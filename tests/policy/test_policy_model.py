@@ -127,13 +127,10 @@ def test_save_load_round_trip_identical(tiny_config: PolicyConfig, language: Lan
 
 
 def _script(name: str):
-    import importlib.util
-    from pathlib import Path
+    """The entry module behind scripts/<name>.py."""
+    import importlib
 
-    spec = importlib.util.spec_from_file_location(name, Path(__file__).parents[2] / "scripts" / f"{name}.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return importlib.import_module({"serve_policy": "policy.serving.cli", "eval_rollouts": "envs.evaluation.cli"}[name])
 
 
 def test_a_damaged_weights_file_is_one_line_naming_it(tiny_config: PolicyConfig, language: LanguageEncoder, tmp_path,

@@ -749,11 +749,8 @@ def test_serve_script_without_checkpoint_says_how_to_get_one(tmp_path):
 @pytest.mark.sim
 def test_robot_client_example_runs_a_libero_episode_through_the_server(server, capsys):
     """The simulator plays the robot: real env -> openpi keys -> server -> chunker -> env."""
-    import importlib.util
+    from envs.evaluation import robot_client_cli as mod  # scripts/robot_client_example.py
 
-    spec = importlib.util.spec_from_file_location("robot_client_example", ROOT / "scripts" / "robot_client_example.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
     requests_before = server.stats["requests"]
     rc = mod.main(["--port", str(server.port), "--suite", "libero_object", "--task", "0", "--episodes", "1", "--max-steps", "12"])
     out = capsys.readouterr().out
@@ -762,12 +759,10 @@ def test_robot_client_example_runs_a_libero_episode_through_the_server(server, c
 
 
 def test_serve_script_picks_the_best_evaluated_steps(tmp_path, monkeypatch):
-    import importlib.util
     import json
 
-    spec = importlib.util.spec_from_file_location("serve_policy", ROOT / "scripts" / "serve_policy.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+    from policy.serving import cli as mod  # scripts/serve_policy.py
+
     monkeypatch.chdir(tmp_path)
     run = tmp_path / "runs" / "libero_object" / "20261122-120000"
     (run / "policy").mkdir(parents=True)

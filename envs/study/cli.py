@@ -1,0 +1,180 @@
+"""The LIBERO study in one resumable command: scripted demos -> train energy (m=16) and
+MSE policies on the same data -> eval_rollouts at several sampler steps -> libero.json,
+table and plot (success rate vs steps, 95% Wilson intervals).
+
+  python scripts/run_study.py preset=quick                 # CPU quickstart (~5-10 min on 2 cores, 1 task)
+  python scripts/run_study.py suite=libero_object          # the study (preset paper on CUDA, else cpu:
+                                                           #   1 task, ~2 h on 2 cores)
+  python scripts/run_study.py suite=libero_object preset=paper energy=1:1,0.5:1 episodes=20
+  python scripts/run_study.py suite=libero_object preset=cpu_bimodal   # cpu, on demos with route modes
+  python scripts/run_study.py suite=libero_object preset=cpu_bimodal_task1   # its replication on task 1
+  python scripts/run_study.py suite=libero_object preset=cpu_yaw_task1   # demos whose average grasp fails
+  python scripts/run_study.py preset=quick dry_run=true    # print the plan, run nothing
+
+Keys (key=value; defaults from the preset quick | cpu | cpu_suite | cpu_bimodal[_task1] | cpu_yaw_task1 | paper):
+  suite tasks=all|0,3 demos resolution fast_render=true|false detour=0.12 (route modes of the demos, m)
+  yaw_modes=true|false (grasp-yaw modes of the demos)
+  model=small|paper
+  train_steps checkpoint_every seed energy=lambda:beta,... population mse=true|false
+  eval_steps=1,2,4,8,16 episodes workers device data_root runs_root eval_root results dry_run
+  threads (OMP_NUM_THREADS of the children; quick/cpu: 1, paper: 0 = torch default)
+  jobs (training / evaluation subprocesses at a time; cpu: 2, each logging to a file)
+  train.* data.* model.*   passed on to scripts/train_policy.py
+Rerun the same command to resume: finished stages are skipped, interrupted ones resume.
+"""
+
+from __future__ import annotations
+
+import shlex
+import subprocess
+import sys
+import time
+
+
+def describe_machine() -> str:
+    """"GPU <name>" when CUDA is visible (training then runs there), else "CPU <arch>, <n> cores"."""
+    import os
+    import platform
+
+    import torch
+
+    if torch.cuda.is_available():
+        return f"GPU {torch.cuda.get_device_name(0)}"
+    return f"CPU {platform.machine()} {platform.processor()}".strip() + f", {os.cpu_count()} cores"
+
+
+def _show(job) -> str:
+    return f"{job.state:>6}  {job.stage} {job.name}: {job.detail}" + (f"\n        $ {shlex.join(job.cmd)}" if job.cmd else "")
+
+
+def _tail(path, n: int = 5) -> str:
+    """The last n lines of a log (progress-bar redraws split at carriage returns)."""
+    try:
+        lines = path.read_text(errors="replace").replace("\r", "\n").splitlines()
+    except OSError:
+        return ""
+    return "\n".join("        | " + ln for ln in [ln for ln in lines if ln.strip()][-n:])
+
+
+def run_stage(title: str, jobs: list, before=None, threads: int = 0, parallel: int = 1) -> list[str]:
+    """Run the jobs that are not done (one subprocess each); returns the names of the failed
+    ones. A failure never stops the other jobs. With parallel > 1 (and more than one job to
+    run) that many run at a time, each writing to its own log file (job.log) under one
+    progress bar; otherwise one at a time with their output passed through.
+    threads > 0 sets OMP_NUM_THREADS for the children unless the user exported it: on a
+    shared 2-core CPU torch's default 2 threads thrash (measured 11 s/step against 0.25)."""
+    import os
+
+    from tqdm import tqdm
+
+    env = dict(os.environ)
+    if threads > 0:
+        env.setdefault("OMP_NUM_THREADS", str(threads))
+
+    failed, queue = [], []
+    for job in jobs:
+        if job.state == "done":
+            print(f"skip {job.stage} {job.name}: {job.detail}", flush=True)
+        elif job.state == "wait":
+            print(f"SKIP {job.stage} {job.name}: its model is not trained (see the training errors above)", flush=True)
+            failed.append(job.name)
+        else:
+            queue.append(job)
+    to_logs = parallel > 1 and len(queue) > 1
+    width = parallel if to_logs else 1
+    bar = tqdm(total=len(jobs), initial=len(jobs) - len(queue), desc=title, unit="job", file=sys.stdout,
+               dynamic_ncols=True)
+    running = []  # (job, process, log file or None)
+    try:
+        while queue or running:
+            while queue and len(running) < width:
+                job = queue.pop(0)
+                if before is not None:
+                    before(job)
+                log = None
+                if to_logs:
+                    job.log.parent.mkdir(parents=True, exist_ok=True)
+                    log = open(job.log, "ab")  # noqa: SIM115 (closed when the child ends)
+                    tqdm.write(f"$ {shlex.join(job.cmd)}\n        (output: {job.log})", file=sys.stdout)
+                else:
+                    tqdm.write(f"$ {shlex.join(job.cmd)}", file=sys.stdout)
+                    bar.clear()  # the child's own progress bars draw on this line
+                    sys.stdout.flush()
+                running.append((job, subprocess.Popen(job.cmd, env=env, stdout=log,
+                                                      stderr=subprocess.STDOUT if log else None), log))
+            if to_logs:
+                bar.set_postfix_str(", ".join(j.name for j, _, _ in running))
+            try:
+                running[0][1].wait(timeout=1.0)  # one at a time: returns as soon as the child ends
+            except subprocess.TimeoutExpired:
+                pass
+            for item in [r for r in running if r[1].poll() is not None]:
+                job, proc, log = item
+                running.remove(item)
+                bar.update(1)
+                if log is not None:
+                    log.close()
+                if proc.returncode != 0:
+                    failed.append(job.name)
+                    tqdm.write(f"FAILED ({job.stage} {job.name}, exit {proc.returncode}); going on with the next job"
+                               + (f"; last lines of {job.log}:\n{_tail(job.log)}" if log else ""), file=sys.stdout)
+                elif log is not None:
+                    tqdm.write(f"done {job.stage} {job.name}", file=sys.stdout)
+    finally:
+        for _, proc, log in running:  # interrupted: stop the children, keep what they wrote
+            proc.terminate()
+            proc.wait()
+            if log is not None:
+                log.close()
+        bar.close()
+    return failed
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if any(a in ("-h", "--help") for a in argv):
+        print(__doc__.strip())
+        return 0
+    from envs.study.report import StudyError
+    from envs.study.runner import aggregate, plan_demos, plan_eval, plan_training, write_spec
+    from envs.study.config import parse_overrides
+
+    start = time.time()
+    try:
+        cfg = parse_overrides(argv)
+        models = {m.name: m for m in cfg.models()}
+        print(f"study {cfg.suite} preset={cfg.preset}: models {', '.join(models)}; model={cfg.model}, "
+              f"{cfg.train_steps} steps, seed {cfg.seed}; {cfg.demos} demos/task, "
+              f"{'all tasks' if cfg.tasks is None else f'tasks {cfg.tasks}'}; eval steps {cfg.eval_steps}, "
+              f"{cfg.episodes} episodes/task", flush=True)
+        if cfg.dry_run:
+            for job in plan_demos(cfg) + plan_training(cfg) + plan_eval(cfg):
+                print(_show(job))
+            print(f"dry run: nothing executed; results would go to {cfg.results}")
+            return 0
+        n, par = cfg.threads, cfg.jobs
+        failed = {"demos": run_stage("[1/4] demos", plan_demos(cfg), threads=n)}
+        failed["train"] = run_stage("[2/4] train", plan_training(cfg), threads=n, parallel=par,
+                                    before=lambda j: write_spec(cfg, models[j.name], describe_machine()))
+        # each evaluation records what produced it (eval_config.json) itself
+        failed["eval"] = run_stage("[3/4] eval", plan_eval(cfg), threads=n, parallel=par)
+        paths = aggregate(cfg)
+    except StudyError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("\ninterrupted; rerun the same command to resume", file=sys.stderr)
+        return 130
+    if paths is not None:
+        print("[4/4] results:", ", ".join(str(p) for p in paths.values()))
+        print(paths["md"].read_text())
+    bad = [f"{stage}: {', '.join(names)}" for stage, names in failed.items() if names]
+    minutes = (time.time() - start) / 60
+    print(f"done: study {cfg.suite} preset={cfg.preset} in {minutes:.1f} min; "
+          + (f"results in {paths['json']}" if paths else "no evaluation finished")
+          + (f"; FAILED {'; '.join(bad)} (rerun to retry)" if bad else ""))
+    return 1 if bad or paths is None else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
