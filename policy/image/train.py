@@ -26,13 +26,13 @@ from typing import Any, Callable
 
 import numpy as np
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 from torch.nn import functional as F
 from tqdm.auto import tqdm
 
 from policy.diffusion import diffusion_loss, sample
 from policy.image.unet import UNet, UNetConfig
-from policy.training.optim import EMA, check_finite
+from policy.training.optim import EMA, optimizer_step
 from policy.scoring import LossConfig
 from policy.utils import atomic_save_safetensors, atomic_write, atomic_write_text, read_safetensors
 
@@ -229,13 +229,7 @@ def train_image_model(
         cond = data.labels[idx].to(device) if class_cond and data.labels is not None else None
         terms = diffusion_loss(model, x0, cond, loss, tuple(x0.shape[1:]), cfg.time_eps, cfg.weighting, cfg.weight_bias)  # type: ignore[arg-type]
         value = terms.loss.mean()
-        opt.zero_grad(set_to_none=True)
-        value.backward()
-        grad_norm = nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-        check_finite(value, step, grad_norm, desc)  # NonFiniteError: one line naming the step
-        opt.step()
-        sched.step()
-        ema.update(model)
+        optimizer_step(value, model, opt, sched, ema, cfg.grad_clip, step, desc)  # NonFiniteError: one line
         losses.append(float(value.detach()))
         if step % 50 == 0:
             bar.set_postfix(loss=f"{np.mean(losses[-50:]):.4f}")

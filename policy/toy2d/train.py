@@ -16,7 +16,7 @@ from tqdm import tqdm
 
 from policy.diffusion import diffusion_loss
 from policy.toy2d.mlp import MLPGenerator
-from policy.training.optim import EMA, check_finite, cosine_warmup_scheduler
+from policy.training.optim import EMA, cosine_warmup_scheduler, optimizer_step
 from policy.scoring import LossConfig
 from policy.toy2d.targets import model_mmd, noise_floor_mmd, posterior_std_metric, sample_model, sample_target
 
@@ -104,13 +104,7 @@ def train_generator(
         x0 = sample(cfg.batch_size, data_gen)
         terms = diffusion_loss(model, x0, None, loss, noise_shape, time_eps=cfg.time_eps)
         value = terms.loss.mean()
-        opt.zero_grad(set_to_none=True)
-        value.backward()
-        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-        check_finite(value, step, grad_norm, desc)
-        opt.step()
-        sched.step()
-        ema.update(model)
+        optimizer_step(value, model, opt, sched, ema, cfg.grad_clip, step, desc)
         if step % 100 == 0 or step == cfg.steps - 1:
             rec = {"step": step, "loss": float(value.detach()), "confinement": float(terms.confinement.detach().mean()),
                    "interaction": float(terms.interaction.detach().mean())}

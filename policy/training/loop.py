@@ -34,7 +34,7 @@ from policy.model.config import PolicyConfig, TrainConfig
 from policy.diffusion import Weighting
 from policy.model.network import PolicyNetwork
 from policy.model.language import LanguageEncoder
-from policy.training.optim import EMA, NonFiniteError, check_finite, cosine_warmup_scheduler
+from policy.training.optim import EMA, cosine_warmup_scheduler, optimizer_step
 from policy.model.policy import DiffusionPolicy
 from policy.scoring import LossConfig, median_bandwidth
 from policy.training.checkpoint import list_checkpoints, load_checkpoint, save_checkpoint
@@ -197,17 +197,8 @@ def train(
             with autocast:
                 terms = model(images, proprio, lang, actions, loss, train_cfg.time_eps, _weighting(train_cfg), train_cfg.weight_bias)
             loss_value = terms.loss.float().mean()
-            opt.zero_grad(set_to_none=True)
-            loss_value.backward()
-            grad_norm = torch.nn.utils.clip_grad_norm_(net.parameters(), train_cfg.grad_clip if train_cfg.grad_clip > 0 else float("inf"))
-            try:  # before opt.step: NaN/inf never reaches the weights
-                check_finite(loss_value, step + 1, grad_norm)
-            except NonFiniteError:  # a ValueError whose one-line message the script prints
-                bar.close()  # so that line does not share the progress bar's line
-                raise
-            opt.step()
-            sched.step()
-            ema.update(net)
+            # NonFiniteError (a ValueError the script prints in one line): close the bar first
+            grad_norm = optimizer_step(loss_value, net, opt, sched, ema, train_cfg.grad_clip, step + 1, on_error=bar.close)
             step += 1
             bar.update(1)
             if step % train_cfg.log_every == 0 or step == end:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import math
+from collections.abc import Callable
 
 import torch
 from torch import nn
@@ -90,3 +91,32 @@ def check_finite(loss: torch.Tensor, step: int, grad_norm: torch.Tensor | float 
         what = f"the gradient norm is {float(values[-1])} (loss {loss_value:.4g})"
     raise NonFiniteError(f"{label}: step {step}: {what}; look for NaN/inf in the data, targets or loss weights, "
                          "or lower the learning rate")
+
+
+def optimizer_step(
+    loss: torch.Tensor, model: nn.Module, optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler, ema: EMA | None, grad_clip: float, step: int,
+    label: str = "training", on_error: Callable[[], None] | None = None,
+) -> torch.Tensor:
+    """The one training step every loop (2D, image, policy) takes after computing its loss:
+    backward, global-norm clipping (``grad_clip <= 0``: none, the norm is still measured), the
+    non-finite check (before ``optimizer.step``: NaN/inf never reaches the weights), the
+    optimiser and schedule steps and the EMA update. Returns the gradient norm before clipping.
+
+    Raises:
+        NonFiniteError: as :func:`check_finite`; ``on_error`` (e.g. closing a progress bar) runs first.
+    """
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip if grad_clip > 0 else float("inf"))
+    try:
+        check_finite(loss, step, grad_norm, label)
+    except NonFiniteError:
+        if on_error is not None:
+            on_error()
+        raise
+    optimizer.step()
+    scheduler.step()
+    if ema is not None:
+        ema.update(model)
+    return grad_norm
