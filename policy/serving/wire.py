@@ -23,6 +23,8 @@ from typing import Any
 import msgpack
 import numpy as np
 
+from policy.features import DEFAULT_FEATURES, IMAGE, LANGUAGE, STATE
+
 _ALLOWED_KINDS = "biuf"  # bool, int, uint, float
 MAX_OBJECTS = 4096  # msgpack objects in one frame (an openpi observation holds about 60)
 MAX_DEPTH = 16  # container nesting (an openpi observation nests 3 deep)
@@ -209,12 +211,19 @@ def unpackb(data: bytes, max_len: int = 64 * 1024 * 1024, max_objects: int = MAX
 
 # --- observations ---------------------------------------------------------------------
 
-# openpi LIBERO key -> package key. "observation/state" is joint_states (7) + gripper_states (2).
-OPENPI_KEYS = {"observation/image": "agentview_rgb", "observation/wrist_image": "eye_in_hand_rgb", "prompt": "language"}
+# The package's keys are the observation features of policy.features.DEFAULT_FEATURES.
+# openpi's LIBERO keys are aliases: two cameras and the prompt by name, and
+# "observation/state" = the state features concatenated in spec order (joint_states (7) +
+# gripper_states (2)), split back here.
+FEATURES = DEFAULT_FEATURES
+OPENPI_KEYS = {"observation/image": "agentview_rgb", "observation/wrist_image": "eye_in_hand_rgb",
+               "prompt": FEATURES.language.name}
 STATE_KEY = "observation/state"
-IMAGE_KEYS = ("agentview_rgb", "eye_in_hand_rgb")
-PACKAGE_KEYS = (*IMAGE_KEYS, "joint_states", "gripper_states", "language")
+OPENPI_OBSERVATION_KEYS = ("observation/image", "observation/wrist_image", STATE_KEY, "prompt")
+IMAGE_KEYS = FEATURES.image_keys
+PACKAGE_KEYS = FEATURES.observation_keys
 ACCEPTED_KEYS = (*PACKAGE_KEYS, *OPENPI_KEYS, STATE_KEY)
+assert set(OPENPI_KEYS.values()) <= set(PACKAGE_KEYS), "an openpi alias names a key the feature spec does not declare"
 
 
 def _as_key(k: Any) -> str:
@@ -249,10 +258,11 @@ def _image(name: str, value: Any) -> np.ndarray:
 def parse_observation(obs: Any) -> dict[str, Any]:
     """Validate one request and return the policy observation (package keys, unbatched).
 
-    Accepts the package's keys (agentview_rgb, eye_in_hand_rgb, joint_states, gripper_states,
-    language) or openpi's LIBERO keys (observation/image, observation/wrist_image,
-    observation/state = joint_states (7) + gripper_states (2), prompt). Images are upright
-    uint8 (H, W, 3), as openpi's LIBERO example sends them (rotated 180 degrees from render).
+    Accepts the package's keys (the observation features of ``FEATURES``: agentview_rgb,
+    eye_in_hand_rgb, joint_states, gripper_states, language) or openpi's LIBERO keys
+    (observation/image, observation/wrist_image, observation/state = the state features
+    concatenated, joint_states (7) + gripper_states (2), prompt). Images are upright uint8
+    (H, W, 3), as openpi's LIBERO example sends them (rotated 180 degrees from render).
     """
     if not isinstance(obs, Mapping):
         raise RequestError(f"request must be a msgpack map of observation keys, got {type(obs).__name__}")
@@ -271,8 +281,9 @@ def parse_observation(obs: Any) -> dict[str, Any]:
     for key, value in obs.items():
         target = OPENPI_KEYS.get(key, key)
         if key == STATE_KEY:
-            state = _vector(key, value, 9)
-            pairs = [("joint_states", state[:7]), ("gripper_states", state[7:])]
+            state = _vector(key, value, FEATURES.state_dim)
+            offsets = np.cumsum([0, *(f.size for f in FEATURES.states)])
+            pairs = [(f.name, state[a:b]) for f, a, b in zip(FEATURES.states, offsets[:-1], offsets[1:])]
         else:
             pairs = [(target, value)]
         for name, val in pairs:
@@ -282,18 +293,20 @@ def parse_observation(obs: Any) -> dict[str, Any]:
     missing = [k for k in PACKAGE_KEYS if k not in out]
     if missing:
         raise RequestError(f"observation lacks {missing}; send {list(PACKAGE_KEYS)} or the openpi LIBERO keys")
-    for k in IMAGE_KEYS:
-        out[k] = _image(k, out[k])
-    out["joint_states"] = _vector("joint_states", out["joint_states"], 7)
-    out["gripper_states"] = _vector("gripper_states", out["gripper_states"], 2)
-    lang = out["language"]
-    if not isinstance(lang, str) or not lang.strip() or len(lang) > 1000:
-        raise RequestError("language/prompt must be a non-empty string of at most 1000 characters")
+    for f in FEATURES.observation:  # in spec order: images, states, language
+        if f.kind == IMAGE:
+            out[f.name] = _image(f.name, out[f.name])
+        elif f.kind == STATE:
+            out[f.name] = _vector(f.name, out[f.name], f.size)
+        elif f.kind == LANGUAGE:
+            lang = out[f.name]
+            if not isinstance(lang, str) or not lang.strip() or len(lang) > 1000:
+                raise RequestError("language/prompt must be a non-empty string of at most 1000 characters")
     return out
 
 
 def stack_observations(items: list[dict[str, Any]]) -> dict[str, Any]:
     """Stack validated single observations into a policy batch (B, ...)."""
-    batch: dict[str, Any] = {k: np.stack([o[k] for o in items]) for k in (*IMAGE_KEYS, "joint_states", "gripper_states")}
-    batch["language"] = [o["language"] for o in items]
+    batch: dict[str, Any] = {f.name: np.stack([o[f.name] for o in items]) for f in FEATURES.observation if f.kind != LANGUAGE}
+    batch[FEATURES.language.name] = [o[FEATURES.language.name] for o in items]
     return batch

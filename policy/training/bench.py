@@ -122,13 +122,7 @@ def predict_latency_ms(cfg: PolicyConfig, steps_list: tuple[int, ...], repeats: 
     language = LanguageEncoder(cache={"put the bowl on the plate": torch.randn(LANG_DIM)})
     policy = DiffusionPolicy(cfg, language, PolicyNetwork(cfg, LANG_DIM), device)
     rng = np.random.default_rng(0)
-    obs = {
-        "agentview_rgb": rng.integers(0, 256, (1, 128, 128, 3), dtype=np.uint8),
-        "eye_in_hand_rgb": rng.integers(0, 256, (1, 128, 128, 3), dtype=np.uint8),
-        "joint_states": np.zeros((1, 7), np.float32),
-        "gripper_states": np.zeros((1, 2), np.float32),
-        "language": ["put the bowl on the plate"],
-    }
+    obs = cfg.spec.example(1, 128, rng, text="put the bowl on the plate")  # random images, zero states
     out = {}
     for steps in steps_list:
         policy.predict(obs, steps=steps)

@@ -1,0 +1,210 @@
+"""The declared observation and action features of the LIBERO policy (LeRobot style).
+
+One :class:`Feature` per key: a ``name`` (the key in an observation dict), a ``kind``
+(``image``, ``state``, ``language`` or ``action``), a ``shape`` per sample and a ``dtype``
+(a numpy dtype name, or ``str`` for text). A :class:`FeatureSpec` is the ordered tuple of
+them; order matters (camera order, and state features are concatenated in spec order into
+the proprio vector). ``None`` in a shape is a free dimension: images are (H, W, 3) uint8 of
+any size (the network resizes them to ``PolicyConfig.image_size``).
+
+``DEFAULT_FEATURES`` is the spec new policies are built with. It is read by:
+
+* ``policy.model.config.PolicyConfig`` -- the defaults of ``cameras``, ``chunk_size``,
+  ``action_dim``, ``proprio_dim``, and the ``features`` it records (saved in config.json by
+  ``DiffusionPolicy.save_pretrained``); a config.json without ``features`` (written before
+  they were recorded) loads with ``LEGACY_FEATURES``;
+* ``DiffusionPolicy.predict`` -- the input checks and the proprio concatenation (from the
+  policy's own recorded spec);
+* ``policy.serving.wire`` / ``policy.serving.server`` -- accepted keys, validation, batching,
+  the openpi ``observation/state`` split, metadata and the warm-up observation;
+* ``envs.libero.env.process_observation`` / ``stack_observations`` and
+  ``envs.libero.dataset`` -- what is read from the HDF5 files and how;
+* ``policy.training.bench`` -- its example observation.
+
+Adding a feature (e.g. the end-effector pose openpi sends, ``ee_pos`` (3,) + ``ee_ori`` (3,),
+which ``envs.libero.env.hdf5_obs_fields`` and the official HDF5 files already carry):
+
+1. here: build ``DEFAULT_FEATURES`` from ``LEGACY_FEATURES`` plus the new Feature (leave
+   ``LEGACY_FEATURES`` as it is: old config.json files are read with it);
+2. the model's encoder (``policy/model/network.py``) only for a new *kind* of input: a new
+   state feature needs nothing there (it joins the proprio vector, ``proprio_dim`` follows
+   the spec), a new camera gets its own ResNet from ``PolicyConfig.cameras``.
+
+Nothing else in the package names the keys. Outside this package's reading code: the
+YAML model presets (``configs/model/*.yaml``) pin ``cameras``/``chunk_size``/``action_dim``/
+``proprio_dim`` (PolicyConfig refuses values that disagree with the spec, so they would need
+the new value too), and a raw field the simulator does not write yet would need its producer
+(``hdf5_obs_fields``) and the demo writers.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Iterable, Mapping
+
+import numpy as np
+
+IMAGE, STATE, LANGUAGE, ACTION = "image", "state", "language", "action"
+KINDS = (IMAGE, STATE, LANGUAGE, ACTION)
+
+
+@dataclass(frozen=True)
+class Feature:
+    """One declared input or output.
+
+    Attributes:
+        name: key in an observation dict (``action`` for the output).
+        kind: image | state | language | action.
+        shape: per-sample shape (``None`` = any size); language is ``()``.
+        dtype: numpy dtype name (``uint8``, ``float32``) or ``str``.
+    """
+
+    name: str
+    kind: str
+    shape: tuple[int | None, ...]
+    dtype: str
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.name, str) or not self.name:
+            raise ValueError(f"feature name {self.name!r} must be a non-empty string")
+        if self.kind not in KINDS:
+            raise ValueError(f"feature {self.name!r}: kind {self.kind!r} is unknown; use one of {list(KINDS)}")
+        shape = tuple(self.shape)
+        if not all(d is None or (isinstance(d, int) and not isinstance(d, bool) and d >= 1) for d in shape):
+            raise ValueError(f"feature {self.name!r}: shape {list(shape)} must hold positive ints or null")
+        object.__setattr__(self, "shape", shape)
+        if self.kind == IMAGE and (len(shape) != 3 or shape[2] != 3 or self.dtype != "uint8"):
+            raise ValueError(f"image feature {self.name!r} must be (H, W, 3) uint8, got {list(shape)} {self.dtype}")
+        if self.kind in (STATE, ACTION) and (None in shape or not shape or self.dtype not in ("float32", "float64")):
+            raise ValueError(f"{self.kind} feature {self.name!r} needs a fixed shape and a float dtype, got "
+                             f"{list(shape)} {self.dtype}")
+        if self.kind == LANGUAGE and (shape != () or self.dtype != "str"):
+            raise ValueError(f"language feature {self.name!r} must have shape [] and dtype str")
+
+    @property
+    def size(self) -> int:
+        """Number of values per sample (state and action features)."""
+        return math.prod(d for d in self.shape if d is not None)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON form: {"name", "kind", "shape" (list, null = free), "dtype"}."""
+        return {"name": self.name, "kind": self.kind, "shape": list(self.shape), "dtype": self.dtype}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Feature:
+        keys = {"name", "kind", "shape", "dtype"}
+        if not isinstance(data, Mapping) or set(data) != keys:
+            got = sorted(data) if isinstance(data, Mapping) else type(data).__name__
+            raise ValueError(f"a feature is a mapping with keys {sorted(keys)}, got {got}")
+        if not isinstance(data["shape"], (list, tuple)):
+            raise ValueError(f"feature {data['name']!r}: shape must be a list, got {data['shape']!r}")
+        return cls(str(data["name"]), str(data["kind"]), tuple(data["shape"]), str(data["dtype"]))
+
+
+@dataclass(frozen=True)
+class FeatureSpec:
+    """An ordered set of features: the observation features, then exactly one action."""
+
+    features: tuple[Feature, ...]
+
+    def __post_init__(self) -> None:
+        feats = tuple(self.features)
+        object.__setattr__(self, "features", feats)
+        names = [f.name for f in feats]
+        if len(set(names)) != len(names):
+            raise ValueError(f"feature names must be unique, got {names}")
+        if sum(f.kind == ACTION for f in feats) != 1 or sum(f.kind == LANGUAGE for f in feats) != 1:
+            raise ValueError(f"a feature spec needs exactly one action and one language feature, got {names}")
+        if not any(f.kind == IMAGE for f in feats):
+            raise ValueError(f"a feature spec needs at least one image feature, got {names}")
+        if len(self.action.shape) != 2:
+            raise ValueError(f"the action feature must be (chunk, action_dim), got {list(self.action.shape)}")
+
+    def of_kind(self, kind: str) -> tuple[Feature, ...]:
+        return tuple(f for f in self.features if f.kind == kind)
+
+    @property
+    def observation(self) -> tuple[Feature, ...]:
+        """The input features, in order."""
+        return tuple(f for f in self.features if f.kind != ACTION)
+
+    @property
+    def observation_keys(self) -> tuple[str, ...]:
+        return tuple(f.name for f in self.observation)
+
+    @property
+    def images(self) -> tuple[Feature, ...]:
+        return self.of_kind(IMAGE)
+
+    @property
+    def image_keys(self) -> tuple[str, ...]:
+        return tuple(f.name for f in self.images)
+
+    @property
+    def states(self) -> tuple[Feature, ...]:
+        return self.of_kind(STATE)
+
+    @property
+    def state_dim(self) -> int:
+        """Length of the proprio vector: the state features concatenated in spec order."""
+        return sum(f.size for f in self.states)
+
+    @property
+    def language(self) -> Feature:
+        return self.of_kind(LANGUAGE)[0]
+
+    @property
+    def action(self) -> Feature:
+        return self.of_kind(ACTION)[0]
+
+    def to_list(self) -> list[dict[str, Any]]:
+        """JSON form: a list of Feature.to_dict (a list, so the order survives sort_keys)."""
+        return [f.to_dict() for f in self.features]
+
+    @classmethod
+    def from_list(cls, data: Iterable[Mapping[str, Any]]) -> FeatureSpec:
+        return cls(tuple(Feature.from_dict(d) for d in data))
+
+    def with_config(self, cameras: Iterable[str], chunk_size: int, action_dim: int) -> FeatureSpec:
+        """This spec with the image features ``cameras`` (in that order; a name the spec does not
+        declare is an (H, W, 3) uint8 image) and the action (chunk_size, action_dim)."""
+        declared = {f.name: f for f in self.images}
+        images = tuple(declared.get(c) or Feature(c, IMAGE, (None, None, 3), "uint8") for c in cameras)
+        action = Feature(self.action.name, ACTION, (chunk_size, action_dim), self.action.dtype)
+        rest = tuple(f for f in self.features if f.kind in (STATE, LANGUAGE))
+        return FeatureSpec((*images, *rest, action))
+
+    def example(self, batch: int | None, image_size: int, rng: np.random.Generator | None = None,
+                text: str = "put the bowl on the plate") -> dict[str, Any]:
+        """A made-up observation: images of ``image_size`` (random, drawn in spec order, with
+        ``rng``; black without), zero states, the instruction ``text``; batched (B, ...) with a
+        list of B texts when ``batch`` is given, else one unbatched observation."""
+        lead = () if batch is None else (batch,)
+        obs: dict[str, Any] = {}
+        for f in self.observation:
+            if f.kind == IMAGE:
+                shape = (*lead, *(image_size if d is None else d for d in f.shape))
+                obs[f.name] = np.zeros(shape, np.uint8) if rng is None else rng.integers(0, 256, shape, dtype=np.uint8)
+            elif f.kind == STATE:
+                obs[f.name] = np.zeros((*lead, *f.shape), np.dtype(f.dtype))
+            else:
+                obs[f.name] = text if batch is None else [text] * batch
+        return obs
+
+
+# The features of every policy trained before config.json recorded them. Never change this:
+# old config.json files (no "features") are read with it.
+LEGACY_FEATURES = FeatureSpec((
+    Feature("agentview_rgb", IMAGE, (None, None, 3), "uint8"),    # third-person camera, upright
+    Feature("eye_in_hand_rgb", IMAGE, (None, None, 3), "uint8"),  # wrist camera, upright
+    Feature("joint_states", STATE, (7,), "float32"),              # arm joint positions
+    Feature("gripper_states", STATE, (2,), "float32"),            # finger positions
+    Feature("language", LANGUAGE, (), "str"),                     # the task instruction
+    Feature("action", ACTION, (8, 7), "float32"),                 # chunk of 8 x (dpos 3, daxis-angle 3, gripper)
+))
+
+# What new policies, the server, the dataset reader and the environment use.
+DEFAULT_FEATURES = LEGACY_FEATURES
+
+__all__ = ["ACTION", "DEFAULT_FEATURES", "Feature", "FeatureSpec", "IMAGE", "KINDS", "LANGUAGE", "LEGACY_FEATURES", "STATE"]
