@@ -153,27 +153,11 @@ def train(
         dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
     device = torch.device(f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu")
     run_dir = Path(run_dir)
-    ckpt_dir = run_dir / "checkpoints"
     if len(dataset) < train_cfg.batch_size * world:
         raise ValueError(f"the data set has {len(dataset)} samples, fewer than batch_size={train_cfg.batch_size} x {world} processes")
-
-    torch.manual_seed(train_cfg.seed)  # identical initialisation on every rank
-    language = language if language is not None else LanguageEncoder(policy_cfg.language_model)
-    language.embed(dataset.instructions)  # fill the cache once (saved with the policy)
-    net = PolicyNetwork(policy_cfg, language.dim)
-    net.normalizer.set_stats(dataset.stats())
-    net.to(device).train()
-    loss = resolve_loss(loss, bandwidth, bandwidth_multiplier, dataset, net)
-    ema = EMA(net, train_cfg.ema_decay)
-    opt = torch.optim.AdamW(net.parameters(), lr=train_cfg.lr, betas=train_cfg.betas, weight_decay=train_cfg.weight_decay)
-    sched = cosine_warmup_scheduler(opt, train_cfg.steps, train_cfg.warmup_steps, train_cfg.min_lr_ratio)
-    step = 0
-    if resume:
-        ckpts = list_checkpoints(ckpt_dir)
-        if not ckpts:
-            raise FileNotFoundError(f"resume=true but {ckpt_dir} holds no checkpoint; start without resume")
-        step = load_checkpoint(ckpts[-1], net, ema.model, opt, sched, device).step
-        ema.updates = step  # one EMA update per step: the warm-up resumes where it was
+    s = _setup(policy_cfg, train_cfg, loss, dataset, run_dir / "checkpoints" if resume else None, device, bandwidth,
+               bandwidth_multiplier, language)
+    net, ema, opt, sched, loss, language, step = s.net, s.ema, s.opt, s.sched, s.loss, s.language, s.step
     if world > 1 or not resume:  # per-rank noise; a single-process resume keeps the restored RNG (exact)
         torch.manual_seed(train_cfg.seed * 7919 + step * 31 + rank)
     model: torch.nn.Module = net
@@ -214,16 +198,8 @@ def train(
                     dt = (time.time() - tick) / train_cfg.log_every
                     tick = time.time()
                     logger.log(step, {**stats, "grad_norm": float(grad_norm), "lr": sched.get_last_lr()[0], "step_time_s": dt, "epoch": epoch})
-            if step % train_cfg.checkpoint_every == 0 or step == end:
-                if main:
-                    save_checkpoint(ckpt_dir, step, net, ema.model, opt, sched, train_cfg.keep_checkpoints)
-                    ema_policy.save_pretrained(run_dir / "policy", step=step)
-                    if latest_in is not None:
-                        link_latest(Path(latest_in), run_dir)
-            if eval_fn is not None and main and train_cfg.eval_every and step % train_cfg.eval_every == 0:
-                results = eval_fn(ema_policy, step)
-                if logger is not None:
-                    logger.log(step, {f"eval/{k}": v for k, v in results.items()})
+            if main:
+                _checkpoint_and_evaluate(step, end, train_cfg, s, ema_policy, run_dir, latest_in, eval_fn, logger)
             if step >= end:
                 break
     bar.close()
@@ -232,6 +208,61 @@ def train(
     if world > 1:
         dist.barrier()
     return TrainResult(step, first, last, run_dir, time.time() - start)
+
+
+@dataclass
+class _Setup:
+    """What training updates: the network, its EMA, optimiser and schedule, the resolved loss,
+    the language encoder, and the step reached (0, or the resumed checkpoint's)."""
+
+    net: PolicyNetwork
+    ema: EMA
+    opt: torch.optim.Optimizer
+    sched: torch.optim.lr_scheduler.LRScheduler
+    loss: LossConfig
+    language: LanguageEncoder
+    step: int
+
+
+def _setup(policy_cfg: PolicyConfig, train_cfg: TrainConfig, loss: LossConfig, dataset: DemoDataset,
+           resume_from: Path | None, device: torch.device, bandwidth: float | str, bandwidth_multiplier: float,
+           language: LanguageEncoder | None) -> _Setup:
+    """Build (or, with ``resume_from`` = the checkpoints folder, restore) the training state;
+    every rank builds the same initial network from ``train_cfg.seed``."""
+    torch.manual_seed(train_cfg.seed)  # identical initialisation on every rank
+    language = language if language is not None else LanguageEncoder(policy_cfg.language_model)
+    language.embed(dataset.instructions)  # fill the cache once (saved with the policy)
+    net = PolicyNetwork(policy_cfg, language.dim)
+    net.normalizer.set_stats(dataset.stats())
+    net.to(device).train()
+    loss = resolve_loss(loss, bandwidth, bandwidth_multiplier, dataset, net)
+    ema = EMA(net, train_cfg.ema_decay)
+    opt = torch.optim.AdamW(net.parameters(), lr=train_cfg.lr, betas=train_cfg.betas, weight_decay=train_cfg.weight_decay)
+    sched = cosine_warmup_scheduler(opt, train_cfg.steps, train_cfg.warmup_steps, train_cfg.min_lr_ratio)
+    step = 0
+    if resume_from is not None:
+        ckpts = list_checkpoints(resume_from)
+        if not ckpts:
+            raise FileNotFoundError(f"resume=true but {resume_from} holds no checkpoint; start without resume")
+        step = load_checkpoint(ckpts[-1], net, ema.model, opt, sched, device).step
+        ema.updates = step  # one EMA update per step: the warm-up resumes where it was
+    return _Setup(net, ema, opt, sched, loss, language, step)
+
+
+def _checkpoint_and_evaluate(step: int, end: int, cfg: TrainConfig, s: _Setup, ema_policy: DiffusionPolicy,
+                             run_dir: Path, latest_in: str | Path | None, eval_fn: EvalFn | None,
+                             logger: "_Logger | None") -> None:
+    """Rank 0, after each step: checkpoint (and export the EMA policy) every ``checkpoint_every``
+    steps and at the end; evaluate every ``eval_every`` steps."""
+    if step % cfg.checkpoint_every == 0 or step == end:
+        save_checkpoint(run_dir / "checkpoints", step, s.net, s.ema.model, s.opt, s.sched, cfg.keep_checkpoints)
+        ema_policy.save_pretrained(run_dir / "policy", step=step)
+        if latest_in is not None:
+            link_latest(Path(latest_in), run_dir)
+    if eval_fn is not None and cfg.eval_every and step % cfg.eval_every == 0:
+        results = eval_fn(ema_policy, step)
+        if logger is not None:
+            logger.log(step, {f"eval/{k}": v for k, v in results.items()})
 
 
 def _weighting(cfg: TrainConfig) -> Weighting:
