@@ -126,6 +126,58 @@ def test_save_load_round_trip_identical(tiny_config: PolicyConfig, language: Lan
         DiffusionPolicy.from_pretrained(tmp_path / "nothing")
 
 
+def test_config_json_records_the_features_and_old_files_still_load(tiny_config: PolicyConfig, language: LanguageEncoder,
+                                                                   tmp_path) -> None:
+    from policy.features import DEFAULT_FEATURES, LEGACY_FEATURES
+
+    policy = DiffusionPolicy(tiny_config, language)
+    obs = _obs(2)
+    policy.predict(obs)  # fills the language cache
+    saved = policy.save_pretrained(tmp_path / "new")
+    meta = json.loads((saved / "config.json").read_text())
+    assert meta["policy"]["features"] == DEFAULT_FEATURES.to_list()
+    assert [f["name"] for f in meta["policy"]["features"]] == ["agentview_rgb", "eye_in_hand_rgb", "joint_states",
+                                                               "gripper_states", "language", "action"]
+    assert DiffusionPolicy.from_pretrained(saved).config.spec == DEFAULT_FEATURES
+    # a config.json written before the features were recorded: no "features" key
+    old = tmp_path / "old"
+    old.mkdir()
+    for f in saved.iterdir():
+        (old / f.name).write_bytes(f.read_bytes())
+    del meta["policy"]["features"]
+    (old / "config.json").write_text(json.dumps(meta, indent=2, sort_keys=True))
+    loaded = DiffusionPolicy.from_pretrained(old)
+    assert loaded.config == tiny_config and loaded.config.spec == LEGACY_FEATURES
+    a = policy.predict(obs, steps=2, generator=torch.Generator().manual_seed(5))
+    b = loaded.predict(obs, steps=2, generator=torch.Generator().manual_seed(5))
+    np.testing.assert_array_equal(a, b)
+    # recorded features that disagree with the architecture fields are refused, naming the field
+    meta["policy"]["features"] = LEGACY_FEATURES.with_config(["agentview_rgb"], 8, 7).to_list()
+    (old / "config.json").write_text(json.dumps(meta))
+    with pytest.raises(ValueError, match="cameras"):
+        DiffusionPolicy.from_pretrained(old)
+
+
+def test_a_policy_reads_its_own_features(language: LanguageEncoder) -> None:
+    """Adding a state feature is a spec change only: the proprio vector, proprio_dim and the input
+    checks follow the recorded features."""
+    from policy.features import DEFAULT_FEATURES, STATE, Feature, FeatureSpec
+
+    ee = Feature("ee_pos", STATE, (3,), "float32")
+    spec = FeatureSpec((*DEFAULT_FEATURES.observation, ee, DEFAULT_FEATURES.action))
+    with pytest.raises(ValueError, match="proprio_dim=9 does not match the state features"):
+        PolicyConfig(image_size=32, resnet_widths=(8, 16, 32, 64), d_model=64, n_heads=4, features=spec.to_list())
+    cfg = PolicyConfig(image_size=32, resnet_widths=(8, 16, 32, 64), d_model=64, n_heads=4, encoder_layers=0,
+                       decoder_layers=1, dropout=0.0, proprio_dim=12, features=spec.to_list())
+    policy = DiffusionPolicy(cfg, language)
+    assert policy.net.proprio_proj[0].in_features == 12
+    with pytest.raises(KeyError, match="ee_pos"):
+        policy.predict(_obs(2))
+    assert policy.predict({**_obs(2), "ee_pos": np.zeros((2, 3), np.float32)}).shape == (2, 8, 7)
+    with pytest.raises(ValueError, match="'ee_pos' has 2 values per sample; expected 3"):
+        policy.predict({**_obs(2), "ee_pos": np.zeros((2, 2), np.float32)})
+
+
 def _script(name: str):
     """The entry module behind scripts/<name>.py."""
     import importlib
@@ -193,6 +245,7 @@ def test_policy_package_never_imports_the_simulator() -> None:
 
     code = (
         "import sys, policy.model.policy, policy.training.loop, policy.training.config, policy.training.bench\n"
+        "import policy.features, policy.protocol, policy.serving.server\n"
         "bad = [m for m in ('envs', 'libero', 'robosuite', 'mujoco') if m in sys.modules]\n"
         "assert not bad, bad"
     )
