@@ -30,11 +30,13 @@ which ``envs.libero.env.hdf5_obs_fields`` and the official HDF5 files already ca
    state feature needs nothing there (it joins the proprio vector, ``proprio_dim`` follows
    the spec), a new camera gets its own ResNet from ``PolicyConfig.cameras``.
 
-Nothing else in the package names the keys. Outside this package's reading code: the
-YAML model presets (``configs/model/*.yaml``) pin ``cameras``/``chunk_size``/``action_dim``/
-``proprio_dim`` (PolicyConfig refuses values that disagree with the spec, so they would need
-the new value too), and a raw field the simulator does not write yet would need its producer
-(``hdf5_obs_fields``) and the demo writers.
+Nothing else in the package's reading code names the keys. Beyond it: the YAML model presets
+(``configs/model/*.yaml``) pin ``cameras``/``chunk_size``/``action_dim``/``proprio_dim``
+(a state feature added here makes PolicyConfig refuse their ``proprio_dim: 9``, naming the
+value to use; a camera added here is used once it is listed in their ``cameras``); a raw
+field the simulator does not write yet needs its producer (``hdf5_obs_fields``) and the demo
+writers; clients that build observations by hand (the robot client, openpi's LIBERO example)
+must send the new key.
 """
 
 from __future__ import annotations
