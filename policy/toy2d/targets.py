@@ -1,6 +1,6 @@
 """2D targets, the mixture's closed-form posterior, exact denoisers and the MMD metric.
 
-Targets (ARCHITECTURE.md section 2):
+Targets (docs/reference.md, Maths):
 - ``mixture``: 0.5 N((3, 3), 0.5^2 I) + 0.5 N((-3, 3), 0.5^2 I). Under the flow-matching
   schedule its posterior p(x0 | x_t) is a two-component Gaussian mixture in closed form.
 - ``checkerboard`` (FFJORD form): x1 = 4u - 2, x2 = u' - 2 randint{0,1} + (floor(x1) mod 2),

@@ -90,7 +90,7 @@ def test_churn_one_is_the_ddpm_posterior_and_churn_zero_is_ddim():
 
 def test_transition_coefficients_at_an_interior_churn_by_hand():
     # t=0.8, s=0.4, churn e=0.5 (e^2 = 1/4): alpha_t=0.2, sigma_t=0.8, alpha_s=0.6, sigma_s=0.4, so
-    # r01 = 1/2, r11 = (0.2/0.6)(1/2) = 1/6, r12 = 1/12, r22 = 1/36 and (ARCHITECTURE.md, eq. 4-6)
+    # r01 = 1/2, r11 = (0.2/0.6)(1/2) = 1/6, r12 = 1/12, r22 = 1/36 and (docs/reference.md, Maths, eq. 4-6)
     #   c_xt = e^2 r12 + (1-e^2) r01               = 1/48 + 3/8           = 19/48
     #   c_x0 = alpha_s (1 - e^2 r22 - (1-e^2) r11)  = 0.6 (1 - 1/144 - 1/8) = 0.6 * 125/144
     #   var  = sigma_s^2 (1 - (e^2 r11 + 1 - e^2)^2) = 0.16 (1 - (19/24)^2) = 0.16 * 215/576

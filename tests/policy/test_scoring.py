@@ -110,7 +110,7 @@ def test_kernels_equal_one_on_the_diagonal_and_decrease(name):
     ids=["rbf", "imq", "exp"],
 )
 def test_kernel_values_at_a_known_distance(name, expected):
-    # d^2 = 2, bandwidth 1.5 (ARCHITECTURE.md section 2); delta=0 turns the exp kernel's smoothing off
+    # d^2 = 2, bandwidth 1.5 (docs/reference.md, Maths); delta=0 turns the exp kernel's smoothing off
     d2 = torch.tensor([2.0], dtype=torch.float64)
     assert kernel(d2, name, bandwidth=1.5, delta=0.0).item() == pytest.approx(expected, rel=1e-12)
     # the default smoothing moves the value by well under a percent at this distance
