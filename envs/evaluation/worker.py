@@ -1,11 +1,15 @@
-"""The evaluation worker: one process, one LIBERO environment, one episode at a time.
+"""The evaluation worker: one environment of a :class:`envs.benchmark.Benchmark` (LIBERO by
+default), one episode at a time.
 
-Protocol over a ``multiprocessing`` pipe (the parent is :mod:`envs.evaluation.harness`)::
+:class:`EpisodeRunner` is the worker's logic without transport: it answers the messages
+below. :func:`worker_main` serves it over a ``multiprocessing`` pipe in a spawned process
+(the local pool of :mod:`envs.evaluation.pool`); another pool backend hosts the same runner
+elsewhere. Messages (the parent is :mod:`envs.evaluation.harness`)::
 
     parent -> ("start", EpisodeSpec)    reset, load the init state, run the wait steps
     parent -> ("act", (n, 7) array)     execute the n actions (stop early on success / cap)
     parent -> ("abort", error str)      end the current episode as a failure (no reply)
-    parent -> ("close", None)           exit
+    parent -> ("close", None)           exit (the pipe loop's business, not the runner's)
     worker -> ("obs", policy obs)       waiting for an action chunk
     worker -> ("done", result dict)     the episode ended (success, failure or error)
 
@@ -24,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from envs.evaluation.outcome import OutcomeTracker, classify
+from envs.benchmark import Benchmark, EpisodeTracker, image_keys
 
 
 @dataclass
@@ -48,18 +52,19 @@ def _error_line(exc: BaseException) -> str:
 
 
 class _Episode:
-    def __init__(self, spec: EpisodeSpec) -> None:
+    def __init__(self, spec: EpisodeSpec, frame_keys: list[str]) -> None:
         self.spec = spec
+        self.frame_keys = frame_keys  # the cameras a video shows side by side
         self.steps = 0  # policy steps taken (after the wait steps)
         self.env_steps = 0
         self.env_time = 0.0
         self.t0 = time.time()
         self.frames: list[np.ndarray] = []
-        self.tracker: OutcomeTracker | None = None  # built after the wait steps
+        self.tracker: EpisodeTracker | None = None  # built after the wait steps (None: the benchmark has none)
 
     def record(self, obs: dict[str, Any]) -> None:
         if self.spec.video_path is not None:
-            self.frames.append(np.concatenate([obs["agentview_rgb"], obs["eye_in_hand_rgb"]], axis=1))
+            self.frames.append(np.concatenate([obs[k] for k in self.frame_keys], axis=1))
 
     def result(self, success: bool, error: str | None) -> dict[str, Any]:
         video = None
@@ -71,8 +76,9 @@ class _Episode:
                 video = f"video failed: {_error_line(exc)}"
         if self.tracker is not None:
             outcome = self.tracker.summary(success, error)
-        else:  # the episode ended before it started (reset failure, abort)
-            outcome = {"grasps": 0, "lift_m": None, "outcome": classify(success, error, 0, None, False)}
+        else:  # the episode ended before it started (reset failure, abort: an error), or the benchmark has no tracker
+            label = "error" if error is not None else "success" if success else "failed"  # classify without a tracker
+            outcome = {"grasps": 0, "lift_m": None, "outcome": label}
         return {
             **outcome,
             "suite": self.spec.suite,
@@ -103,27 +109,47 @@ def write_video(path: str, frames: list[np.ndarray], fps: int = 20) -> None:
     atomic_write(path, write)
 
 
-def worker_main(conn: Connection, resolution: int, fast_render: bool) -> None:
-    """Entry point of a worker process (spawn context). Serves episodes until "close"."""
-    from envs.libero.env import NOOP_ACTION, get_task, make_env
+class EpisodeRunner:
+    """One worker's environment and episode: :meth:`handle` answers one message of the
+    protocol above ("start", "act", "abort"; anything else is ignored) with its reply, or
+    None when it sends none. Simulator exceptions never escape: they end the episode as a
+    failure and drop the environment (it may be broken)."""
 
-    env = None
-    env_key: tuple[str, int] | None = None
-    ep: _Episode | None = None
+    def __init__(self, benchmark: Benchmark, resolution: int, fast_render: bool) -> None:
+        self.benchmark = benchmark
+        self.resolution = resolution
+        self.fast_render = fast_render
+        self.frame_keys = image_keys(benchmark.observation_spec(resolution))
+        self.env: Any = None
+        self.env_key: tuple[str, int] | None = None
+        self.ep: _Episode | None = None
 
-    def drop_env() -> None:
-        nonlocal env, env_key
-        if env is not None:
+    def handle(self, kind: str, payload: Any) -> tuple[str, Any] | None:
+        if kind == "abort":
+            if self.ep is not None:
+                self.ep.result(False, str(payload))  # writes the video, if any
+            self.ep = None
+            return None
+        if kind == "start":
+            return self._start(payload)
+        if kind == "act" and self.ep is not None:
+            return self._act(np.asarray(payload, dtype=np.float64))
+        return None
+
+    def close(self) -> None:
+        """Drop the environment (the runner stays usable: the next start builds one)."""
+        if self.env is not None:
             try:
-                env.close()
+                self.env.close()
             except Exception:
                 pass
-        env, env_key = None, None
+        self.env, self.env_key = None, None
 
-    def step(action: np.ndarray) -> tuple[dict[str, Any], bool]:
-        assert env is not None and ep is not None
+    def _step(self, action: np.ndarray) -> tuple[dict[str, Any], bool]:
+        ep = self.ep
+        assert self.env is not None and ep is not None
         t = time.perf_counter()
-        obs, _, terminated, _, _ = env.step(action)
+        obs, _, terminated, _, _ = self.env.step(action)
         ep.env_time += time.perf_counter() - t
         ep.env_steps += 1
         ep.record(obs)
@@ -131,65 +157,66 @@ def worker_main(conn: Connection, resolution: int, fast_render: bool) -> None:
             ep.tracker.step(action)
         return obs, terminated
 
+    def _start(self, spec: EpisodeSpec) -> tuple[str, Any]:
+        ep = self.ep = _Episode(spec, self.frame_keys)
+        try:
+            if self.env_key != (spec.suite, spec.task_index):
+                self.close()
+                self.env = self.benchmark.make_env(spec.suite, spec.task_index, self.resolution, self.fast_render)
+                self.env_key = (spec.suite, spec.task_index)
+            self.env.reset(seed=spec.seed)
+            obs = self.env.set_init_state(spec.init_state)
+            ep.record(obs)
+            for _ in range(spec.wait_steps):  # success is not checked while waiting
+                obs, _ = self._step(self.benchmark.noop_action)
+            ep.tracker = self.benchmark.episode_tracker(self.env, spec.suite, spec.task_index)
+            return "obs", obs
+        except Exception as exc:
+            result = ep.result(False, f"env reset failed: {_error_line(exc)}")
+            self.close()
+            self.ep = None
+            return "done", result
+
+    def _act(self, chunk: np.ndarray) -> tuple[str, Any]:
+        ep = self.ep
+        assert ep is not None
+        result = None
+        try:
+            obs = None
+            for action in chunk:
+                if not np.all(np.isfinite(action)):
+                    result = ep.result(False, "policy returned a non-finite action (NaN/inf)")
+                    break
+                obs, success = self._step(action)
+                ep.steps += 1
+                if success:
+                    result = ep.result(True, None)
+                    break
+                if ep.steps >= ep.spec.max_steps:
+                    result = ep.result(False, None)
+                    break
+        except Exception as exc:
+            result = ep.result(False, f"env step failed: {_error_line(exc)}")
+            self.close()
+        if result is not None:
+            self.ep = None
+            return "done", result
+        return "obs", obs
+
+
+def worker_main(conn: Connection, benchmark: Benchmark, resolution: int, fast_render: bool) -> None:
+    """Entry point of a worker process (spawn context): an :class:`EpisodeRunner` served over
+    ``conn`` until "close" (or the parent goes away)."""
+    runner = EpisodeRunner(benchmark, resolution, fast_render)
     try:
         while True:
             kind, payload = conn.recv()
             if kind == "close":
                 break
-            if kind == "abort":
-                if ep is not None:
-                    ep.result(False, str(payload))  # writes the video, if any
-                ep = None
-                continue
-            if kind == "start":
-                spec: EpisodeSpec = payload
-                ep = _Episode(spec)
-                try:
-                    if env_key != (spec.suite, spec.task_index):
-                        drop_env()
-                        env = make_env(spec.suite, spec.task_index, resolution, fast_render)
-                        env_key = (spec.suite, spec.task_index)
-                    env.reset(seed=spec.seed)
-                    obs = env.set_init_state(spec.init_state)
-                    ep.record(obs)
-                    for _ in range(spec.wait_steps):  # success is not checked while waiting
-                        obs, _ = step(NOOP_ACTION)
-                    ep.tracker = OutcomeTracker(env.robosuite_env, get_task(spec.suite, spec.task_index).bddl_file)
-                    conn.send(("obs", obs))
-                except Exception as exc:
-                    conn.send(("done", ep.result(False, f"env reset failed: {_error_line(exc)}")))
-                    drop_env()
-                    ep = None
-                continue
-            if kind == "act":
-                if ep is None:
-                    continue
-                chunk = np.asarray(payload, dtype=np.float64)
-                result = None
-                try:
-                    obs = None
-                    for action in chunk:
-                        if not np.all(np.isfinite(action)):
-                            result = ep.result(False, "policy returned a non-finite action (NaN/inf)")
-                            break
-                        obs, success = step(action)
-                        ep.steps += 1
-                        if success:
-                            result = ep.result(True, None)
-                            break
-                        if ep.steps >= ep.spec.max_steps:
-                            result = ep.result(False, None)
-                            break
-                except Exception as exc:
-                    result = ep.result(False, f"env step failed: {_error_line(exc)}")
-                    drop_env()
-                if result is not None:
-                    conn.send(("done", result))
-                    ep = None
-                else:
-                    conn.send(("obs", obs))
+            reply = runner.handle(kind, payload)
+            if reply is not None:
+                conn.send(reply)
     except (EOFError, KeyboardInterrupt, BrokenPipeError):
         pass
     finally:
-        drop_env()
-
+        runner.close()

@@ -364,3 +364,284 @@ def test_killed_run_resumes_without_redoing_finished_episodes(tmp_path) -> None:
     assert summary["new_episodes"] == 3 - len(done) and summary["overall"]["episodes"] == 3
     assert all(r == done[r["episode"]] for r in recs if r["episode"] in done)  # finished ones not redone
     assert log.read_text().startswith(before[: before.rfind("\n") + 1])  # appended to, never rewritten
+
+
+# ----------------------------------------------------------------------------- the seams, without a simulator
+class _ToyEnv:
+    """A point on a line that must reach ``target`` (both from the init state); action[0] moves it."""
+
+    def __init__(self, resolution: int, language: str) -> None:
+        self.resolution, self.language, self.x, self.target = resolution, language, 0.0, 0.0
+        self.closed = False
+
+    def _obs(self) -> dict:
+        img = np.full((self.resolution, self.resolution, 3), int(10 * self.x) % 256, np.uint8)
+        return {"camera": img, "state": np.array([self.x, self.target], np.float64), "language": self.language,
+                "extra": "dropped by the batch"}
+
+    def reset(self, *, seed=None):
+        self.x = 0.0
+        return self._obs(), {}
+
+    def set_init_state(self, state):
+        self.x, self.target = float(state[0]), float(state[1])
+        return self._obs()
+
+    def step(self, action):
+        self.x += float(action[0])
+        done = self.x >= self.target - 1e-9
+        return self._obs(), float(done), done, False, {}
+
+    def close(self) -> None:
+        self.closed = True
+
+
+class _ToyBenchmark:
+    """A Benchmark with two tasks: reach 1.0 (task 0) or 2.0 (task 1); episode 1 starts with an
+    unreachable target (fails at the cap)."""
+
+    suites = ("toy",)
+    noop_action = np.zeros(3)
+    wait_steps = 2
+    action_dim = 3
+
+    def __init__(self, name: str = "toy") -> None:
+        self.name = name
+
+    def check_suite(self, suite: str) -> str:
+        if suite not in self.suites:
+            raise ValueError(f"unknown toy suite {suite!r}")
+        return suite
+
+    def task_names(self, suite: str) -> list[str]:
+        return ["reach_one", "reach_two"]
+
+    def max_steps(self, suite: str) -> int:
+        return 12
+
+    def init_state(self, suite: str, task_index: int, episode: int) -> np.ndarray:
+        return np.array([0.0, 100.0 if episode == 1 else 1.0 + task_index])
+
+    def make_env(self, suite, task_index, resolution, fast_render):
+        return _ToyEnv(resolution, self.task_names(suite)[task_index])
+
+    def observation_spec(self, resolution: int):
+        from envs.benchmark import ObsField
+
+        return {"camera": ObsField((resolution, resolution, 3), np.uint8), "state": ObsField((2,), np.float32)}
+
+    def episode_tracker(self, env, suite, task_index):
+        return None
+
+
+class _StepPolicy:
+    """Moves 0.25 per action towards the target; records every batch."""
+
+    uses_episode_info = True
+
+    def __init__(self) -> None:
+        self.batches: list[dict] = []
+
+    def predict(self, obs, steps: int = 2, churn: float = 0.0) -> np.ndarray:
+        self.batches.append(obs)
+        out = np.zeros((len(obs["language"]), 8, 3), np.float32)
+        out[:, :, 0] = 0.25
+        return out
+
+
+class _InlinePool:
+    """A WorkerPool in this process: each worker the real EpisodeRunner (worker.py) of a benchmark,
+    replying at once."""
+
+    def __init__(self, benchmark, resolution: int) -> None:
+        from envs.evaluation.worker import EpisodeRunner
+
+        self.make = lambda: EpisodeRunner(benchmark, resolution, False)
+        self.runners: list = []
+        self.pending: dict[int, tuple] = {}
+        self.closed = False
+
+    def start(self, n: int) -> None:
+        self.runners = [self.make() for _ in range(n)]
+
+    def send(self, wid: int, msg) -> None:
+        reply = self.runners[wid].handle(*msg)
+        if reply is not None:
+            assert wid not in self.pending  # one reply outstanding per worker
+            self.pending[wid] = reply
+
+    def poll(self, wids, timeout: float):
+        return [(w, *self.pending.pop(w)) for w in wids if w in self.pending]
+
+    def restart(self, wid: int) -> None:
+        self.runners[wid].close()
+        self.runners[wid] = self.make()
+
+    def close(self) -> None:
+        for r in self.runners:
+            r.close()
+        self.closed = True
+
+
+def test_a_fake_benchmark_runs_through_the_harness(tmp_path) -> None:
+    """run_evaluation with a toy Benchmark on an in-process pool of the real worker logic: planning,
+    the record, the batching loop, the worker's wait steps, caps and success, the summary."""
+    from envs.evaluation.harness import run_evaluation as run
+
+    toy, policy = _ToyBenchmark(), _StepPolicy()
+    out = tmp_path / "toy"
+    cfg = EvalConfig(suites=["toy"], out_dir=str(out), episodes=2, workers=2, resolution=4, progress=False,
+                     policy="step", benchmark=toy)
+    assert cfg.wait_steps == 2  # the benchmark's
+    pool = _InlinePool(toy, 4)
+    summary = run(policy, cfg, pool=pool)
+    assert pool.closed
+    recs = {(r["task_index"], r["episode"]): r for r in load_episodes(out / EPISODES_FILE)}
+    assert sorted(recs) == [(0, 0), (0, 1), (1, 0), (1, 1)]
+    assert recs[0, 0]["success"] and recs[0, 0]["length"] == 4 and recs[0, 0]["env_steps"] == 2 + 4
+    assert recs[1, 0]["success"] and recs[1, 0]["length"] == 8 and recs[1, 0]["task"] == "reach_two"
+    assert not recs[0, 1]["success"] and recs[0, 1]["length"] == 12 and recs[0, 1]["outcome"] == "failed"
+    assert recs[0, 0]["outcome"] == "success" and recs[0, 0]["grasps"] == 0 and recs[0, 0]["lift_m"] is None
+    assert summary["overall"]["episodes"] == 4 and summary["overall"]["successes"] == 2 and summary["new_episodes"] == 4
+    assert summary["config"]["benchmark"] == "toy" and summary["config"]["wait_steps"] == 2
+    record = json.loads((out / RUN_CONFIG_FILE).read_text())
+    assert record["benchmark"] == "toy" and list(record)[-1] == "benchmark"
+    b = policy.batches[0]  # the batch: spec keys in spec order and dtype, then language; episode info
+    assert list(b) == ["camera", "state", "language", "episode_info"] and len(b["language"]) == 2
+    assert b["camera"].shape == (2, 4, 4, 3) and b["camera"].dtype == np.uint8 and b["state"].dtype == np.float32
+    assert max(len(x["language"]) for x in policy.batches) == 2  # both workers served by one call
+    assert run(policy, cfg, pool=_InlinePool(toy, 4))["new_episodes"] == 0  # resumes: nothing left
+    with pytest.raises(ValueError, match="benchmark='toy' \\(now 'toy2'\\); use a new --out"):
+        run(policy, EvalConfig(**{**{k: getattr(cfg, k) for k in ("suites", "out_dir", "episodes", "resolution",
+                                                                     "policy")}, "benchmark": _ToyBenchmark("toy2")}))
+
+
+class _ReplayPool:
+    """A WorkerPool whose workers replay fixed observations: worker w answers every message with
+    an observation whose state is [w, n] (n: chunks it received), and ends an episode after
+    ``chunks`` chunks. ``lose`` = {(wid, nth act of the run)}: that act reports the worker lost;
+    ``hang`` = {(wid, nth start)}: that start is never answered."""
+
+    def __init__(self, chunks: int = 2, lose=(), hang=()) -> None:
+        self.chunks, self.lose, self.hang = chunks, set(lose), set(hang)
+        self.pending: dict[int, tuple] = {}
+        self.received: list[tuple[int, np.ndarray]] = []
+        self.restarts: list[int] = []
+        self.starts: dict[int, int] = {}
+        self.acts: dict[int, int] = {}  # in the current episode
+        self.total: dict[int, int] = {}  # in the run
+
+    def _obs(self, wid: int) -> dict:
+        return {"camera": np.full((2, 2, 3), wid, np.uint8), "state": np.array([wid, self.acts.get(wid, 0)]),
+                "language": f"worker {wid}"}
+
+    def start(self, n: int) -> None:
+        self.n = n
+
+    def send(self, wid: int, msg) -> None:
+        kind, payload = msg
+        if kind == "start":
+            self.starts[wid] = self.starts.get(wid, 0) + 1
+            self.acts[wid] = 0
+            if (wid, self.starts[wid]) not in self.hang:
+                self.pending[wid] = ("obs", self._obs(wid))
+        elif kind == "act":
+            self.received.append((wid, np.array(payload)))
+            self.acts[wid] += 1
+            self.total[wid] = self.total.get(wid, 0) + 1
+            if (wid, self.total[wid]) in self.lose:
+                self.pending[wid] = ("lost", f"worker {wid} vanished")
+            elif self.acts[wid] >= self.chunks:
+                self.pending[wid] = ("done", {"success": True, "length": self.acts[wid], "env_steps": 1})
+            else:
+                self.pending[wid] = ("obs", self._obs(wid))
+
+    def poll(self, wids, timeout: float):
+        events = [(w, *self.pending.pop(w)) for w in wids if w in self.pending]
+        if not events:
+            time.sleep(0.02)  # as a real pool would wait
+        return events
+
+    def restart(self, wid: int) -> None:
+        self.restarts.append(wid)
+        self.pending.pop(wid, None)
+
+    def close(self) -> None:
+        pass
+
+
+class _EchoPolicy:
+    """Chunk row b = the state of observation b (worker id, chunks so far), so a chunk delivered to
+    the wrong worker shows; counts the calls and their batch sizes."""
+
+    def __init__(self) -> None:
+        self.sizes: list[int] = []
+
+    def predict(self, obs, steps: int = 2, churn: float = 0.0) -> np.ndarray:
+        self.sizes.append(len(obs["language"]))
+        out = np.zeros((len(obs["language"]), 8, 3), np.float32)
+        out[:, :, :2] = obs["state"][:, None, :]
+        out[:, :, 2] = np.arange(8)
+        return out
+
+
+def _drive(tmp_path: Path, pool: _ReplayPool, episodes: int, timeout_s: float = 900.0):
+    from envs.evaluation.harness import BatchingLoop, episode_spec_fn
+
+    cfg = EvalConfig(suites=["toy"], out_dir=str(tmp_path), episodes=episodes, workers=3, replan_every=3, resolution=2,
+                     benchmark=_ToyBenchmark(), worker_timeout_s=timeout_s)
+    policy, finished = _EchoPolicy(), []
+    queue = [("toy", t, e) for t in range(2) for e in range(episodes)]
+    loop = BatchingLoop(policy, pool, cfg, queue, episode_spec_fn(cfg),
+                        lambda spec, wid, result: finished.append((spec.task_index, spec.episode, wid, result)))
+    loop.run()
+    assert sorted((t, e) for t, e, _, _ in finished) == [(t, e) for t in range(2) for e in range(episodes)]  # each once
+    assert not queue and all(s.state == "idle" for s in loop.slots) and loop.policy_time > 0
+    assert len(pool.received) == sum(policy.sizes)
+    for wid, chunk in pool.received:  # each worker its own row, replan_every actions of it
+        assert chunk.shape == (3, 3) and np.all(chunk[:, 0] == wid) and list(chunk[:, 2]) == [0, 1, 2]
+    return policy, finished
+
+
+def test_a_fake_worker_pool_drives_the_batching_loop(tmp_path) -> None:
+    """The loop on a pool without processes or simulator: one predict for all waiting workers, each
+    worker gets its own row cut to replan_every; a lost worker and a hung one are restarted and their
+    episodes recorded as errors; every episode is finished once."""
+    pool = _ReplayPool(chunks=2)
+    policy, finished = _drive(tmp_path, pool, episodes=3)  # 6 episodes of 2 chunks on 3 workers
+    assert policy.sizes == [3, 3, 3, 3] and pool.restarts == []
+    assert sorted(pool.starts.values()) == [2, 2, 2] and all(r["success"] for _, _, _, r in finished)
+    pool = _ReplayPool(chunks=2, lose={(1, 1)}, hang={(2, 1)})
+    policy, finished = _drive(tmp_path, pool, episodes=4, timeout_s=0.05)
+    errors = {(t, e, w): r["error"] for t, e, w, r in finished if r.get("error")}
+    assert errors == {(0, 1, 1): "worker 1 vanished", (0, 2, 2): "worker timed out after 0 s"}
+    assert pool.restarts == [1, 2] and all(r["success"] for _, _, _, r in finished if not r.get("error"))
+    assert policy.sizes[0] == 2  # worker 2 hung: the two others were served without it
+
+
+def test_libero_behind_the_seam_is_what_it_was(tmp_path) -> None:
+    """LIBERO through envs.benchmark: the same batch as envs.libero.env.stack_observations, the
+    dataset's observation keys, and an eval_config.json without a benchmark entry."""
+    from envs.benchmark import Benchmark, image_keys, stack_observations
+    from envs.libero.benchmark import LIBERO
+    from envs.libero.dataset import CAMERA_KEYS, OBS_SHAPES
+    from envs.libero.env import MAX_STEPS, NOOP_ACTION, stack_observations as libero_stack
+
+    assert isinstance(LIBERO, Benchmark) and LIBERO.max_steps("libero_10") == MAX_STEPS["libero_10"]
+    assert LIBERO.noop_action is NOOP_ACTION and LIBERO.wait_steps == 10 and LIBERO.action_dim == 7
+    spec = LIBERO.observation_spec(16)
+    assert image_keys(spec) == list(CAMERA_KEYS) and {k: spec[k].shape for k in OBS_SHAPES} == {k: (v,) for k, v in OBS_SHAPES.items()}
+    rng = np.random.default_rng(0)
+    obs = [{"agentview_rgb": rng.integers(0, 255, (16, 16, 3), dtype=np.uint8),
+            "eye_in_hand_rgb": rng.integers(0, 255, (16, 16, 3), dtype=np.uint8),
+            "joint_states": rng.normal(size=7).astype(np.float32), "gripper_states": rng.normal(size=2).astype(np.float32),
+            "language": "put the bowl on the plate"} for _ in range(3)]
+    a, b = stack_observations(obs, spec), libero_stack(obs)
+    assert list(a) == list(b) and a["language"] == b["language"]
+    assert all(a[k].dtype == b[k].dtype and np.array_equal(a[k], b[k]) for k in spec)
+    cfg = _cfg(tmp_path / "run")
+    assert cfg.benchmark is LIBERO and cfg.wait_steps == 10
+    record_run(cfg)
+    assert list(json.loads((tmp_path / "run" / RUN_CONFIG_FILE).read_text())) == [
+        "suites", "out_dir", "tasks", "episodes", "workers", "steps", "churn", "replan_every", "resolution",
+        "fast_render", "max_steps", "wait_steps", "seed", "video", "policy", "producer", "worker_timeout_s", "progress"]
