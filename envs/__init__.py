@@ -1,4 +1,4 @@
-"""Everything that touches the LIBERO simulator or its data files.
+"""Everything that touches the LIBERO simulator or its data files (map: docs/architecture.md).
 
 Importing this package configures headless rendering *before* mujoco or
 robosuite can be imported: MuJoCo renders through EGL (Mesa's software EGL on a
