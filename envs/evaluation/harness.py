@@ -169,7 +169,7 @@ def episode_spec_fn(cfg: EvalConfig, init_state_fn: InitStateFn | None = None) -
         s, ti, e = key
         video = str(out / "videos" / s / f"task{ti:02d}_ep{e:03d}.mp4") if e < cfg.video else None
         return EpisodeSpec(s, ti, e, np.asarray(init_state_fn(s, ti, e), dtype=np.float64),
-                           cfg.max_steps or cfg.benchmark.max_steps(s), cfg.wait_steps, cfg.seed + e, video)  # type: ignore[arg-type]
+                           cfg.max_steps or cfg.benchmark.max_steps(s), int(cfg.wait_steps or 0), cfg.seed + e, video)
 
     return make
 
@@ -397,5 +397,5 @@ def _summary(cfg: EvalConfig, plan: Plan, loop: BatchingLoop, env_steps: int, t_
     )
     if cfg.benchmark.name != DEFAULT_BENCHMARK:
         summary["config"]["benchmark"] = cfg.benchmark.name
-    write_results(out_dir=cfg.out_dir, summary=summary, title=f"{cfg.policy or 'policy'} steps={cfg.steps} churn={cfg.churn}")
+    write_results(Path(cfg.out_dir), summary, title=f"{cfg.policy or 'policy'} steps={cfg.steps} churn={cfg.churn}")
     return summary

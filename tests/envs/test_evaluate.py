@@ -630,7 +630,8 @@ def test_libero_behind_the_seam_is_what_it_was(tmp_path) -> None:
     assert isinstance(LIBERO, Benchmark) and LIBERO.max_steps("libero_10") == MAX_STEPS["libero_10"]
     assert LIBERO.noop_action is NOOP_ACTION and LIBERO.wait_steps == 10 and LIBERO.action_dim == 7
     spec = LIBERO.observation_spec(16)
-    assert image_keys(spec) == list(CAMERA_KEYS) and {k: spec[k].shape for k in OBS_SHAPES} == {k: (v,) for k, v in OBS_SHAPES.items()}
+    assert image_keys(spec) == list(CAMERA_KEYS)
+    assert {k: spec[k].shape for k in OBS_SHAPES} == {k: (v,) for k, v in OBS_SHAPES.items()}
     rng = np.random.default_rng(0)
     obs = [{"agentview_rgb": rng.integers(0, 255, (16, 16, 3), dtype=np.uint8),
             "eye_in_hand_rgb": rng.integers(0, 255, (16, 16, 3), dtype=np.uint8),
