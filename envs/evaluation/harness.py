@@ -1,7 +1,7 @@
 """The rollout harness: N episodes per task over the suites of a benchmark (LIBERO by default,
 :mod:`envs.benchmark`), in parallel workers, with one batched policy call per step.
 
-Common protocol (openpi / OpenVLA / LeRobot; ARCHITECTURE.md section 4): episode i
+Common protocol (openpi / OpenVLA / LeRobot; docs/reference.md, the evaluation protocol): episode i
 starts from official init state i; the first 10 steps are the no-op
 [0,0,0,0,0,0,-1] (success is not checked while waiting); then the policy acts for
 at most ``benchmark.max_steps(suite)`` steps (LIBERO: ``MAX_STEPS[suite]``); success is
