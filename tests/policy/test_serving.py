@@ -601,6 +601,7 @@ def test_each_client_in_a_batch_gets_its_own_actions():
 
 
 def test_batched_actions_equal_unbatched_for_the_same_noise(policy):
+    torch.manual_seed(0)  # the network's initialisation: the same every run, whatever ran before
     trained_like = DiffusionPolicy(PolicyConfig(suites=("libero_object",), **TINY), language=policy.language)
     gen = torch.Generator().manual_seed(3)
     with torch.no_grad():  # freshly built nets ignore their conditioning (zero-initialised layers): perturb them
@@ -617,9 +618,11 @@ def test_batched_actions_equal_unbatched_for_the_same_noise(policy):
     assert max(r["server_timing"]["batch_size"] for r in replies) > 1
     alone = [same_noise.predict({k: (np.stack([v]) if isinstance(v, np.ndarray) else [v]) for k, v in o.items()}, steps=2)[0]
              for o in observations]
-    assert not np.allclose(alone[0], alone[1])  # different observations, different actions
+    # different observations get actions far apart (a reply sent to the wrong client cannot pass below),
+    # while a batch and a single row differ by float rounding only (matmul kernels depend on the batch size)
+    assert min(np.abs(alone[i] - alone[j]).max() for i in range(4) for j in range(i)) > 1e-2
     for reply, expected in zip(replies, alone):
-        np.testing.assert_allclose(reply["actions"], expected, rtol=1e-4, atol=1e-5)
+        np.testing.assert_allclose(reply["actions"], expected, rtol=1e-4, atol=1e-4)
 
 
 @pytest.mark.parametrize("window_ms", [0.0, 400.0])
