@@ -264,7 +264,7 @@ def _push_handle(planner: PlannerContext, obj: str, container: str, u: np.ndarra
 
 def put_inside(planner: PlannerContext, obj: str, region: str, container: str) -> Actions:
     """Grasp ``obj`` by its handle and slide it into the enclosed ``region`` (see the module doc)."""
-    view, style, rng = planner.view, planner.style, planner.rng
+    view, style = planner.view, planner.style
     floor, ceiling = cavity(view, region, container)
     if handle_bar(view, obj) is None:
         planner.failure = f"{obj} has no handle to hold it by while sliding it into {region}"
@@ -278,6 +278,37 @@ def put_inside(planner: PlannerContext, obj: str, region: str, container: str) -
     if held is None:
         planner.failure = f"handle grasp of {obj} failed"
         return False
+    path = _slide_path(planner, obj, region, container, held, floor, ceiling)
+    if path is None:
+        planner.failure = f"no way for the hand to slide {obj} into {region}"
+        return False
+    rot, u, z, inside, outside, front = path
+    here = view.eef_pos()
+    carry = max(here[2], z)
+    ok = yield from move_pose(view, np.array([here[0], here[1], carry]), rot, CLOSE, style, tol=0.03,
+                              rot_tol=0.3, max_steps=60, vmax=min(style.vmax, 0.6))
+    ok = yield from move_pose(view, np.array([outside[0], outside[1], carry]), rot, CLOSE, style,
+                              tol=0.015, rot_tol=0.08, max_steps=150, vmax=min(style.vmax, 0.6))
+    ok = ok and (yield from move_pose(view, outside, rot, CLOSE, style, tol=0.01, max_steps=60))
+    ok = ok and (yield from move_pose(view, inside, rot, CLOSE, style, tol=0.008, max_steps=100,
+                                      vmax=min(style.vmax, 0.4)))
+    if not ok:
+        planner.failure = f"could not slide {obj} into {region}"
+        return False
+    yield from _release_inside(planner, obj, container, rot, u, inside, front)
+    if not planner.holds(Atom("in", (obj, region))):
+        planner.failure = f"{obj} is not in {region} after sliding it in"
+        return False
+    return True
+
+
+def _slide_path(planner: PlannerContext, obj: str, region: str, container: str, held: tuple,
+                floor: float, ceiling: float) -> tuple | None:
+    """Where to slide the held ``obj`` in: (hand rotation, the opening's outward axis u (3,), the
+    carrying height z, the grip point inside (3,), the point in front of the opening (3,), the
+    opening's plane along u); None when the hand fits nowhere. Draws one lateral jitter from the
+    planner's rng."""
+    view = planner.view
     hang, pitch = held
     z = floor + FLOOR_GAP + float(hang[2])
     u, lat_lo, lat_hi = _opening(view, region, container, 0.5 * (floor + ceiling))
@@ -306,24 +337,18 @@ def put_inside(planner: PlannerContext, obj: str, region: str, container: str) -
         if spot is None:  # the carrying (pitched) hand does not fit there: anywhere it does
             spot = _slide_spot(view, obj, rot, u, np.linspace(t_lo, t_hi, 11), wall + reach + 0.008, z, back)
     if spot is None:
-        planner.failure = f"no way for the hand to slide {obj} into {region}"
-        return False
+        return None
     t, grip_u = spot
-    t += float(rng.uniform(-0.003, 0.003))
+    t += float(planner.rng.uniform(-0.003, 0.003))
     inside = lat * t + u * grip_u + UP * z
-    outside = inside + u * back
-    here = view.eef_pos()
-    carry = max(here[2], z)
-    ok = yield from move_pose(view, np.array([here[0], here[1], carry]), rot, CLOSE, style, tol=0.03,
-                              rot_tol=0.3, max_steps=60, vmax=min(style.vmax, 0.6))
-    ok = yield from move_pose(view, np.array([outside[0], outside[1], carry]), rot, CLOSE, style,
-                              tol=0.015, rot_tol=0.08, max_steps=150, vmax=min(style.vmax, 0.6))
-    ok = ok and (yield from move_pose(view, outside, rot, CLOSE, style, tol=0.01, max_steps=60))
-    ok = ok and (yield from move_pose(view, inside, rot, CLOSE, style, tol=0.008, max_steps=100,
-                                      vmax=min(style.vmax, 0.4)))
-    if not ok:
-        planner.failure = f"could not slide {obj} into {region}"
-        return False
+    return rot, u, z, inside, inside + u * back, front
+
+
+def _release_inside(planner: PlannerContext, obj: str, container: str, rot: np.ndarray, u: np.ndarray,
+                    inside: np.ndarray, front: float) -> Actions:
+    """Set ``obj`` down at ``inside``, let go, push its handle in past the closed door's line,
+    and retreat above the container pointing down, as the other primitives expect."""
+    view, style, rng = planner.view, planner.style, planner.rng
     yield from move_pose(view, inside - UP * FLOOR_GAP, rot, CLOSE, style, tol=0.005, max_steps=15)
     yield from hold_pose(view, rot, OPEN, style, int(rng.integers(6, 9)))
     grip = view.eef_pos()
@@ -344,7 +369,4 @@ def put_inside(planner: PlannerContext, obj: str, region: str, container: str) -
                          rot_tol=0.3, max_steps=50)
     yield from move_pose(view, view.eef_pos(), view.down_yaw(0.0), OPEN, style, tol=0.03,
                          rot_tol=0.15, max_steps=60)  # point down as at the start, as other primitives expect
-    if not planner.holds(Atom("in", (obj, region))):
-        planner.failure = f"{obj} is not in {region} after sliding it in"
-        return False
     return True
