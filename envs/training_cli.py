@@ -108,7 +108,7 @@ def _train_job(cfg) -> tuple[int, str]:
         rank = int(os.environ.get("RANK", "0"))
         image_size = cfg.data.image_size or policy_cfg.image_size
         dataset = LiberoDataset(data_dirs(cfg, Path.cwd()), policy_cfg.chunk_size, cfg.data.augment, cfg.data.shift,
-                                image_size, train_cfg.seed, progress=rank == 0)
+                                image_size, train_cfg.seed, progress=rank == 0, spec=policy_cfg.spec)
     except (ValueError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2, f"error: {exc}"

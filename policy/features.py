@@ -209,4 +209,46 @@ LEGACY_FEATURES = FeatureSpec((
 # What new policies, the server, the dataset reader and the environment use.
 DEFAULT_FEATURES = LEGACY_FEATURES
 
-__all__ = ["ACTION", "DEFAULT_FEATURES", "Feature", "FeatureSpec", "IMAGE", "KINDS", "LANGUAGE", "LEGACY_FEATURES", "STATE"]
+# The proprio layouts a policy can be built with (``PolicyConfig.proprio``): the state
+# features, in the order they are concatenated into the proprio vector.
+#   joints: joint_states (7) + gripper_states (2) = 9 (the default, every policy before layouts);
+#   eef:    ee_pos (3) + ee_ori (3, axis-angle of the eef quaternion) + gripper_states (2) = 8,
+#           openpi's / OpenVLA's LIBERO ``observation/state``
+#           (concat(robot0_eef_pos, quat2axisangle(robot0_eef_quat), robot0_gripper_qpos)).
+PROPRIO_LAYOUTS: dict[str, tuple[Feature, ...]] = {
+    "joints": DEFAULT_FEATURES.states,
+    "eef": (
+        Feature("ee_pos", STATE, (3,), "float32"),                # end-effector position (world frame)
+        Feature("ee_ori", STATE, (3,), "float32"),                # end-effector orientation, axis-angle
+        Feature("gripper_states", STATE, (2,), "float32"),        # finger positions
+    ),
+}
+DEFAULT_PROPRIO = "joints"
+
+
+def with_proprio(spec: FeatureSpec, layout: str) -> FeatureSpec:
+    """``spec`` with its state features replaced by those of the proprio ``layout`` (kept in
+    place of the old ones: images, states, language, action)."""
+    if layout not in PROPRIO_LAYOUTS:
+        raise ValueError(f"proprio layout {layout!r} is unknown; use one of {list(PROPRIO_LAYOUTS)}")
+    feats = [f for f in spec.features if f.kind != STATE]
+    at = next(i for i, f in enumerate(feats) if f.kind in (LANGUAGE, ACTION))
+    return FeatureSpec((*feats[:at], *PROPRIO_LAYOUTS[layout], *feats[at:]))
+
+
+def proprio_layout(spec: FeatureSpec) -> str | None:
+    """The name of the proprio layout ``spec``'s state features follow, None for any other."""
+    for name, feats in PROPRIO_LAYOUTS.items():
+        if spec.states == feats:
+            return name
+    return None
+
+
+def describe_state(spec: FeatureSpec) -> str:
+    """``the eef layout: ee_pos (3) + ee_ori (3) + gripper_states (2) = 8`` (for error messages)."""
+    layout = proprio_layout(spec)
+    parts = " + ".join(f"{f.name} ({f.size})" for f in spec.states)
+    return f"{'the ' + layout + ' layout' if layout else 'the state features'}: {parts} = {spec.state_dim}"
+
+__all__ = ["ACTION", "DEFAULT_FEATURES", "DEFAULT_PROPRIO", "Feature", "FeatureSpec", "IMAGE", "KINDS", "LANGUAGE", "LEGACY_FEATURES",
+           "PROPRIO_LAYOUTS", "STATE", "describe_state", "proprio_layout", "with_proprio"]

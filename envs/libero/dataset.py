@@ -41,13 +41,15 @@ from torch.utils.data import Dataset
 from tqdm import tqdm
 
 from envs.libero.env import SUITES, process_observation
-from policy.features import DEFAULT_FEATURES
+from policy.features import DEFAULT_FEATURES, PROPRIO_LAYOUTS, FeatureSpec
 from policy.utils import atomic_write
 
 # What is read from obs/ (and written by write_demo_file): the observation features of the spec.
 FEATURES = DEFAULT_FEATURES
 CAMERA_KEYS = FEATURES.image_keys
 OBS_SHAPES = {f.name: f.size for f in FEATURES.states}  # state feature -> values per step
+# every proprio layout's state features (joints and eef): written by write_demo_file when a demo has them
+LAYOUT_SHAPES = {f.name: f.size for feats in PROPRIO_LAYOUTS.values() for f in feats}
 ACTION_DIM = FEATURES.action.shape[-1]
 DEMO_SOURCES = (
     "download the official LIBERO HDF5 files (LIBERO's benchmark_scripts/download_libero_datasets.py, or "
@@ -135,13 +137,19 @@ def _demo_keys(data: h5py.Group) -> list[str]:
     return sorted(keys, key=lambda k: int(k.split("_")[1]))
 
 
-def read_demo_file(path: str | Path, image_size: int | None = None) -> list[Demo]:
+def read_demo_file(path: str | Path, image_size: int | None = None, spec: FeatureSpec | None = None) -> list[Demo]:
     """Decode every demo of one official-layout HDF5 file (see module docstring).
+
+    ``spec`` (a policy's ``config.spec``; default ``FEATURES``) names the cameras and the
+    state features read from ``obs/`` (the eef layout reads ee_pos, ee_ori, gripper_states,
+    which the official and scripted files carry).
 
     Raises DatasetError naming the file and key on a corrupt file, a missing key or a
     shape mismatch.
     """
     path = Path(path)
+    spec = FEATURES if spec is None else spec
+    camera_keys, obs_shapes = spec.image_keys, {f.name: f.size for f in spec.states}
     try:
         f = h5py.File(path, "r")
     except OSError as exc:
@@ -164,26 +172,26 @@ def read_demo_file(path: str | Path, image_size: int | None = None) -> list[Demo
                 raise DatasetError(f"{path}: 'data/{key}/actions' has shape {actions.shape}, expected (T>0, {ACTION_DIM})")
             t = len(actions)
             raw: dict[str, np.ndarray] = {}
-            for name in CAMERA_KEYS:
+            for name in camera_keys:
                 img = _read(path, demo["obs"], name)
                 if img.ndim != 4 or img.shape[0] != t or img.shape[-1] != 3 or img.dtype != np.uint8:
                     raise DatasetError(
                         f"{path}: 'data/{key}/obs/{name}' has shape {img.shape} dtype {img.dtype}, expected ({t}, H, W, 3) uint8"
                     )
                 raw[name] = img
-            for name, dim in OBS_SHAPES.items():
+            for name, dim in obs_shapes.items():
                 arr = _read(path, demo["obs"], name)
                 if arr.ndim != 2 or arr.shape != (t, dim):
                     raise DatasetError(f"{path}: 'data/{key}/obs/{name}' has shape {arr.shape}, expected ({t}, {dim})")
                 raw[name] = arr
-            first_state = next(iter(OBS_SHAPES))  # joint_states; as before, only it is checked for NaN/inf
+            first_state = next(iter(obs_shapes))  # joint_states; as before, only it is checked for NaN/inf
             if not (np.isfinite(actions).all() and np.isfinite(raw[first_state]).all()):
                 raise DatasetError(f"{path}: 'data/{key}' holds non-finite actions or {first_state}")
-            steps = [process_observation({k: raw[k][i] for k in raw}, language) for i in range(t)]
-            images = {cam: np.stack([s[cam] for s in steps]) for cam in CAMERA_KEYS}
-            if image_size is not None and images[CAMERA_KEYS[0]].shape[1:3] != (image_size, image_size):
+            steps = [process_observation({k: raw[k][i] for k in raw}, language, spec) for i in range(t)]
+            images = {cam: np.stack([s[cam] for s in steps]) for cam in camera_keys}
+            if image_size is not None and images[camera_keys[0]].shape[1:3] != (image_size, image_size):
                 images = {cam: _resize(v, image_size) for cam, v in images.items()}
-            proprio = np.stack([np.concatenate([s[name] for name in OBS_SHAPES]) for s in steps]).astype(np.float32)
+            proprio = np.stack([np.concatenate([s[name] for name in obs_shapes]) for s in steps]).astype(np.float32)
             demos.append(Demo(images, proprio, actions.astype(np.float32), language, f"{path.name}:{key}"))
     return demos
 
@@ -208,6 +216,8 @@ class LiberoDataset(Dataset):
         shift: pad in pixels at 128x128 (scaled with the image size), 0 disables.
         image_size: resize images once at load time (None keeps the stored size).
         seed: seeds the augmentation (with the epoch and the index).
+        spec: the policy's features (``PolicyConfig.spec``): cameras and the state features
+            read (default ``FEATURES``, the joints layout).
     Item:
         {"agentview_rgb", "eye_in_hand_rgb": (3, H, W) uint8; "proprio": (9,) float32;
          "actions": (chunk, 7) float32; "action_mask": (chunk,) bool; "language": str}
@@ -222,15 +232,17 @@ class LiberoDataset(Dataset):
         image_size: int | None = None,
         seed: int = 0,
         progress: bool = True,
+        spec: FeatureSpec | None = None,
     ) -> None:
         if chunk_size < 1:
             raise ValueError(f"chunk_size={chunk_size} must be >= 1")
         self.files = find_hdf5_files(folders)
         self.demos: list[Demo] = []
         for path in tqdm(self.files, desc="reading demos", unit="file", disable=not progress):
-            self.demos += read_demo_file(path, image_size)
+            self.demos += read_demo_file(path, image_size, spec)
         self.chunk_size, self.augment, self.seed, self.epoch = chunk_size, augment, seed, 0
-        size = self.demos[0].images[CAMERA_KEYS[0]].shape[1]
+        self.camera_keys = (FEATURES if spec is None else spec).image_keys
+        size = self.demos[0].images[self.camera_keys[0]].shape[1]
         self.shift = int(round(shift * size / 128)) if shift > 0 else 0
         self.index = np.array([(d, k) for d, demo in enumerate(self.demos) for k in range(len(demo.actions))], dtype=np.int64)
         self.instructions = sorted({d.language for d in self.demos})
@@ -269,7 +281,7 @@ class LiberoDataset(Dataset):
             "language": demo.language,
         }
         rng = np.random.default_rng((self.seed, self.epoch, int(i))) if self.augment else None
-        for cam in CAMERA_KEYS:
+        for cam in self.camera_keys:
             img = torch.from_numpy(demo.images[cam][k]).permute(2, 0, 1)
             item[cam] = random_shift(img, self.shift, rng) if rng is not None else img.contiguous()
         return item
@@ -285,7 +297,8 @@ def write_demo_file(
 
     Each demo dict holds ``actions`` (T, 7) and the raw (as rendered, upside-down) obs
     fields ``agentview_rgb``, ``eye_in_hand_rgb`` (T, H, W, 3) uint8, ``joint_states``
-    (T, 7), ``gripper_states`` (T, 2). Used for tests and small synthetic suites.
+    (T, 7), ``gripper_states`` (T, 2), and ``ee_pos`` (T, 3), ``ee_ori`` (T, 3) when the demo
+    has them (the eef proprio layout). Used for tests and small synthetic suites.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -300,7 +313,8 @@ def write_demo_file(
                 g.create_dataset("actions", data=np.asarray(demo["actions"], dtype=np.float64))
                 g.attrs["num_samples"] = len(demo["actions"])
                 obs = g.create_group("obs")
-                for key in (*CAMERA_KEYS, *OBS_SHAPES):
+                extra = [k for k in LAYOUT_SHAPES if k in demo and k not in OBS_SHAPES]
+                for key in (*CAMERA_KEYS, *OBS_SHAPES, *extra):
                     obs.create_dataset(key, data=demo[key])
 
     return atomic_write(path, write)
@@ -310,7 +324,8 @@ def write_synthetic_suite(folder: str | Path, n_tasks: int = 2, n_demos: int = 2
     """A tiny learnable suite in the official layout (for tests, benchmarks and smoke runs).
 
     Task i has its own instruction and background colour; within an episode the phase
-    p = k / (T - 1) drives a square across the image, joint_states[0] = p, and the
+    p = k / (T - 1) drives a square across the image, joint_states[0] = p, ee_pos[0] = p
+    (ee_pos, ee_ori are written too, for the eef proprio layout), and the
     action is a smooth function of (task, p), so the chunk is determined by the
     observation. Images are stored upside down, as LIBERO renders them.
     """
@@ -330,7 +345,10 @@ def write_synthetic_suite(folder: str | Path, n_tasks: int = 2, n_demos: int = 2
             joints = np.concatenate([p[:, None], rng.normal(0, 0.01, (length, 6))], axis=1)
             gripper = np.stack([0.04 * (1 - p), -0.04 * (1 - p)], axis=1)
             demo = {"actions": actions, "agentview_rgb": img[:, ::-1, ::-1].copy(), "eye_in_hand_rgb": img.copy(),
-                    "joint_states": joints, "gripper_states": gripper}
+                    "joint_states": joints, "gripper_states": gripper,
+                    # the eef layout's fields, deterministic (no draws from rng: the joints data stay as they were)
+                    "ee_pos": np.stack([p, 0.1 * np.sin(np.pi * p), 1.0 - 0.2 * p], axis=1),
+                    "ee_ori": np.stack([np.full(length, np.pi), 0.1 * p, np.zeros(length)], axis=1)}
             for name, dim in OBS_SHAPES.items():  # a state feature added to the spec: zeros
                 demo.setdefault(name, np.zeros((length, dim)))
             for cam in CAMERA_KEYS:  # a camera added to the spec: the agent view

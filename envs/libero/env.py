@@ -25,7 +25,7 @@ from typing import Any, Mapping
 import gymnasium as gym
 import numpy as np
 
-from policy.features import DEFAULT_FEATURES, IMAGE, STATE
+from policy.features import DEFAULT_FEATURES, IMAGE, STATE, FeatureSpec
 
 OBSERVATION_FEATURES = DEFAULT_FEATURES.observation  # what process_observation returns
 
@@ -174,17 +174,20 @@ def hdf5_obs_fields(raw_obs: Mapping[str, Any]) -> dict[str, np.ndarray]:
     }
 
 
-def process_observation(fields: Mapping[str, np.ndarray], language: str) -> dict[str, Any]:
+def process_observation(fields: Mapping[str, np.ndarray], language: str,
+                        spec: FeatureSpec | None = None) -> dict[str, Any]:
     """Official-layout fields of one step -> the policy observation.
 
     THE function both evaluation and the dataset reader use; its keys, shapes and dtypes are
-    the observation features of ``policy.features.DEFAULT_FEATURES``. Images are turned
-    upright (rotated 180 degrees, ``img[::-1, ::-1]``, as openpi does) and made
-    contiguous. Returns agentview_rgb, eye_in_hand_rgb: (H, W, 3) uint8;
-    joint_states: (7,) float32; gripper_states: (2,) float32; language: str.
+    the observation features of ``spec`` (a policy's ``config.spec``; default
+    ``policy.features.DEFAULT_FEATURES``). Images are turned upright (rotated 180 degrees,
+    ``img[::-1, ::-1]``, as openpi does) and made contiguous. Returns agentview_rgb,
+    eye_in_hand_rgb: (H, W, 3) uint8; the state features float32 (joints layout:
+    joint_states (7,), gripper_states (2,); eef layout: ee_pos (3,), ee_ori (3,),
+    gripper_states (2,)); language: str.
     """
     out: dict[str, Any] = {}
-    for f in OBSERVATION_FEATURES:
+    for f in (OBSERVATION_FEATURES if spec is None else spec.observation):
         if f.kind == IMAGE:
             img = np.asarray(fields[f.name])
             if img.ndim != 3 or img.shape[-1] != 3:
@@ -197,12 +200,12 @@ def process_observation(fields: Mapping[str, np.ndarray], language: str) -> dict
     return out
 
 
-def stack_observations(obs_list: list[Mapping[str, Any]]) -> dict[str, Any]:
+def stack_observations(obs_list: list[Mapping[str, Any]], spec: FeatureSpec | None = None) -> dict[str, Any]:
     """List of B policy observations -> a batch: images (B, H, W, 3) uint8,
     joint_states (B, 7) and gripper_states (B, 2) float32, language list[str] of length B
-    (the observation features of ``policy.features.DEFAULT_FEATURES``)."""
+    (the observation features of ``spec``, default ``policy.features.DEFAULT_FEATURES``)."""
     out: dict[str, Any] = {}
-    for f in OBSERVATION_FEATURES:
+    for f in (OBSERVATION_FEATURES if spec is None else spec.observation):
         if f.kind == IMAGE:
             out[f.name] = np.stack([o[f.name] for o in obs_list])
         elif f.kind == STATE:

