@@ -21,6 +21,11 @@ any size (the network resizes them to ``PolicyConfig.image_size``).
   ``envs.libero.dataset`` -- what is read from the HDF5 files and how;
 * ``policy.training.bench`` -- its example observation.
 
+The proprio layouts (``PROPRIO_LAYOUTS``, chosen by ``PolicyConfig.proprio`` / Hydra
+``model.proprio``): ``joints`` (joint_states + gripper_states, the default) and ``eef``
+(ee_pos + ee_ori + gripper_states, openpi's LIBERO ``observation/state``). A policy's
+recorded features carry its layout; the readers above take the policy's spec.
+
 Adding a feature (e.g. the end-effector pose openpi sends, ``ee_pos`` (3,) + ``ee_ori`` (3,),
 which ``envs.libero.env.hdf5_obs_fields`` and the official HDF5 files already carry):
 
@@ -31,9 +36,9 @@ which ``envs.libero.env.hdf5_obs_fields`` and the official HDF5 files already ca
    the spec), a new camera gets its own ResNet from ``PolicyConfig.cameras``.
 
 Nothing else in the package's reading code names the keys. Beyond it: the YAML model presets
-(``configs/model/*.yaml``) pin ``cameras``/``chunk_size``/``action_dim``/``proprio_dim``
-(a state feature added here makes PolicyConfig refuse their ``proprio_dim: 9``, naming the
-value to use; a camera added here is used once it is listed in their ``cameras``); a raw
+(``configs/model/*.yaml``) pin ``cameras``/``chunk_size``/``action_dim`` and choose the
+``proprio`` layout (their ``proprio_dim: null`` follows the state features; a camera added
+here is used once it is listed in their ``cameras``); a raw
 field the simulator does not write yet needs its producer (``hdf5_obs_fields``) and the demo
 writers; clients that build observations by hand (the robot client, openpi's LIBERO example)
 must send the new key.

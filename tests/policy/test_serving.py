@@ -775,3 +775,32 @@ def test_serve_script_picks_the_best_evaluated_steps(tmp_path, monkeypatch):
     sweep.write_text(json.dumps({"1": {"libero_object": 0.5}, "2": {"libero_object": 0.8}, "4": {"libero_object": 0.8}}))
     assert mod.best_evaluated_steps(run) == 2
     assert mod.best_evaluated_steps(run / "policy") == 2
+
+
+def test_an_eef_policy_is_served_in_its_own_layout(policy):
+    """An eef-proprio policy: metadata names the layout, openpi's 8-value state and the eef package
+    keys are answered, a joints-layout state gets one bad-request line naming the eef layout."""
+    torch.manual_seed(0)
+    eef = DiffusionPolicy(PolicyConfig(suites=("libero_object",), proprio="eef", **TINY), language=policy.language)
+    srv = PolicyServer(eef, steps=2, port=0, metadata={"image_size": 32})
+    srv.start_in_thread()
+    try:
+        with PolicyClient("127.0.0.1", srv.port) as client:
+            meta = client.get_server_metadata()
+            assert meta["proprio"] == {"layout": "eef", "features": ["ee_pos", "ee_ori", "gripper_states"], "dim": 8}
+            assert meta["observation_shapes"]["package"]["ee_ori"] == [3]
+            obs = good_obs(openpi=True)
+            state = np.random.default_rng(1).normal(size=8).astype(np.float32)
+            a = client.infer({**obs, "observation/state": state})["actions"]
+            package = {"agentview_rgb": obs["observation/image"], "eye_in_hand_rgb": obs["observation/wrist_image"],
+                       "ee_pos": state[:3], "ee_ori": state[3:6], "gripper_states": state[6:], "language": obs["prompt"]}
+            b = client.infer(package)["actions"]
+            assert a.shape == b.shape == (8, 7) and np.isfinite(a).all() and np.isfinite(b).all()
+            with pytest.raises(RuntimeError) as err:
+                client.infer(obs)  # the joints layout's 9 values
+            assert str(err.value).endswith("bad request: observation/state has 9 values; this policy expects the eef "
+                                           "layout: ee_pos (3) + ee_ori (3) + gripper_states (2) = 8")
+            assert client.infer({**obs, "observation/state": state})["actions"].shape == (8, 7)  # still serving
+        assert srv.stats["requests"] == 3
+    finally:
+        srv.stop()
