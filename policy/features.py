@@ -231,6 +231,17 @@ PROPRIO_LAYOUTS: dict[str, tuple[Feature, ...]] = {
 DEFAULT_PROPRIO = "joints"
 
 
+def all_layouts(spec: FeatureSpec) -> FeatureSpec:
+    """``spec`` with the state features of every proprio layout (each once, joints first): what
+    an environment observes, so that a policy of any layout finds its own state features in it."""
+    states: dict[str, Feature] = {}
+    for feats in PROPRIO_LAYOUTS.values():
+        states.update({f.name: f for f in feats if f.name not in states})
+    feats = [f for f in spec.features if f.kind != STATE]
+    at = next(i for i, f in enumerate(feats) if f.kind in (LANGUAGE, ACTION))
+    return FeatureSpec((*feats[:at], *states.values(), *feats[at:]))
+
+
 def with_proprio(spec: FeatureSpec, layout: str) -> FeatureSpec:
     """``spec`` with its state features replaced by those of the proprio ``layout`` (kept in
     place of the old ones: images, states, language, action)."""
@@ -256,4 +267,4 @@ def describe_state(spec: FeatureSpec) -> str:
     return f"{'the ' + layout + ' layout' if layout else 'the state features'}: {parts} = {spec.state_dim}"
 
 __all__ = ["ACTION", "DEFAULT_FEATURES", "DEFAULT_PROPRIO", "Feature", "FeatureSpec", "IMAGE", "KINDS", "LANGUAGE", "LEGACY_FEATURES",
-           "PROPRIO_LAYOUTS", "STATE", "describe_state", "proprio_layout", "with_proprio"]
+           "PROPRIO_LAYOUTS", "STATE", "all_layouts", "describe_state", "proprio_layout", "with_proprio"]

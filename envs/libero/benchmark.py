@@ -9,9 +9,9 @@ from typing import Any
 import numpy as np
 
 from envs.benchmark import BenchmarkEnv, EpisodeTracker, ObservationSpec, ObsField
-from envs.libero.env import (ACTION_DIM, MAX_STEPS, NOOP_ACTION, NUM_INIT_STATES, NUM_WAIT_STEPS, SUITES, check_suite,
-                             get_init_states, get_task, list_tasks, make_env)
-from policy.features import DEFAULT_FEATURES, IMAGE, STATE
+from envs.libero.env import (ACTION_DIM, ENV_FEATURES, MAX_STEPS, NOOP_ACTION, NUM_INIT_STATES, NUM_WAIT_STEPS, SUITES,
+                             check_suite, get_init_states, get_task, list_tasks, make_env)
+from policy.features import IMAGE, STATE
 
 
 class LiberoBenchmark:
@@ -40,10 +40,11 @@ class LiberoBenchmark:
         return make_env(suite, task_index, resolution, fast_render)
 
     def observation_spec(self, resolution: int) -> ObservationSpec:
-        """What :func:`envs.libero.env.process_observation` returns: the declared features
-        (:data:`policy.features.DEFAULT_FEATURES`) with the cameras at ``resolution``."""
+        """What :class:`envs.libero.env.LiberoEnv` observes (:data:`envs.libero.env.ENV_FEATURES`:
+        the declared features with the state features of every proprio layout), the cameras at
+        ``resolution``."""
         spec: ObservationSpec = {}
-        for f in DEFAULT_FEATURES.observation:
+        for f in ENV_FEATURES.observation:
             if f.kind == IMAGE:
                 spec[f.name] = ObsField((resolution, resolution, *f.shape[2:]), np.dtype(f.dtype).type)
             elif f.kind == STATE:

@@ -25,9 +25,12 @@ from typing import Any, Mapping
 import gymnasium as gym
 import numpy as np
 
-from policy.features import DEFAULT_FEATURES, IMAGE, STATE, FeatureSpec
+from policy.features import DEFAULT_FEATURES, IMAGE, STATE, FeatureSpec, all_layouts
 
-OBSERVATION_FEATURES = DEFAULT_FEATURES.observation  # what process_observation returns
+OBSERVATION_FEATURES = DEFAULT_FEATURES.observation  # what process_observation returns by default
+ENV_FEATURES = all_layouts(DEFAULT_FEATURES)
+"""What :class:`LiberoEnv` observes: the cameras, the state features of every proprio layout
+(joint_states, gripper_states, ee_pos, ee_ori) and the language; a policy reads its own."""
 
 MAX_STEPS: dict[str, int] = {
     "libero_spatial": 220,
@@ -267,15 +270,10 @@ class LiberoEnv(gym.Env):
         else:
             self._env = OffScreenRenderEnv(**kwargs)
         r = self.resolution
-        img = gym.spaces.Box(0, 255, (r, r, 3), np.uint8)
-        self.observation_space = gym.spaces.Dict(
-            {
-                "agentview_rgb": img,
-                "eye_in_hand_rgb": img,
-                "joint_states": gym.spaces.Box(-np.inf, np.inf, (7,), np.float32),
-                "gripper_states": gym.spaces.Box(-np.inf, np.inf, (2,), np.float32),
-            }
-        )
+        self.observation_space = gym.spaces.Dict({  # the arrays of ENV_FEATURES (language is a str)
+            f.name: gym.spaces.Box(0, 255, (r, r, *f.shape[2:]), np.uint8) if f.kind == IMAGE
+            else gym.spaces.Box(-np.inf, np.inf, tuple(int(n) for n in f.shape), np.dtype(f.dtype).type)
+            for f in ENV_FEATURES.observation if f.kind in (IMAGE, STATE)})
         self.action_space = gym.spaces.Box(-1.0, 1.0, (ACTION_DIM,), np.float32)
         self.raw_obs: dict[str, Any] = {}
         self.elapsed_steps = 0
@@ -299,7 +297,7 @@ class LiberoEnv(gym.Env):
     def _observe(self, raw: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
         self.raw_obs = dict(raw)
         fields = hdf5_obs_fields(raw)
-        return process_observation(fields, self.task.language), fields
+        return process_observation(fields, self.task.language, ENV_FEATURES), fields
 
     def reset(self, *, seed: int | None = None, options: dict | None = None) -> tuple[dict, dict]:
         """Reset the scene (LIBERO samples a random placement; use ``set_init_state``

@@ -15,6 +15,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
+import torch
 import pytest
 
 from envs.evaluation.policies import NoopPolicy, ReplayPolicy, load_policy
@@ -625,7 +626,7 @@ def test_libero_behind_the_seam_is_what_it_was(tmp_path) -> None:
     from envs.benchmark import Benchmark, image_keys, stack_observations
     from envs.libero.benchmark import LIBERO
     from envs.libero.dataset import CAMERA_KEYS, OBS_SHAPES
-    from envs.libero.env import MAX_STEPS, NOOP_ACTION, stack_observations as libero_stack
+    from envs.libero.env import ENV_FEATURES, MAX_STEPS, NOOP_ACTION, stack_observations as libero_stack
 
     assert isinstance(LIBERO, Benchmark) and LIBERO.max_steps("libero_10") == MAX_STEPS["libero_10"]
     assert LIBERO.noop_action is NOOP_ACTION and LIBERO.wait_steps == 10 and LIBERO.action_dim == 7
@@ -636,8 +637,10 @@ def test_libero_behind_the_seam_is_what_it_was(tmp_path) -> None:
     obs = [{"agentview_rgb": rng.integers(0, 255, (16, 16, 3), dtype=np.uint8),
             "eye_in_hand_rgb": rng.integers(0, 255, (16, 16, 3), dtype=np.uint8),
             "joint_states": rng.normal(size=7).astype(np.float32), "gripper_states": rng.normal(size=2).astype(np.float32),
+            "ee_pos": rng.normal(size=3).astype(np.float32), "ee_ori": rng.normal(size=3).astype(np.float32),
             "language": "put the bowl on the plate"} for _ in range(3)]
-    a, b = stack_observations(obs, spec), libero_stack(obs)
+    assert list(spec) == [*CAMERA_KEYS, "joint_states", "gripper_states", "ee_pos", "ee_ori"]  # every proprio layout
+    a, b = stack_observations(obs, spec), libero_stack(obs, ENV_FEATURES)
     assert list(a) == list(b) and a["language"] == b["language"]
     assert all(a[k].dtype == b[k].dtype and np.array_equal(a[k], b[k]) for k in spec)
     cfg = _cfg(tmp_path / "run")
@@ -646,3 +649,37 @@ def test_libero_behind_the_seam_is_what_it_was(tmp_path) -> None:
     assert list(json.loads((tmp_path / "run" / RUN_CONFIG_FILE).read_text())) == [
         "suites", "out_dir", "tasks", "episodes", "workers", "steps", "churn", "replan_every", "resolution",
         "fast_render", "max_steps", "wait_steps", "seed", "video", "policy", "producer", "worker_timeout_s", "progress"]
+
+
+class _Watching:
+    """Wraps a policy and keeps every observation batch it was asked to act on."""
+
+    def __init__(self, inner) -> None:
+        self.inner, self.seen = inner, []
+
+    def reset(self) -> None:
+        self.inner.reset()
+
+    def predict(self, obs, steps: int = 2, churn: float = 0.0):
+        self.seen.append(obs)
+        return self.inner.predict(obs, steps=steps, churn=churn)
+
+
+@pytest.mark.sim
+def test_an_eef_policy_evaluates_on_the_end_effector_state(tmp_path) -> None:
+    """LiberoEnv observes the state features of every proprio layout, so an eef policy (openpi's
+    layout) runs through the harness; before, it failed every episode on missing ee_pos/ee_ori."""
+    from policy.model.config import PolicyConfig
+    from policy.model.policy import DiffusionPolicy
+
+    tiny = dict(image_size=32, resnet_widths=(8, 16, 32, 64), d_model=64, n_heads=4, encoder_layers=1,
+                decoder_layers=2, dropout=0.0)
+    torch.manual_seed(0)
+    policy = _Watching(DiffusionPolicy(PolicyConfig(suites=(GOAL_SUITE,), proprio="eef", **tiny)))
+    out = tmp_path / "run"
+    run_evaluation(policy, _cfg(out, episodes=1, max_steps=8, fast_render=True))
+    rec = load_episodes(out / EPISODES_FILE)[0]
+    assert rec["error"] is None and rec["length"] == 8, rec
+    batch = policy.seen[0]
+    assert batch["ee_pos"].shape == (1, 3) and batch["ee_ori"].shape == (1, 3) and batch["gripper_states"].shape == (1, 2)
+    assert 0.5 < float(batch["ee_pos"][0, 2]) < 1.5  # the hand above the table (world frame, metres)
