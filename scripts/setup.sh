@@ -15,4 +15,7 @@ pip_quiet() {  # pip's chatter goes to a log that is shown only if the install f
 echo "setup: installing dependencies (log: $log)"
 python -c "import torch" 2>/dev/null || pip_quiet "torch==2.13.0"
 pip_quiet -e ".[dev]"
+# the stock openpi client, for the test that drives an episode with it: its numpy<2 pin is
+# stale (it runs on numpy 2) and would break robosuite's opencv, so its dependencies come from [dev]
+pip_quiet --no-deps "openpi-client==0.1.2"
 echo "setup: done ($(python -c 'import torch; print("torch", torch.__version__)'))"
