@@ -51,9 +51,13 @@ def fake_eval(out: Path, suite: str, steps: int, successes: list[list[bool]], ou
     write_results(out, summary)
 
 
+# the quick preset at the sizes these tests fake (its own sizes are the README's measured quickstart)
+SMALL = ["demos=5", "train_steps=300", "episodes=4"]
+
+
 def quick(tmp: Path, *extra: str):
     return parse_overrides(["preset=quick", f"data_root={tmp}/data", f"runs_root={tmp}/runs", f"eval_root={tmp}/eval",
-                            f"results={tmp}/libero.json", *extra])
+                            f"results={tmp}/libero.json", *SMALL, *extra])
 
 
 def test_aggregate_writes_json_table_and_plot(tmp_path: Path) -> None:
@@ -151,7 +155,8 @@ def test_aggregate_refuses_to_merge_or_relabel_other_evaluations(tmp_path: Path,
     write_demo_file(tmp_path / "data" / SUITE / task_file_name(list_tasks(SUITE)[0].name), 5, 64, True)
     folder = fill(churn=0.5)
     rc, out, err = run_study(["preset=quick", f"data_root={tmp_path}/data", f"runs_root={tmp_path}/runs",
-                              f"eval_root={tmp_path}/eval", f"results={tmp_path}/libero.json", "eval_steps=2,4"], capsys)
+                              f"eval_root={tmp_path}/eval", f"results={tmp_path}/libero.json", "eval_steps=2,4", *SMALL],
+                             capsys)
     assert rc == 2 and "$ " not in out
     assert err.splitlines() == [f"error: {folder} was evaluated with churn=0.5 but the study evaluates with churn=0.0; "
                                 f"delete {folder} and rerun the study"]
@@ -234,7 +239,7 @@ def test_plan_skips_finished_stages_and_resumes(tmp_path: Path, capsys: pytest.C
 
     # the CLI dry run prints the same plan and runs nothing
     rc, out, err = run_study(["preset=quick", "dry_run=true", f"data_root={tmp_path}/data", f"runs_root={tmp_path}/runs",
-                              f"eval_root={tmp_path}/eval", f"results={tmp_path}/libero.json"], capsys)
+                              f"eval_root={tmp_path}/eval", f"results={tmp_path}/libero.json", *SMALL], capsys)
     assert rc == 0, err
     lines = out.splitlines()
     assert any(ln.strip().startswith("done  demos") for ln in lines)
@@ -337,7 +342,7 @@ def test_rerun_of_a_finished_study_runs_nothing_and_aggregates(tmp_path: Path, c
         fake_run(cfg.run_dir(m), 300)
         fake_eval(cfg.eval_dir(m, 2), SUITE, 2, [wins])
     rc, out, err = run_study(["preset=quick", f"data_root={tmp_path}/data", f"runs_root={tmp_path}/runs",
-                              f"eval_root={tmp_path}/eval", f"results={tmp_path}/libero.json"], capsys)
+                              f"eval_root={tmp_path}/eval", f"results={tmp_path}/libero.json", *SMALL], capsys)
     assert rc == 0, err
     assert "$ " not in out  # no command was run
     assert out.count("skip ") == 1 + 2 + 2
