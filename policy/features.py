@@ -237,9 +237,15 @@ def all_layouts(spec: FeatureSpec) -> FeatureSpec:
     states: dict[str, Feature] = {}
     for feats in PROPRIO_LAYOUTS.values():
         states.update({f.name: f for f in feats if f.name not in states})
+    return _with_states(spec, tuple(states.values()))
+
+
+def _with_states(spec: FeatureSpec, states: tuple[Feature, ...]) -> FeatureSpec:
+    """``spec`` with its state features replaced by ``states``, in their place (images, states,
+    language, action)."""
     feats = [f for f in spec.features if f.kind != STATE]
     at = next(i for i, f in enumerate(feats) if f.kind in (LANGUAGE, ACTION))
-    return FeatureSpec((*feats[:at], *states.values(), *feats[at:]))
+    return FeatureSpec((*feats[:at], *states, *feats[at:]))
 
 
 def with_proprio(spec: FeatureSpec, layout: str) -> FeatureSpec:
@@ -247,9 +253,7 @@ def with_proprio(spec: FeatureSpec, layout: str) -> FeatureSpec:
     place of the old ones: images, states, language, action)."""
     if layout not in PROPRIO_LAYOUTS:
         raise ValueError(f"proprio layout {layout!r} is unknown; use one of {list(PROPRIO_LAYOUTS)}")
-    feats = [f for f in spec.features if f.kind != STATE]
-    at = next(i for i, f in enumerate(feats) if f.kind in (LANGUAGE, ACTION))
-    return FeatureSpec((*feats[:at], *PROPRIO_LAYOUTS[layout], *feats[at:]))
+    return _with_states(spec, PROPRIO_LAYOUTS[layout])
 
 
 def proprio_layout(spec: FeatureSpec) -> str | None:

@@ -9,9 +9,8 @@ from typing import Any
 import numpy as np
 
 from envs.benchmark import BenchmarkEnv, EpisodeTracker, ObservationSpec, ObsField
-from envs.libero.env import (ACTION_DIM, ENV_FEATURES, MAX_STEPS, NOOP_ACTION, NUM_INIT_STATES, NUM_WAIT_STEPS, SUITES,
-                             check_suite, get_init_states, get_task, list_tasks, make_env)
-from policy.features import IMAGE, STATE
+from envs.libero.env import (ACTION_DIM, MAX_STEPS, NOOP_ACTION, NUM_INIT_STATES, NUM_WAIT_STEPS, SUITES, check_suite,
+                             get_init_states, get_task, list_tasks, make_env, observation_arrays)
 
 
 class LiberoBenchmark:
@@ -43,13 +42,7 @@ class LiberoBenchmark:
         """What :class:`envs.libero.env.LiberoEnv` observes (:data:`envs.libero.env.ENV_FEATURES`:
         the declared features with the state features of every proprio layout), the cameras at
         ``resolution``."""
-        spec: ObservationSpec = {}
-        for f in ENV_FEATURES.observation:
-            if f.kind == IMAGE:
-                spec[f.name] = ObsField((resolution, resolution, *f.shape[2:]), np.dtype(f.dtype).type)
-            elif f.kind == STATE:
-                spec[f.name] = ObsField(tuple(int(n) for n in f.shape), np.dtype(f.dtype).type)
-        return spec
+        return {name: ObsField(shape, dtype) for name, (shape, dtype) in observation_arrays(resolution).items()}
 
     def episode_tracker(self, env: Any, suite: str, task_index: int) -> EpisodeTracker:
         """Grasps, lift and outcome label from the robosuite state and the task's BDDL goal."""

@@ -32,6 +32,18 @@ ENV_FEATURES = all_layouts(DEFAULT_FEATURES)
 """What :class:`LiberoEnv` observes: the cameras, the state features of every proprio layout
 (joint_states, gripper_states, ee_pos, ee_ori) and the language; a policy reads its own."""
 
+def observation_arrays(resolution: int) -> dict[str, tuple[tuple[int, ...], type]]:
+    """name -> (shape, numpy scalar type) of every array :class:`LiberoEnv` observes (the images
+    and state features of :data:`ENV_FEATURES`, cameras at ``resolution``), in spec order."""
+    out: dict[str, tuple[tuple[int, ...], type]] = {}
+    for f in ENV_FEATURES.observation:
+        if f.kind == IMAGE:
+            out[f.name] = ((resolution, resolution, *f.shape[2:]), np.dtype(f.dtype).type)
+        elif f.kind == STATE:
+            out[f.name] = (tuple(int(n) for n in f.shape), np.dtype(f.dtype).type)
+    return out
+
+
 MAX_STEPS: dict[str, int] = {
     "libero_spatial": 220,
     "libero_object": 280,
@@ -271,9 +283,8 @@ class LiberoEnv(gym.Env):
             self._env = OffScreenRenderEnv(**kwargs)
         r = self.resolution
         self.observation_space = gym.spaces.Dict({  # the arrays of ENV_FEATURES (language is a str)
-            f.name: gym.spaces.Box(0, 255, (r, r, *f.shape[2:]), np.uint8) if f.kind == IMAGE
-            else gym.spaces.Box(-np.inf, np.inf, tuple(int(n) for n in f.shape), np.dtype(f.dtype).type)
-            for f in ENV_FEATURES.observation if f.kind in (IMAGE, STATE)})
+            name: gym.spaces.Box(*((0, 255) if dtype == np.uint8 else (-np.inf, np.inf)), shape, dtype)
+            for name, (shape, dtype) in observation_arrays(r).items()})
         self.action_space = gym.spaces.Box(-1.0, 1.0, (ACTION_DIM,), np.float32)
         self.raw_obs: dict[str, Any] = {}
         self.elapsed_steps = 0
