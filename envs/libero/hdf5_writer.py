@@ -15,6 +15,10 @@ Layout (as LIBERO's ``create_dataset.py`` writes it)::
     data/demo_N/obs/{agentview_rgb, eye_in_hand_rgb} (T, H, W, 3) uint8, as rendered
     data/demo_N/obs/{joint_states (T,7), gripper_states (T,2), ee_pos (T,3), ee_ori (T,3),
                      ee_states (T,6)} float64
+    data/demo_N/obs/{<object>_pos (T,3), <object>_quat (T,4) x y z w,
+                     <object>_to_robot0_eef_pos (T,3)} float64, per movable object (ours,
+                     optional: official files and ours written before lack them;
+                     ``envs.libero.object_poses`` recovers them from ``states``)
 
 Every file is written to a temp file in the same folder and renamed into place
 (``policy.utils.atomic_write``).
@@ -29,12 +33,22 @@ from typing import Any, Iterable, Mapping
 import h5py
 import numpy as np
 
+from policy.features import OBJECT_KEY_SUFFIX, OBJECT_POSE_FIELDS
 from policy.utils import atomic_write
 
 OBS_KEYS = ("agentview_rgb", "eye_in_hand_rgb", "joint_states", "gripper_states", "ee_pos", "ee_ori", "ee_states")
 DEMO_KEYS = ("actions", "states", "robot_states", "rewards", "dones")
 DATA_ATTRS = ("problem_info", "env_args", "bddl_file_name", "total")
 IMAGE_KEYS = ("agentview_rgb", "eye_in_hand_rgb")
+
+
+def object_obs_keys(keys: Iterable[str]) -> list[str]:
+    """The per-object observation keys among ``keys`` (a demo's ``obs`` keys or an ``obs/`` group):
+    ``<object>_pos``, ``<object>_quat``, ``<object>_to_robot0_eef_pos`` of every object that has
+    an ``<object>_to_robot0_eef_pos`` key, in sorted object order."""
+    keys = set(keys)
+    names = sorted(k[: -len(OBJECT_KEY_SUFFIX)] for k in keys if k.endswith(OBJECT_KEY_SUFFIX))
+    return [f"{n}_{s}" for n in names for s, _ in OBJECT_POSE_FIELDS if f"{n}_{s}" in keys]
 
 
 @dataclass
@@ -45,7 +59,8 @@ class Demo:
         actions: (T, 7) float64.
         states: (T, S) float64 flattened MuJoCo states.
         robot_states: (T, 9) float64.
-        obs: field name -> (T, ...) arrays, the keys of :data:`OBS_KEYS`.
+        obs: field name -> (T, ...) arrays, the keys of :data:`OBS_KEYS` (required) and the
+            per-object ``<object>_pos`` / ``_quat`` / ``_to_robot0_eef_pos`` keys (optional).
         seed: the layout seed the episode started from.
         model_file: the MJCF xml of the scene (lets a replay rebuild the exact model).
     """
@@ -127,6 +142,8 @@ def _write_demo(group: h5py.Group, demo: Demo, compress: bool) -> None:
             obs.create_dataset(key, data=arr.astype(np.uint8), **kw)
         else:
             obs.create_dataset(key, data=arr.astype(np.float64))
+    for key in object_obs_keys(demo.obs):  # optional: present when the recorder saw the objects
+        obs.create_dataset(key, data=np.asarray(demo.obs[key], np.float64))
     group.attrs["num_samples"] = t
     group.attrs["init_state"] = np.asarray(demo.states[0], np.float64)
     group.attrs["seed"] = int(demo.seed)
@@ -206,8 +223,8 @@ def check_official_layout(path: str | Path) -> list[str]:
                 problems.append(f"{d} attribute num_samples missing")
             else:
                 total += int(g.attrs["num_samples"])
-                lens = {len(g[k]) for k in DEMO_KEYS if k in g} | {len(g["obs"][k]) for k in OBS_KEYS
-                                                                  if "obs" in g and k in g["obs"]}
+                obs_keys = [*OBS_KEYS, *object_obs_keys(g["obs"])] if "obs" in g else []
+                lens = {len(g[k]) for k in DEMO_KEYS if k in g} | {len(g["obs"][k]) for k in obs_keys if k in g["obs"]}
                 if lens != {int(g.attrs["num_samples"])}:
                     problems.append(f"{d} datasets disagree with num_samples: {sorted(lens)}")
         if "total" in data.attrs and int(data.attrs["total"]) != total:
