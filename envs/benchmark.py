@@ -24,7 +24,11 @@ import numpy as np
 
 
 class ObsField(NamedTuple):
-    """One array of a policy observation: its shape (one step, no batch axis) and dtype."""
+    """One array of a policy observation: its shape (one step, no batch axis) and dtype.
+
+    A leading ``None`` is a size that differs between tasks (LIBERO's ``object_poses``
+    (None, 10): one row per scene object); dtype ``str`` is a list of strings of that size
+    (``object_names``). :func:`stack_observations` pads both to the batch's largest."""
 
     shape: tuple[int, ...]
     dtype: Any  # a numpy dtype or scalar type (np.uint8, np.float32)
@@ -106,7 +110,22 @@ def image_keys(spec: Mapping[str, ObsField]) -> list[str]:
 
 def stack_observations(obs_list: Sequence[Mapping[str, Any]], spec: Mapping[str, ObsField]) -> dict[str, Any]:
     """B policy observations -> one batch: every spec key stacked to (B, *shape) in its dtype,
-    in spec order, then ``language``: list[str] of length B. Keys outside the spec are dropped."""
-    batch: dict[str, Any] = {k: np.stack([o[k] for o in obs_list]).astype(f.dtype, copy=False) for k, f in spec.items()}
+    in spec order, then ``language``: list[str] of length B. Keys outside the spec are dropped.
+    A field with a leading ``None`` is padded to the batch's largest size (zero rows; a ``str``
+    field: B lists padded with "")."""
+    batch: dict[str, Any] = {}
+    for k, f in spec.items():
+        values = [o[k] for o in obs_list]
+        if f.dtype is str:
+            n = max((len(v) for v in values), default=0)
+            batch[k] = [[str(x) for x in v] + [""] * (n - len(v)) for v in values]
+        elif f.shape and f.shape[0] is None:
+            arrays = [np.asarray(v, dtype=f.dtype) for v in values]
+            out = np.zeros((len(arrays), max(len(a) for a in arrays), *f.shape[1:]), dtype=f.dtype)
+            for i, a in enumerate(arrays):
+                out[i, : len(a)] = a
+            batch[k] = out
+        else:
+            batch[k] = np.stack(values).astype(f.dtype, copy=False)
     batch["language"] = [str(o["language"]) for o in obs_list]
     return batch

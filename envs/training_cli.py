@@ -40,6 +40,7 @@ def _eval_fn(cfg, run_dir: Path):
                           episodes=int(cfg.train.eval_episodes), workers=int(cfg.eval.workers), steps=int(cfg.eval.steps),
                           max_steps=cfg.eval.max_steps, tasks={s: list(cfg.eval.tasks) for s in cfg.suite.suites} if cfg.eval.tasks else {},
                           policy=f"{run_dir.name}@{step}", progress=False,
+                          resolution=128 if policy.config.cameras else 0,  # camera-less: nothing rendered
                           producer={"kind": "training", "path": str(run_dir.resolve()), "train_step": int(step),
                                     "weights_sha256": state_sha256(policy.net)})
         overall = run_evaluation(policy, ecfg)["overall"]

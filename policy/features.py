@@ -47,13 +47,15 @@ must send the new key.
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass
 from typing import Any, Iterable, Mapping
 
 import numpy as np
 
 IMAGE, STATE, LANGUAGE, ACTION = "image", "state", "language", "action"
-KINDS = (IMAGE, STATE, LANGUAGE, ACTION)
+OBJECTS, OBJECT_NAMES = "objects", "object_names"
+KINDS = (IMAGE, STATE, OBJECTS, OBJECT_NAMES, LANGUAGE, ACTION)
 
 
 @dataclass(frozen=True)
@@ -62,8 +64,9 @@ class Feature:
 
     Attributes:
         name: key in an observation dict (``action`` for the output).
-        kind: image | state | language | action.
-        shape: per-sample shape (``None`` = any size); language is ``()``.
+        kind: image | state | objects | object_names | language | action.
+        shape: per-sample shape (``None`` = any size); language is ``()``; objects
+            ``(None, 10)`` (one row per scene object), object_names ``(None,)``.
         dtype: numpy dtype name (``uint8``, ``float32``) or ``str``.
     """
 
@@ -88,6 +91,12 @@ class Feature:
                              f"{list(shape)} {self.dtype}")
         if self.kind == LANGUAGE and (shape != () or self.dtype != "str"):
             raise ValueError(f"language feature {self.name!r} must have shape [] and dtype str")
+        if self.kind == OBJECTS and (len(shape) != 2 or shape[0] is not None or shape[1] is None
+                                     or self.dtype not in ("float32", "float64")):
+            raise ValueError(f"objects feature {self.name!r} must be [null, k] float (one row per object), got "
+                             f"{list(shape)} {self.dtype}")
+        if self.kind == OBJECT_NAMES and (shape != (None,) or self.dtype != "str"):
+            raise ValueError(f"object_names feature {self.name!r} must have shape [null] and dtype str")
 
     @property
     def size(self) -> int:
@@ -123,8 +132,11 @@ class FeatureSpec:
             raise ValueError(f"feature names must be unique, got {names}")
         if sum(f.kind == ACTION for f in feats) != 1 or sum(f.kind == LANGUAGE for f in feats) != 1:
             raise ValueError(f"a feature spec needs exactly one action and one language feature, got {names}")
-        if not any(f.kind == IMAGE for f in feats):
-            raise ValueError(f"a feature spec needs at least one image feature, got {names}")
+        if sum(f.kind == OBJECTS for f in feats) > 1 or sum(f.kind == OBJECTS for f in feats) != sum(
+                f.kind == OBJECT_NAMES for f in feats):
+            raise ValueError(f"a feature spec has one objects and one object_names feature, or neither; got {names}")
+        if not any(f.kind in (IMAGE, OBJECTS) for f in feats):
+            raise ValueError(f"a feature spec needs an image or an objects feature, got {names}")
         if len(self.action.shape) != 2:
             raise ValueError(f"the action feature must be (chunk, action_dim), got {list(self.action.shape)}")
 
@@ -158,6 +170,12 @@ class FeatureSpec:
         return sum(f.size for f in self.states)
 
     @property
+    def objects(self) -> tuple[Feature, Feature] | None:
+        """(poses, names) features of the object tokens, None for a policy without them."""
+        poses, names = self.of_kind(OBJECTS), self.of_kind(OBJECT_NAMES)
+        return (poses[0], names[0]) if poses else None
+
+    @property
     def language(self) -> Feature:
         return self.of_kind(LANGUAGE)[0]
 
@@ -179,14 +197,15 @@ class FeatureSpec:
         declared = {f.name: f for f in self.images}
         images = tuple(declared.get(c) or Feature(c, IMAGE, (None, None, 3), "uint8") for c in cameras)
         action = Feature(self.action.name, ACTION, (chunk_size, action_dim), self.action.dtype)
-        rest = tuple(f for f in self.features if f.kind in (STATE, LANGUAGE))
+        rest = tuple(f for f in self.features if f.kind not in (IMAGE, ACTION))
         return FeatureSpec((*images, *rest, action))
 
     def example(self, batch: int | None, image_size: int, rng: np.random.Generator | None = None,
                 text: str = "put the bowl on the plate") -> dict[str, Any]:
         """A made-up observation: images of ``image_size`` (random, drawn in spec order, with
-        ``rng``; black without), zero states, the instruction ``text``; batched (B, ...) with a
-        list of B texts when ``batch`` is given, else one unbatched observation."""
+        ``rng``; black without), zero states, two objects at the origin (a bowl and a plate), the
+        instruction ``text``; batched (B, ...) with a list of B texts (and B name lists) when
+        ``batch`` is given, else one unbatched observation."""
         lead = () if batch is None else (batch,)
         obs: dict[str, Any] = {}
         for f in self.observation:
@@ -195,6 +214,11 @@ class FeatureSpec:
                 obs[f.name] = np.zeros(shape, np.uint8) if rng is None else rng.integers(0, 256, shape, dtype=np.uint8)
             elif f.kind == STATE:
                 obs[f.name] = np.zeros((*lead, *f.shape), np.dtype(f.dtype))
+            elif f.kind == OBJECTS:
+                obs[f.name] = np.zeros((*lead, 2, f.shape[1]), np.dtype(f.dtype))
+            elif f.kind == OBJECT_NAMES:
+                names = ["akita_black_bowl_1", "plate_1"]
+                obs[f.name] = names if batch is None else [list(names) for _ in range(batch)]
             else:
                 obs[f.name] = text if batch is None else [text] * batch
         return obs
@@ -231,6 +255,56 @@ PROPRIO_LAYOUTS: dict[str, tuple[Feature, ...]] = {
 DEFAULT_PROPRIO = "joints"
 
 
+# Object tokens (``PolicyConfig.objects``): one observation token per movable scene object, from
+# its pose and its name. ``object_poses`` (N, 10) float32 holds, per object, the simulator's
+# ``<object>_pos`` (3, world frame), ``<object>_quat`` (4, x y z w) and
+# ``<object>_to_robot0_eef_pos`` (3, the object in the end-effector frame); ``object_names``
+# the N simulator names (``akita_black_bowl_1``), whose text (``object_text``: ``akita black
+# bowl``) the frozen language model embeds. N differs between scenes: a batch pads to its
+# largest N with zero rows named "" (``stack_objects``), which the policy masks out.
+OBJECT_POSE_FIELDS: tuple[tuple[str, int], ...] = (("pos", 3), ("quat", 4), ("to_robot0_eef_pos", 3))
+OBJECT_FEATURES: tuple[Feature, Feature] = (
+    Feature("object_poses", OBJECTS, (None, sum(n for _, n in OBJECT_POSE_FIELDS)), "float32"),
+    Feature("object_names", OBJECT_NAMES, (None,), "str"),
+)
+OBJECT_KEY_SUFFIX = "_to_robot0_eef_pos"  # the raw/HDF5 key that marks an object: <object>_to_robot0_eef_pos
+
+
+def object_text(name: str) -> str:
+    """The text embedded for an object name: ``akita_black_bowl_1`` -> ``akita black bowl``."""
+    return " ".join(part for part in re.sub(r"_\d+$", "", str(name)).split("_") if part) or str(name)
+
+
+def object_fields(fields: Mapping[str, Any]) -> tuple[list[str], np.ndarray]:
+    """The objects of one step's raw or HDF5 fields: (names sorted, (N, 10) float64 poses),
+    from the keys ``<object>_pos``, ``<object>_quat``, ``<object>_to_robot0_eef_pos``."""
+    names = sorted(k[: -len(OBJECT_KEY_SUFFIX)] for k in fields if k.endswith(OBJECT_KEY_SUFFIX))
+    width = OBJECT_FEATURES[0].shape[1]
+    rows = [np.concatenate([np.asarray(fields[f"{n}_{s}"], np.float64).reshape(-1) for s, _ in OBJECT_POSE_FIELDS])
+            for n in names]
+    return names, (np.stack(rows) if rows else np.zeros((0, width)))
+
+
+def stack_objects(poses: list[Any], names: list[Any], dtype: str = "float32") -> tuple[np.ndarray, list[list[str]]]:
+    """B scenes' objects -> ((B, N_max, k) poses, B name lists), padded with zero rows named ""."""
+    arrays = [np.asarray(p, dtype=np.dtype(dtype)) for p in poses]
+    n = max((len(a) for a in arrays), default=0)
+    width = arrays[0].shape[1] if arrays and arrays[0].ndim == 2 else OBJECT_FEATURES[0].shape[1]
+    out = np.zeros((len(arrays), n, width), np.dtype(dtype))
+    for i, a in enumerate(arrays):
+        out[i, : len(a)] = a
+    return out, [[str(x) for x in row] + [""] * (n - len(row)) for row in names]
+
+
+def with_objects(spec: FeatureSpec, objects: bool) -> FeatureSpec:
+    """``spec`` with (True) or without (False) the object-token features, placed after the states."""
+    feats = [f for f in spec.features if f.kind not in (OBJECTS, OBJECT_NAMES)]
+    if objects:
+        at = next(i for i, f in enumerate(feats) if f.kind in (LANGUAGE, ACTION))
+        feats[at:at] = OBJECT_FEATURES
+    return FeatureSpec(tuple(feats))
+
+
 def all_layouts(spec: FeatureSpec) -> FeatureSpec:
     """``spec`` with the state features of every proprio layout (each once, joints first): what
     an environment observes, so that a policy of any layout finds its own state features in it."""
@@ -244,7 +318,7 @@ def _with_states(spec: FeatureSpec, states: tuple[Feature, ...]) -> FeatureSpec:
     """``spec`` with its state features replaced by ``states``, in their place (images, states,
     language, action)."""
     feats = [f for f in spec.features if f.kind != STATE]
-    at = next(i for i, f in enumerate(feats) if f.kind in (LANGUAGE, ACTION))
+    at = next(i for i, f in enumerate(feats) if f.kind in (OBJECTS, LANGUAGE, ACTION))
     return FeatureSpec((*feats[:at], *states, *feats[at:]))
 
 
@@ -271,4 +345,6 @@ def describe_state(spec: FeatureSpec) -> str:
     return f"{'the ' + layout + ' layout' if layout else 'the state features'}: {parts} = {spec.state_dim}"
 
 __all__ = ["ACTION", "DEFAULT_FEATURES", "DEFAULT_PROPRIO", "Feature", "FeatureSpec", "IMAGE", "KINDS", "LANGUAGE", "LEGACY_FEATURES",
-           "PROPRIO_LAYOUTS", "STATE", "all_layouts", "describe_state", "proprio_layout", "with_proprio"]
+           "OBJECTS", "OBJECT_FEATURES", "OBJECT_KEY_SUFFIX", "OBJECT_NAMES", "OBJECT_POSE_FIELDS", "PROPRIO_LAYOUTS", "STATE",
+           "all_layouts", "describe_state", "object_fields", "object_text", "proprio_layout", "stack_objects", "with_objects",
+           "with_proprio"]

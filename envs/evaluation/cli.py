@@ -73,7 +73,11 @@ def main(argv: list[str] | None = None) -> int:
                 trained += list(DEFAULT_EVAL_SUITES) if s == "libero_4" else [s]
             suites = [s for s in dict.fromkeys(trained) if s in SUITES] or list(DEFAULT_EVAL_SUITES)
         tasks = parse_int_list(args.tasks, "--tasks") if args.tasks else None
-        resolution = int(getattr(getattr(policy, "config", None), "image_size", 128) or 128)
+        config = getattr(policy, "config", None)  # a camera-less policy's envs render nothing (resolution 0)
+        resolution = int(config.render_resolution) if hasattr(config, "render_resolution") else 128
+        if args.video and resolution == 0:
+            raise ValueError("--video needs cameras, and this policy has none (object tokens only: its environments "
+                             "render nothing); drop --video")
         if args.policy == "checkpoint":
             name = resolve_checkpoint(args.checkpoint).name
         else:

@@ -22,12 +22,17 @@ from tqdm import tqdm
 NOOP = np.array([0, 0, 0, 0, 0, 0, -1], dtype=np.float32)
 
 
-def to_request(obs: dict, openpi_keys: bool) -> dict:
-    """Policy observation of envs.libero.env -> one server request."""
+def to_request(obs: dict, openpi_keys: bool, keys: list[str] | None = None,
+               state: list[str] | None = None) -> dict:
+    """Policy observation of envs.libero.env -> one server request. ``keys``: the package keys
+    the server's metadata lists; ``state``: its proprio features, concatenated into openpi's
+    ``observation/state`` (defaults: the joints-layout image policy's)."""
     if not openpi_keys:
-        return {k: obs[k] for k in ("agentview_rgb", "eye_in_hand_rgb", "joint_states", "gripper_states", "language")}
+        return {k: obs[k] for k in (keys or ("agentview_rgb", "eye_in_hand_rgb", "joint_states", "gripper_states",
+                                             "language"))}
+    state = state or ["joint_states", "gripper_states"]
     return {"observation/image": obs["agentview_rgb"], "observation/wrist_image": obs["eye_in_hand_rgb"],
-            "observation/state": np.concatenate([obs["joint_states"], obs["gripper_states"]]).astype(np.float32),
+            "observation/state": np.concatenate([obs[k] for k in state]).astype(np.float32),
             "prompt": obs["language"]}
 
 
@@ -57,7 +62,10 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     meta = client.get_server_metadata()
     max_steps = args.max_steps or MAX_STEPS[args.suite]
-    env = make_env(args.suite, args.task, resolution=int(meta.get("image_size", 128)))
+    env = make_env(args.suite, args.task, resolution=int(meta.get("image_size", 128)))  # 0: a camera-less policy
+    keys = list((meta.get("observation_keys") or {}).get("package") or []) or None
+    state = list((meta.get("proprio") or {}).get("features") or []) or None
+    openpi = not args.package_keys and "object_poses" not in (keys or [])  # openpi's keys carry no objects
     chunker = ActionChunker(client.infer, execute=args.execute, control_hz=20.0)
     init_states = get_init_states(args.suite, args.task)
     successes = 0
@@ -70,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
                 obs, *_ = env.step(NOOP)
             success, t_tick = False, time.perf_counter()
             for step in tqdm(range(max_steps), desc=f"episode {ep}", leave=False):
-                obs, _, success, _, _ = env.step(chunker.act(to_request(obs, not args.package_keys)))
+                obs, _, success, _, _ = env.step(chunker.act(to_request(obs, openpi, keys, state)))
                 if success:
                     break
                 if args.realtime:

@@ -63,7 +63,7 @@ class _Episode:
         self.tracker: EpisodeTracker | None = None  # built after the wait steps (None: the benchmark has none)
 
     def record(self, obs: dict[str, Any]) -> None:
-        if self.spec.video_path is not None:
+        if self.spec.video_path is not None and self.frame_keys:  # a camera-less env has no frames
             self.frames.append(np.concatenate([obs[k] for k in self.frame_keys], axis=1))
 
     def result(self, success: bool, error: str | None) -> dict[str, Any]:

@@ -10,6 +10,10 @@ keys are the image and state features of ``policy.features.DEFAULT_FEATURES``::
       data/demo_N/obs/eye_in_hand_rgb     (T, H, W, 3) uint8
       data/demo_N/obs/joint_states        (T, 7)
       data/demo_N/obs/gripper_states      (T, 2)
+      data/demo_N/obs/<object>_pos, <object>_quat, <object>_to_robot0_eef_pos
+                                          (T, 3/4/3), object-token policies only (scripted
+                                          files carry them; scripts/add_object_poses.py adds
+                                          them to official files from their states)
 
 Every step goes through ``envs.libero.env.process_observation`` (THE function evaluation
 uses too), so training and evaluation see identical images. A sample is the policy
@@ -29,7 +33,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -41,7 +45,7 @@ from torch.utils.data import Dataset
 from tqdm import tqdm
 
 from envs.libero.env import SUITES, process_observation
-from policy.features import DEFAULT_FEATURES, PROPRIO_LAYOUTS, FeatureSpec
+from policy.features import DEFAULT_FEATURES, OBJECT_KEY_SUFFIX, OBJECT_POSE_FIELDS, PROPRIO_LAYOUTS, FeatureSpec, object_text
 from policy.utils import atomic_write
 
 # What is read from obs/ (and written by write_demo_file): the observation features of the spec.
@@ -75,13 +79,16 @@ class DatasetError(ValueError):
 class Demo:
     """One episode, decoded. images: {camera: (T, H, W, 3) uint8 upright}; proprio (T, 9)
     float32 (the state features concatenated in spec order: joint_states ++ gripper_states);
-    actions (T, 7) float32."""
+    actions (T, 7) float32; objects (T, N, 10) float32 and object_names (N, sorted) for an
+    object-token spec (else None and [])."""
 
     images: dict[str, np.ndarray]
     proprio: np.ndarray
     actions: np.ndarray
     language: str
     source: str
+    objects: np.ndarray | None = None
+    object_names: list[str] = field(default_factory=list)
 
 
 def find_hdf5_files(folders: str | Path | Sequence[str | Path]) -> list[Path]:
@@ -184,16 +191,42 @@ def read_demo_file(path: str | Path, image_size: int | None = None, spec: Featur
                 if arr.ndim != 2 or arr.shape != (t, dim):
                     raise DatasetError(f"{path}: 'data/{key}/obs/{name}' has shape {arr.shape}, expected ({t}, {dim})")
                 raw[name] = arr
+            if spec.objects:
+                raw.update(_object_fields(path, demo["obs"], key, t))
             first_state = next(iter(obs_shapes))  # joint_states; as before, only it is checked for NaN/inf
             if not (np.isfinite(actions).all() and np.isfinite(raw[first_state]).all()):
                 raise DatasetError(f"{path}: 'data/{key}' holds non-finite actions or {first_state}")
             steps = [process_observation({k: raw[k][i] for k in raw}, language, spec) for i in range(t)]
             images = {cam: np.stack([s[cam] for s in steps]) for cam in camera_keys}
-            if image_size is not None and images[camera_keys[0]].shape[1:3] != (image_size, image_size):
+            if camera_keys and image_size is not None and images[camera_keys[0]].shape[1:3] != (image_size, image_size):
                 images = {cam: _resize(v, image_size) for cam, v in images.items()}
             proprio = np.stack([np.concatenate([s[name] for name in obs_shapes]) for s in steps]).astype(np.float32)
-            demos.append(Demo(images, proprio, actions.astype(np.float32), language, f"{path.name}:{key}"))
+            demo_out = Demo(images, proprio, actions.astype(np.float32), language, f"{path.name}:{key}")
+            if spec.objects:
+                poses_f, names_f = spec.objects
+                demo_out.objects = np.stack([s[poses_f.name] for s in steps]).astype(np.float32)
+                demo_out.object_names = list(steps[0][names_f.name])
+                if not np.isfinite(demo_out.objects).all():
+                    raise DatasetError(f"{path}: 'data/{key}/obs' holds non-finite object poses")
+            demos.append(demo_out)
     return demos
+
+
+def _object_fields(path: Path, obs: h5py.Group, key: str, t: int) -> dict[str, np.ndarray]:
+    """The ``<object>_pos/_quat/_to_robot0_eef_pos`` fields of one demo (T, 3/4/3)."""
+    names = sorted(k[: -len(OBJECT_KEY_SUFFIX)] for k in obs.keys() if k.endswith(OBJECT_KEY_SUFFIX))
+    if not names:
+        raise DatasetError(f"{path}: 'data/{key}/obs' holds no object poses (<object>_pos, _quat, _to_robot0_eef_pos), "
+                           "which object-token policies read; add them from the recorded states with "
+                           f"`python scripts/add_object_poses.py {path}`")
+    out = {}
+    for name in names:
+        for suffix, size in OBJECT_POSE_FIELDS:
+            arr = _read(path, obs, f"{name}_{suffix}")
+            if arr.shape != (t, size):
+                raise DatasetError(f"{path}: 'data/{key}/obs/{name}_{suffix}' has shape {arr.shape}, expected ({t}, {size})")
+            out[f"{name}_{suffix}"] = arr
+    return out
 
 
 def random_shift(image: torch.Tensor, pad: int, rng: np.random.Generator) -> torch.Tensor:
@@ -221,6 +254,8 @@ class LiberoDataset(Dataset):
     Item:
         {"agentview_rgb", "eye_in_hand_rgb": (3, H, W) uint8; "proprio": (9,) float32;
          "actions": (chunk, 7) float32; "action_mask": (chunk,) bool; "language": str}
+        and for object-token specs "object_poses" (N_max, 10) float32 (zero rows past the
+        demo's objects) and "object_ids" (N_max,) int64 (index into ``object_texts``, -1 = padding).
     """
 
     def __init__(
@@ -242,10 +277,16 @@ class LiberoDataset(Dataset):
             self.demos += read_demo_file(path, image_size, spec)
         self.chunk_size, self.augment, self.seed, self.epoch = chunk_size, augment, seed, 0
         self.camera_keys = (FEATURES if spec is None else spec).image_keys
-        size = self.demos[0].images[self.camera_keys[0]].shape[1]
+        size = self.demos[0].images[self.camera_keys[0]].shape[1] if self.camera_keys else 128
         self.shift = int(round(shift * size / 128)) if shift > 0 else 0
         self.index = np.array([(d, k) for d, demo in enumerate(self.demos) for k in range(len(demo.actions))], dtype=np.int64)
         self.instructions = sorted({d.language for d in self.demos})
+        # object tokens: the names' texts (what the language model embeds) and, per demo, each object's index
+        self.object_texts = sorted({object_text(n) for d in self.demos for n in d.object_names})
+        self.max_objects = max((len(d.object_names) for d in self.demos), default=0)
+        text_id = {t: i for i, t in enumerate(self.object_texts)}
+        self._object_ids = [np.array([text_id[object_text(n)] for n in d.object_names] + [-1] * (self.max_objects - len(
+            d.object_names)), dtype=np.int64) for d in self.demos]
 
     def __len__(self) -> int:
         return len(self.index)
@@ -259,15 +300,21 @@ class LiberoDataset(Dataset):
         return len(self.index)
 
     def stats(self) -> dict[str, np.ndarray]:
-        """action_min / action_max (7,) over all actions; proprio_mean / proprio_std (9,)."""
+        """action_min / action_max (7,) over all actions; proprio_mean / proprio_std (9,);
+        object_mean / object_std (10,) over every object of every step (object-token data)."""
         actions = np.concatenate([d.actions for d in self.demos])
         proprio = np.concatenate([d.proprio for d in self.demos]).astype(np.float64)
-        return {
+        out = {
             "action_min": actions.min(0),
             "action_max": actions.max(0),
             "proprio_mean": proprio.mean(0).astype(np.float32),
             "proprio_std": proprio.std(0).astype(np.float32),
         }
+        if self.max_objects:
+            rows = np.concatenate([d.objects.reshape(-1, d.objects.shape[-1]) for d in self.demos if d.objects is not None])
+            out["object_mean"] = rows.astype(np.float64).mean(0).astype(np.float32)
+            out["object_std"] = rows.astype(np.float64).std(0).astype(np.float32)
+        return out
 
     def __getitem__(self, i: int) -> dict[str, Any]:
         d, k = self.index[i]
@@ -280,6 +327,11 @@ class LiberoDataset(Dataset):
             "action_mask": torch.from_numpy(np.arange(k, k + self.chunk_size) < t),
             "language": demo.language,
         }
+        if demo.objects is not None:
+            poses = np.zeros((self.max_objects, demo.objects.shape[-1]), np.float32)
+            poses[: demo.objects.shape[1]] = demo.objects[k]
+            item["object_poses"] = torch.from_numpy(poses)
+            item["object_ids"] = torch.from_numpy(self._object_ids[d])
         rng = np.random.default_rng((self.seed, self.epoch, int(i))) if self.augment else None
         for cam in self.camera_keys:
             img = torch.from_numpy(demo.images[cam][k]).permute(2, 0, 1)
@@ -298,7 +350,9 @@ def write_demo_file(
     Each demo dict holds ``actions`` (T, 7) and the raw (as rendered, upside-down) obs
     fields ``agentview_rgb``, ``eye_in_hand_rgb`` (T, H, W, 3) uint8, ``joint_states``
     (T, 7), ``gripper_states`` (T, 2), and ``ee_pos`` (T, 3), ``ee_ori`` (T, 3) when the demo
-    has them (the eef proprio layout). Used for tests and small synthetic suites.
+    has them (the eef proprio layout), and the object poses ``<object>_pos`` (T, 3),
+    ``<object>_quat`` (T, 4), ``<object>_to_robot0_eef_pos`` (T, 3) when it has them. Used for
+    tests and small synthetic suites.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -314,6 +368,8 @@ def write_demo_file(
                 g.attrs["num_samples"] = len(demo["actions"])
                 obs = g.create_group("obs")
                 extra = [k for k in LAYOUT_SHAPES if k in demo and k not in OBS_SHAPES]
+                objects = [k[: -len(OBJECT_KEY_SUFFIX)] for k in demo if k.endswith(OBJECT_KEY_SUFFIX)]
+                extra += [f"{n}_{suffix}" for n in objects for suffix, _ in OBJECT_POSE_FIELDS]
                 for key in (*CAMERA_KEYS, *OBS_SHAPES, *extra):
                     obs.create_dataset(key, data=demo[key])
 
@@ -327,7 +383,9 @@ def write_synthetic_suite(folder: str | Path, n_tasks: int = 2, n_demos: int = 2
     p = k / (T - 1) drives a square across the image, joint_states[0] = p, ee_pos[0] = p
     (ee_pos, ee_ori are written too, for the eef proprio layout), and the
     action is a smooth function of (task, p), so the chunk is determined by the
-    observation. Images are stored upside down, as LIBERO renders them.
+    observation. Images are stored upside down, as LIBERO renders them. Task i's scene holds
+    2 + (i % 2) objects (``bowl_1``, ``plate_1``, ``cup_1``) whose poses follow p, so object-token
+    policies learn it too (and batches mix scenes of different sizes).
     """
     rng = np.random.default_rng(seed)
     paths = []
@@ -349,6 +407,11 @@ def write_synthetic_suite(folder: str | Path, n_tasks: int = 2, n_demos: int = 2
                     # the eef layout's fields, deterministic (no draws from rng: the joints data stay as they were)
                     "ee_pos": np.stack([p, 0.1 * np.sin(np.pi * p), 1.0 - 0.2 * p], axis=1),
                     "ee_ori": np.stack([np.full(length, np.pi), 0.1 * p, np.zeros(length)], axis=1)}
+            for j, name in enumerate(("bowl_1", "plate_1", "cup_1")[: 2 + task % 2]):
+                pos = np.stack([p + 0.1 * j, np.full(length, 0.05 * (task - j)), np.full(length, 0.9)], axis=1)
+                demo[f"{name}_pos"] = pos
+                demo[f"{name}_quat"] = np.tile([0.0, 0.0, 0.0, 1.0], (length, 1))
+                demo[f"{name}_to_robot0_eef_pos"] = pos - demo["ee_pos"]
             for name, dim in OBS_SHAPES.items():  # a state feature added to the spec: zeros
                 demo.setdefault(name, np.zeros((length, dim)))
             for cam in CAMERA_KEYS:  # a camera added to the spec: the agent view

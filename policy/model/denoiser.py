@@ -4,6 +4,9 @@ Generator protocol (policy/diffusion.py)::
 
     G(t: (B,), x_t: (B, 8, 7), xi: (B, m, 8, noise_dim), cond: (B, N, D_cond)) -> x0_hat (B, m, 8, 7)
 
+``cond`` may also be (tokens (B, N, D_cond), mask (B, N) bool): cross-attention then ignores
+the tokens whose mask is False (padding, e.g. the missing objects of a smaller scene).
+
 Queries are the 8 action tokens, each Linear([x_t ; xi]) + a learned position
 embedding (the noise xi is concatenated to the noisy action on the feature dimension,
 docs/architecture.md). Time enters through adaptive LayerNorm with zero-initialised
@@ -46,13 +49,15 @@ class Attention(nn.Module):
         self.out = nn.Linear(d_model, d_model)
         self.dropout = dropout
 
-    def forward(self, x: Tensor, ctx: Tensor) -> Tensor:
+    def forward(self, x: Tensor, ctx: Tensor, mask: Tensor | None = None) -> Tensor:
+        """mask: (B, Lk) bool, False = a key to ignore (None: attend to all)."""
         b, lq, d = x.shape
         lk = ctx.shape[1]
         h = self.n_heads
         q = self.q(x).view(b, lq, h, d // h).transpose(1, 2)
         k, v = self.kv(ctx).view(b, lk, 2, h, d // h).permute(2, 0, 3, 1, 4)
-        o = F.scaled_dot_product_attention(q, k, v, dropout_p=self.dropout if self.training else 0.0)
+        attn_mask = None if mask is None else mask[:, None, None, :]
+        o = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=self.dropout if self.training else 0.0)
         return self.out(o.transpose(1, 2).reshape(b, lq, d))
 
 
@@ -80,13 +85,13 @@ class DenoiserBlock(nn.Module):
         nn.init.zeros_(self.ada.weight)
         nn.init.zeros_(self.ada.bias)
 
-    def forward(self, h: Tensor, cond: Tensor, temb: Tensor) -> Tensor:
+    def forward(self, h: Tensor, cond: Tensor, temb: Tensor, mask: Tensor | None = None) -> Tensor:
         b, m, length, d = h.shape
         mod = self.ada(F.silu(temb))[:, None, None, :].chunk(9, dim=-1)  # 9 x (B, 1, 1, D), broadcast over m
         x = _modulate(self.norm_sa(h), mod[0], mod[1]).reshape(b * m, length, d)
         h = h + mod[2] * self.self_attn(x, x).view(b, m, length, d)
         x = _modulate(self.norm_ca(h), mod[3], mod[4]).reshape(b, m * length, d)
-        h = h + mod[5] * self.cross_attn(x, cond).view(b, m, length, d)
+        h = h + mod[5] * self.cross_attn(x, cond, mask).view(b, m, length, d)
         return h + mod[8] * self.mlp(_modulate(self.norm_mlp(h), mod[6], mod[7]))
 
 
@@ -128,8 +133,9 @@ class CrossAttentionDenoiser(nn.Module):
         nn.init.zeros_(self.ada_out.bias)
         self.out = nn.Linear(d_model, action_dim)
 
-    def forward(self, t: Tensor, x_t: Tensor, xi: Tensor, cond: Tensor) -> Tensor:
-        """t: (B,), x_t: (B, 8, 7), xi: (B, m, 8, noise_dim), cond: (B, N, D) -> (B, m, 8, 7)."""
+    def forward(self, t: Tensor, x_t: Tensor, xi: Tensor, cond: Tensor | tuple[Tensor, Tensor]) -> Tensor:
+        """t: (B,), x_t: (B, 8, 7), xi: (B, m, 8, noise_dim), cond: (B, N, D) or (it, (B, N) mask) -> (B, m, 8, 7)."""
+        cond, mask = cond if isinstance(cond, tuple) else (cond, None)
         b, m = xi.shape[:2]
         expected_xi = (b, m, self.chunk_size, self.noise_dim)
         if x_t.shape != (b, self.chunk_size, self.action_dim) or xi.shape != expected_xi:
@@ -144,7 +150,7 @@ class CrossAttentionDenoiser(nn.Module):
         temb = self.time_mlp(timestep_embedding(t, self.d_model).to(h.dtype))
         cond = self.cond_norm(self.cond_proj(cond))  # once per data point, shared by the m members
         for block in self.blocks:
-            h = block(h, cond, temb)
+            h = block(h, cond, temb, mask)
         shift, scale = self.ada_out(F.silu(temb))[:, None, None, :].chunk(2, dim=-1)
         # float32 out: under bf16 autocast the scoring rule (pairwise distances) stays in fp32
         return self.out(_modulate(self.norm_out(h), shift, scale)).float()

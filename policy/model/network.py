@@ -5,8 +5,13 @@ Observation tokens (computed once per data point, paper Section 6.3):
     plus a learned camera embedding;
   * one language token (projected frozen-BERT sentence embedding);
   * one proprio token (MLP of the z-scored joint_states ++ gripper_states);
+  * with object tokens (``PolicyConfig.objects``), one token per scene object: an MLP of its
+    z-scored pose (position, quaternion, position in the gripper frame) plus the projected
+    frozen-language embedding of its name; no position embedding, so the order of the objects
+    does not matter, and scenes with fewer objects than the batch's largest are masked;
   * optionally ``encoder_layers`` of self-attention over all of them.
-The denoiser (policy/model/denoiser.py) cross-attends to these tokens.
+The denoiser (policy/model/denoiser.py) cross-attends to these tokens (``cond``: the token
+tensor, or (tokens, mask) when some are padding).
 
 Actions are normalised to [-1, 1] by the Normalizer buffers (saved with the weights).
 """
@@ -14,6 +19,7 @@ Actions are normalised to [-1, 1] by the Normalizer buffers (saved with the weig
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -37,6 +43,18 @@ def images_to_float(images: Tensor, size: int) -> Tensor:
     return x
 
 
+class ObjectTokens(NamedTuple):
+    """The objects of a batch: poses (B, N, k) raw, names (B, N, lang_dim) frozen-language
+    embeddings of their names, mask (B, N) bool (True = a real object, False = padding)."""
+
+    poses: Tensor
+    names: Tensor
+    mask: Tensor
+
+
+Cond = Tensor | tuple[Tensor, Tensor]  # observation tokens (B, N, D), with their (B, N) validity mask when padded
+
+
 class PolicyNetwork(nn.Module):
     """Everything trainable (and the normalisation statistics) of the LIBERO policy.
 
@@ -48,12 +66,17 @@ class PolicyNetwork(nn.Module):
         super().__init__()
         self.cfg = cfg
         d = cfg.d_model
-        self.normalizer = Normalizer(cfg.action_dim, cfg.proprio_dim)
+        objects = cfg.spec.objects
+        self.normalizer = Normalizer(cfg.action_dim, cfg.proprio_dim, objects[0].shape[1] if objects else 0)
         self.cameras = nn.ModuleDict({cam: FiLMResNetEncoder(cfg.resnet_widths, lang_dim, d) for cam in cfg.cameras})
         self.camera_embed = nn.Parameter(torch.randn(len(cfg.cameras), d) * 0.02)
         self.lang_proj = nn.Linear(lang_dim, d)
         self.proprio_proj = nn.Sequential(nn.Linear(cfg.proprio_dim, d), nn.GELU(), nn.Linear(d, d))
         self.token_type = nn.Parameter(torch.randn(2, d) * 0.02)  # language, proprio
+        if objects:  # created only with object tokens: the weights of other policies are unchanged
+            k = objects[0].shape[1]
+            self.object_proj = nn.Sequential(nn.Linear(k, d), nn.GELU(), nn.Linear(d, d))
+            self.object_name_proj = nn.Linear(lang_dim, d)
         self.encoder: nn.Module | None = None
         if cfg.encoder_layers > 0:
             layer = nn.TransformerEncoderLayer(
@@ -70,15 +93,18 @@ class PolicyNetwork(nn.Module):
         """Per-sample shape of xi: (chunk_size, noise_dim)."""
         return (self.cfg.chunk_size, self.cfg.noise_dim)
 
-    def encode(self, images: Mapping[str, Tensor], proprio: Tensor, lang: Tensor) -> Tensor:
+    def encode(self, images: Mapping[str, Tensor], proprio: Tensor, lang: Tensor,
+               objects: ObjectTokens | None = None) -> Cond:
         """Observation tokens, once per data point.
 
         Args:
             images: {camera: (B, 3, H, W) uint8 upright images}.
             proprio: (B, 9) raw joint_states ++ gripper_states (normalised here).
             lang: (B, lang_dim) frozen language embeddings.
+            objects: the scene objects (object-token policies only).
         Returns:
-            (B, N, d_model) tokens, N = cameras * (image_size/32)^2 + 2.
+            (B, N, d_model) tokens, N = cameras * (image_size/32)^2 + 2 (+ objects); with
+            padded objects, (tokens, (B, N) mask of the real ones).
         """
         tokens = []
         for i, (cam, enc) in enumerate(self.cameras.items()):
@@ -88,7 +114,21 @@ class PolicyNetwork(nn.Module):
         lang_tok = self.lang_proj(lang) + self.token_type[0]
         prop_tok = self.proprio_proj(self.normalizer.normalize_proprio(proprio.float())) + self.token_type[1]
         x = torch.cat([*tokens, lang_tok[:, None], prop_tok[:, None]], dim=1)
-        return self.encoder(x) if self.encoder is not None else x
+        has_objects = hasattr(self, "object_proj")
+        if has_objects != (objects is not None):
+            raise ValueError("object tokens given to a policy built without them" if objects is not None else
+                             "this policy is built with object tokens; the observation lacks the objects")
+        if objects is None:
+            return self.encoder(x) if self.encoder is not None else x
+        obj = self.object_proj(self.normalizer.normalize_objects(objects.poses.float())) + self.object_name_proj(objects.names)
+        x = torch.cat([x, obj], dim=1)
+        if bool(objects.mask.all()):
+            return self.encoder(x) if self.encoder is not None else x
+        mask = torch.cat([torch.ones(x.shape[0], x.shape[1] - obj.shape[1], dtype=torch.bool, device=x.device),
+                          objects.mask.to(x.device)], dim=1)
+        if self.encoder is not None:
+            x = self.encoder(x, src_key_padding_mask=~mask)
+        return x, mask
 
     def forward(
         self,
@@ -100,13 +140,14 @@ class PolicyNetwork(nn.Module):
         time_eps: float = 1e-2,
         weighting: Weighting = "none",
         weight_bias: float = 0.0,
+        objects: ObjectTokens | None = None,
     ) -> ScoreTerms:
         """Training loss (paper eq. 14-16) for a batch; actions (B, 8, 7) in env units.
 
         The encoder runs once per data point; the m population members share its tokens.
         Returns per-sample ScoreTerms of shape (B,).
         """
-        cond = self.encode(images, proprio, lang)
+        cond = self.encode(images, proprio, lang, objects)
         x0 = self.normalizer.normalize_actions(actions.float())
         return diffusion_loss(self.denoiser, x0, cond, loss, self.noise_shape, time_eps, weighting, weight_bias)
 
@@ -119,10 +160,12 @@ class PolicyNetwork(nn.Module):
         steps: int = 2,
         churn: float = 0.0,
         generator: torch.Generator | None = None,
+        objects: ObjectTokens | None = None,
     ) -> Tensor:
         """One action chunk per observation (Algorithm 2): (B, 8, 7) in environment units."""
-        cond = self.encode(images, proprio, lang)
-        b = cond.shape[0]
+        cond = self.encode(images, proprio, lang, objects)
+        tokens = cond[0] if isinstance(cond, tuple) else cond
+        b = tokens.shape[0]
         x0 = sample(
             self.denoiser,
             (b, self.cfg.chunk_size, self.cfg.action_dim),
@@ -130,8 +173,8 @@ class PolicyNetwork(nn.Module):
             steps,
             churn,
             cond,
-            device=cond.device,
-            dtype=cond.dtype,
+            device=tokens.device,
+            dtype=tokens.dtype,
             generator=generator,
         )
         return self.normalizer.unnormalize_actions(x0.float().clamp(-1.0, 1.0))

@@ -26,9 +26,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from policy.features import LEGACY_FEATURES, describe_state
+from policy.features import LEGACY_FEATURES, describe_state, object_text
 from policy.model.config import PolicyConfig
-from policy.model.network import PolicyNetwork
+from policy.model.network import ObjectTokens, PolicyNetwork
 from policy.model.language import LanguageEncoder
 from policy.utils import atomic_save_safetensors, atomic_write_bytes, read_safetensors
 
@@ -96,11 +96,14 @@ class DiffusionPolicy:
         self.net.to(self.device)
         return self
 
-    def observation_tensors(self, obs: Mapping[str, Any]) -> tuple[dict[str, torch.Tensor], torch.Tensor, torch.Tensor]:
-        """Policy observation batch -> ({camera: (B, 3, H, W) uint8}, proprio (B, 9), language (B, L)) on device.
+    def observation_tensors(self, obs: Mapping[str, Any]) -> tuple[dict[str, torch.Tensor], torch.Tensor, torch.Tensor,
+                                                                    ObjectTokens | None]:
+        """Policy observation batch -> ({camera: (B, 3, H, W) uint8}, proprio (B, 9), language (B, L),
+        objects or None) on device.
 
         Checked against ``config.spec``: every observation feature present, images (B, H, W, 3)
-        uint8, each state feature its declared number of values per sample.
+        uint8, each state feature its declared number of values per sample, object poses
+        (B, N, 10) with B lists of N names (rows named "" are padding).
         """
         spec = self.config.spec
         expected = list(spec.observation_keys)
@@ -129,7 +132,33 @@ class DiffusionPolicy:
                                  f"(this policy expects {describe_state(spec)})")
             parts.append(arr)
         proprio = torch.from_numpy(np.concatenate(parts, axis=1)).to(self.device)
-        return images, proprio, self.language.embed(texts, self.device)
+        objects = self._object_tokens(obs, spec, len(texts), single) if spec.objects else None
+        return images, proprio, self.language.embed(texts, self.device), objects
+
+    def _object_tokens(self, obs: Mapping[str, Any], spec: Any, b: int, single: bool) -> ObjectTokens:
+        poses_f, names_f = spec.objects
+        poses = np.asarray(obs[poses_f.name], dtype=np.float32)
+        names = [obs[names_f.name]] if single else obs[names_f.name]
+        poses = poses[None] if single and poses.ndim == 2 else poses
+        k = poses_f.shape[1]
+        if poses.ndim != 3 or poses.shape[0] != b or poses.shape[2] != k:
+            raise ValueError(f"observation {poses_f.name!r} has shape {poses.shape}; expected (B={b}, N objects, {k})")
+        n = poses.shape[1]
+        if (isinstance(names, (str, bytes)) or len(names) != b
+                or any(isinstance(row, (str, bytes)) or len(row) != n for row in names)):
+            raise ValueError(f"observation {names_f.name!r} must hold B={b} lists of N={n} object names, one per "
+                             f"row of {poses_f.name!r}")
+        texts = [[object_text(x) if str(x) else "" for x in row] for row in names]
+        mask = np.array([[bool(t) for t in row] for row in texts], dtype=bool).reshape(b, n)
+        if not np.isfinite(poses[mask]).all():
+            raise ValueError(f"observation {poses_f.name!r} holds NaN or inf")
+        unique = sorted({t for row in texts for t in row if t})
+        table = torch.cat([torch.zeros(1, self.language.dim, device=self.device), self.language.embed(unique, self.device)])
+        index = {t: i + 1 for i, t in enumerate(unique)}  # row 0: the zero embedding of padding
+        ids = torch.tensor([[index.get(t, 0) for t in row] for row in texts], dtype=torch.long, device=self.device)
+        emb = table[ids.reshape(b, n)]
+        return ObjectTokens(torch.from_numpy(poses * mask[..., None]).to(self.device), emb,
+                            torch.from_numpy(mask).to(self.device))
 
     @torch.no_grad()
     def predict(self, obs: Mapping[str, Any], steps: int = 2, churn: float = 0.0, generator: torch.Generator | None = None) -> np.ndarray:
@@ -142,8 +171,8 @@ class DiffusionPolicy:
             (B, 8, 7) float32 actions in environment units (the spec's action shape).
         """
         self.net.eval()
-        images, proprio, lang = self.observation_tensors(obs)
-        actions = self.net.sample_actions(images, proprio, lang, steps, churn, generator)
+        images, proprio, lang, objects = self.observation_tensors(obs)
+        actions = self.net.sample_actions(images, proprio, lang, steps, churn, generator, objects)
         return actions.float().cpu().numpy().astype(np.float32)
 
     def save_pretrained(self, directory: str | os.PathLike[str], step: int | None = None) -> Path:

@@ -106,7 +106,7 @@ def main(argv: list[str] | None = None) -> int:
     except (FileNotFoundError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    meta = {"checkpoint": str(ckpt.resolve()), "image_size": policy.config.image_size, "suites": list(policy.config.suites),
+    meta = {"checkpoint": str(ckpt.resolve()), "image_size": policy.config.render_resolution, "suites": list(policy.config.suites),
             "model": policy.config.to_dict()}
     server = PolicyServer(policy, steps=steps, churn=args.churn, host=args.host, port=args.port, api_key=args.api_key,
                           max_message_bytes=int(args.max_message_mb * 1024 * 1024), max_batch=args.max_batch,

@@ -23,7 +23,8 @@ from typing import Any
 import msgpack
 import numpy as np
 
-from policy.features import DEFAULT_FEATURES, IMAGE, LANGUAGE, PROPRIO_LAYOUTS, STATE, FeatureSpec, describe_state
+from policy.features import (DEFAULT_FEATURES, IMAGE, LANGUAGE, OBJECTS, PROPRIO_LAYOUTS, STATE, FeatureSpec, describe_state,
+                             stack_objects)
 
 _ALLOWED_KINDS = "biuf"  # bool, int, uint, float
 MAX_OBJECTS = 4096  # msgpack objects in one frame (an openpi observation holds about 60)
@@ -273,6 +274,36 @@ def _image(name: str, value: Any) -> np.ndarray:
     return value
 
 
+MAX_SCENE_OBJECTS = 64  # rows of object_poses one observation may hold
+
+
+def _objects(spec: FeatureSpec, poses: Any, names: Any) -> tuple[np.ndarray, list[str]]:
+    """Validated object tokens of one observation: poses (N, k) float32 and N names."""
+    poses_f, names_f = spec.objects  # type: ignore[misc]
+    k = poses_f.shape[1]
+    if not isinstance(poses, (np.ndarray, list, tuple)):
+        raise RequestError(f"{poses_f.name} must be a numeric array (N objects, {k}), got {type(poses).__name__}")
+    try:
+        arr = np.asarray(poses)
+    except (ValueError, TypeError, OverflowError):
+        raise RequestError(f"{poses_f.name} must be a numeric array (N objects, {k}); got a ragged list") from None
+    if arr.dtype.kind not in "iuf" or arr.ndim != 2 or arr.shape[1] != k or not 1 <= arr.shape[0] <= MAX_SCENE_OBJECTS:
+        raise RequestError(f"{poses_f.name} has shape {clip(arr.shape)} dtype {arr.dtype}; send (N, {k}) numbers, "
+                           f"1 <= N <= {MAX_SCENE_OBJECTS} (per object: pos 3, quat 4, pos in the gripper frame 3)")
+    arr = arr.astype(np.float32)
+    if not np.isfinite(arr).all():
+        raise RequestError(f"{poses_f.name} contains NaN or inf")
+    if not isinstance(names, (list, tuple)) or len(names) != len(arr):
+        got = f"{len(names)} names" if isinstance(names, (list, tuple)) else type(names).__name__
+        raise RequestError(f"{names_f.name} must be a list of {len(arr)} object names (one per row of "
+                           f"{poses_f.name}), got {got}")
+    texts = [n.decode("utf-8", "replace") if isinstance(n, bytes) else n for n in names]
+    if not all(isinstance(n, str) and 0 < len(n.strip()) <= 100 for n in texts):
+        raise RequestError(f"{names_f.name} must hold non-empty strings of at most 100 characters "
+                           "(the simulator's names, e.g. akita_black_bowl_1)")
+    return arr, list(texts)
+
+
 def parse_observation(obs: Any, spec: FeatureSpec = DEFAULT_FEATURES) -> dict[str, Any]:
     """Validate one request and return the policy observation (package keys, unbatched).
 
@@ -317,11 +348,14 @@ def parse_observation(obs: Any, spec: FeatureSpec = DEFAULT_FEATURES) -> dict[st
     missing = [k for k in package_keys if k not in out]
     if missing:
         raise RequestError(f"observation lacks {missing}; send {list(package_keys)} or the openpi LIBERO keys")
-    for f in spec.observation:  # in spec order: images, states, language
+    for f in spec.observation:  # in spec order: images, states, objects, language
         if f.kind == IMAGE:
             out[f.name] = _image(f.name, out[f.name])
         elif f.kind == STATE:
             out[f.name] = _vector(f.name, out[f.name], f.size)
+        elif f.kind == OBJECTS:
+            names = spec.objects[1].name  # type: ignore[index]
+            out[f.name], out[names] = _objects(spec, out[f.name], out[names])
         elif f.kind == LANGUAGE:
             lang = out[f.name]
             if not isinstance(lang, str) or not lang.strip() or len(lang) > 1000:
@@ -330,7 +364,13 @@ def parse_observation(obs: Any, spec: FeatureSpec = DEFAULT_FEATURES) -> dict[st
 
 
 def stack_observations(items: list[dict[str, Any]], spec: FeatureSpec = DEFAULT_FEATURES) -> dict[str, Any]:
-    """Stack validated single observations into a policy batch (B, ...)."""
-    batch: dict[str, Any] = {f.name: np.stack([o[f.name] for o in items]) for f in spec.observation if f.kind != LANGUAGE}
+    """Stack validated single observations into a policy batch (B, ...); object tokens are
+    padded to the batch's largest scene (zero rows named "", which the policy masks out)."""
+    batch: dict[str, Any] = {f.name: np.stack([o[f.name] for o in items]) for f in spec.observation
+                             if f.kind in (IMAGE, STATE)}
+    if spec.objects:
+        poses, names = spec.objects
+        batch[poses.name], batch[names.name] = stack_objects([o[poses.name] for o in items],
+                                                             [o[names.name] for o in items])
     batch[spec.language.name] = [o[spec.language.name] for o in items]
     return batch

@@ -32,7 +32,7 @@ from tqdm import tqdm
 
 from policy.model.config import PolicyConfig, TrainConfig
 from policy.diffusion import Weighting
-from policy.model.network import PolicyNetwork
+from policy.model.network import ObjectTokens, PolicyNetwork
 from policy.model.language import LanguageEncoder
 from policy.training.optim import EMA, cosine_warmup_scheduler, optimizer_step
 from policy.model.policy import DiffusionPolicy
@@ -45,6 +45,10 @@ EvalFn = Callable[[DiffusionPolicy, int], dict[str, float]]
 
 
 class DemoDataset(Protocol):
+    """What training reads. Object-token policies also need ``object_texts`` (the data set's
+    object names as embedded text) and items with ``object_poses`` (N, k) and ``object_ids`` (N,)
+    (indices into ``object_texts``, -1 = padding)."""
+
     instructions: Sequence[str]
 
     def __len__(self) -> int: ...
@@ -119,6 +123,18 @@ def _to_device(batch: dict[str, Any], cameras: Sequence[str], device: torch.devi
     return images, batch["proprio"].to(device, non_blocking=True), batch["actions"].to(device, non_blocking=True)
 
 
+def object_name_table(dataset: DemoDataset, language: LanguageEncoder, device: torch.device) -> torch.Tensor:
+    """(1 + V, lang_dim): a zero row (padding), then the embeddings of the data set's object
+    texts (``dataset.object_texts``; an item's ``object_ids`` index them, -1 = padding)."""
+    texts = list(getattr(dataset, "object_texts", []))
+    return torch.cat([torch.zeros(1, language.dim), language.embed(texts)]).to(device)
+
+
+def _objects(batch: dict[str, Any], table: torch.Tensor, device: torch.device) -> ObjectTokens:
+    ids = batch["object_ids"].to(device, non_blocking=True)
+    return ObjectTokens(batch["object_poses"].to(device, non_blocking=True), table[ids + 1], ids >= 0)
+
+
 def train(
     policy_cfg: PolicyConfig,
     train_cfg: TrainConfig,
@@ -172,14 +188,17 @@ def train(
     start = time.time()
     tick = time.time()
     ema_policy = DiffusionPolicy(policy_cfg, language, ema.model, device)
+    table = object_name_table(dataset, language, device) if policy_cfg.objects else None
     end = train_cfg.steps if stop_after is None else min(stop_after, train_cfg.steps)
     while step < end:
         loader, epoch = make_loader(dataset, train_cfg, step, rank, world, pin_memory=device.type == "cuda")
         for batch in loader:
             images, proprio, actions = _to_device(batch, policy_cfg.cameras, device)
             lang = language.embed(batch["language"], device)
+            objects = _objects(batch, table, device) if table is not None else None
             with autocast:
-                terms = model(images, proprio, lang, actions, loss, train_cfg.time_eps, _weighting(train_cfg), train_cfg.weight_bias)
+                terms = model(images, proprio, lang, actions, loss, train_cfg.time_eps, _weighting(train_cfg),
+                              train_cfg.weight_bias, objects)
             loss_value = terms.loss.float().mean()
             # NonFiniteError (a ValueError the script prints in one line): close the bar first
             grad_norm = optimizer_step(loss_value, net, opt, sched, ema, train_cfg.grad_clip, step + 1, on_error=bar.close)
@@ -232,6 +251,7 @@ def _setup(policy_cfg: PolicyConfig, train_cfg: TrainConfig, loss: LossConfig, d
     torch.manual_seed(train_cfg.seed)  # identical initialisation on every rank
     language = language if language is not None else LanguageEncoder(policy_cfg.language_model)
     language.embed(dataset.instructions)  # fill the cache once (saved with the policy)
+    language.embed(getattr(dataset, "object_texts", []))  # and the object names (object-token policies)
     net = PolicyNetwork(policy_cfg, language.dim)
     net.normalizer.set_stats(dataset.stats())
     net.to(device).train()
