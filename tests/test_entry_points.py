@@ -21,6 +21,7 @@ WRAPPERS = {  # scripts/<name>.py -> the module whose main() it calls
     "run_study": "envs.study.cli",
     "generate_demos": "envs.scripted.cli",
     "replay_demos": "envs.scripted.replay_cli",
+    "add_object_poses": "envs.libero.object_poses_cli",
     "probe_route_modes": "envs.study.probe_cli",
     "robot_client_example": "envs.evaluation.robot_client_cli",
     "serve_policy": "policy.serving.cli",

@@ -683,3 +683,26 @@ def test_an_eef_policy_evaluates_on_the_end_effector_state(tmp_path) -> None:
     batch = policy.seen[0]
     assert batch["ee_pos"].shape == (1, 3) and batch["ee_ori"].shape == (1, 3) and batch["gripper_states"].shape == (1, 2)
     assert 0.5 < float(batch["ee_pos"][0, 2]) < 1.5  # the hand above the table (world frame, metres)
+
+
+def test_a_camera_less_object_policy_evaluates_without_rendering(tmp_path) -> None:
+    """An object-token policy without cameras: the harness builds camera-less environments
+    (resolution 0, robosuite's use_camera_obs=False) and batches the scene's object tokens."""
+    from policy.model.config import PolicyConfig
+    from policy.model.policy import DiffusionPolicy
+
+    torch.manual_seed(0)
+    cfg = PolicyConfig(suites=(GOAL_SUITE,), cameras=(), objects=True, proprio="eef", d_model=64, n_heads=4,
+                       encoder_layers=1, decoder_layers=2, dropout=0.0)
+    assert cfg.render_resolution == 0
+    policy = _Watching(DiffusionPolicy(cfg))
+    out = tmp_path / "run"
+    run_evaluation(policy, _cfg(out, episodes=1, max_steps=8, resolution=cfg.render_resolution))
+    rec = load_episodes(out / EPISODES_FILE)[0]
+    assert rec["error"] is None and rec["length"] == 8, rec
+    batch = policy.seen[0]
+    assert not any(k.endswith("_rgb") for k in batch)  # nothing rendered
+    poses, names = batch["object_poses"], batch["object_names"]
+    assert poses.shape[0] == 1 and poses.shape[2] == 10 and len(names[0]) == poses.shape[1] >= 1
+    assert names[0] == sorted(names[0]) and all(names[0])
+    np.testing.assert_allclose(np.linalg.norm(poses[0, :, 3:7], axis=1), 1.0, atol=1e-4)  # unit quaternions

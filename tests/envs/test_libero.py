@@ -160,3 +160,32 @@ def test_simplify_mesh_round_trip(tmp_path, suffix: str) -> None:
                                np.sort(small.verts[small.faces].reshape(-1, 3), 0), atol=1e-5)
     if suffix != ".stl":
         assert back.uvs is not None and back.normals is not None
+
+
+def test_a_camera_less_env_has_the_same_physics_and_observes_the_objects(goal_env) -> None:
+    """resolution=0 builds the env without cameras or renderer; the same state and actions give
+    the same simulator states, and both observe every movable object's pose and name."""
+    from envs.libero.env import get_init_states, make_env
+
+    state = get_init_states("libero_goal", 0)[1]
+    bare = make_env("libero_goal", 0, resolution=0)
+    try:
+        assert bare.resolution == 0 and "agentview_rgb" not in bare.observation_space.spaces
+        for env in (goal_env, bare):
+            env.reset(seed=0)
+            env.set_init_state(state)
+        rng = np.random.default_rng(0)
+        for _ in range(20):
+            action = np.r_[rng.uniform(-0.5, 0.5, 6), 1.0]
+            seen, bare_obs = goal_env.step(action)[0], bare.step(action)[0]
+        np.testing.assert_array_equal(bare.get_sim_state(), goal_env.get_sim_state())
+        assert "agentview_rgb" not in bare_obs and seen["agentview_rgb"].shape == (64, 64, 3)
+        assert bare_obs["object_names"] == seen["object_names"] == sorted(goal_env.robosuite_env.objects_dict)
+        np.testing.assert_array_equal(bare_obs["object_poses"], seen["object_poses"])
+        first = seen["object_names"][0]
+        raw = goal_env.raw_obs
+        np.testing.assert_allclose(seen["object_poses"][0], np.r_[raw[f"{first}_pos"], raw[f"{first}_quat"],
+                                                                  raw[f"{first}_to_robot0_eef_pos"]], atol=1e-6)
+        assert bare.observation_space["object_poses"].shape == seen["object_poses"].shape
+    finally:
+        bare.close()
