@@ -9,12 +9,13 @@ table and plot (success rate vs steps, 95% Wilson intervals).
   python scripts/run_study.py suite=libero_object preset=cpu_bimodal   # cpu, on demos with route modes
   python scripts/run_study.py suite=libero_object preset=cpu_bimodal_task1   # its replication on task 1
   python scripts/run_study.py suite=libero_object preset=cpu_yaw_task1   # demos whose average grasp fails
+  python scripts/run_study.py preset=objects               # object-token policies (no cameras), task 0
   python scripts/run_study.py preset=quick dry_run=true    # print the plan, run nothing
 
-Keys (key=value; defaults from the preset quick | cpu | cpu_suite | cpu_bimodal[_task1] | cpu_yaw_task1 | paper):
+Keys (key=value; defaults from the preset quick | cpu | cpu_suite | cpu_bimodal[_task1] | cpu_yaw_task1 | objects | paper):
   suite tasks=all|0,3 demos resolution fast_render=true|false detour=0.12 (route modes of the demos, m)
   yaw_modes=true|false (grasp-yaw modes of the demos)
-  model=small|paper
+  model=small|paper|objects (objects: object tokens, no cameras)
   train_steps checkpoint_every seed energy=lambda:beta,... population mse=true|false
   eval_steps=1,2,4,8,16 episodes workers device data_root runs_root eval_root results dry_run
   threads (OMP_NUM_THREADS of the children; quick/cpu: 1, paper: 0 = torch default)

@@ -10,6 +10,7 @@ from typing import Any
 from envs.libero.env import SUITES
 from envs.study.report import StudyError
 
+MODEL_PRESETS = ("small", "paper", "objects")  # policy/configs/model/<name>.yaml
 DEFAULT_ENERGY: tuple[tuple[float, float], ...] = ((1.0, 1.0), (0.5, 1.0), (1.0, 0.1))
 
 # The CPU study as measured (docs/study.md): one task, 50 demos, 16k steps of the small model
@@ -48,6 +49,11 @@ PRESETS: dict[str, dict[str, Any]] = {
     "cpu_bimodal_task1": {**_BIMODAL_STUDY, "tasks": [1], "energy": [(1.0, 0.1)],
                           "results": "benchmarks/results/libero_bimodal_task1.json"},
     "cpu_yaw_task1": _YAW_STUDY,
+    # Object-token policies (model=objects: no cameras, evaluation renders nothing) on the plain
+    # demonstrations of task 0: energy (1, 1) and (1, 0.1) against MSE at 1, 2 and 16 steps.
+    "objects": {**_CPU_STUDY, "model": "objects", "train_steps": 6000, "checkpoint_every": 1000,
+                "energy": [(1.0, 1.0), (1.0, 0.1)], "eval_steps": [1, 2, 16], "train_overrides": [],
+                "data_root": "data/study_objects", "results": "benchmarks/results/libero_objects.json"},
     # The paper's configuration, for a GPU: 50 demos/task at 128 px, 250k steps, 50 episodes/task.
     "paper": dict(tasks=None, demos=50, resolution=128, fast_render=False, model="paper", train_steps=250_000,
                   checkpoint_every=10_000, energy=list(DEFAULT_ENERGY), eval_steps=[1, 2, 4, 8, 16], episodes=50,
@@ -215,8 +221,8 @@ def parse_overrides(argv: list[str]) -> StudyConfig:
             cfg = replace(cfg, **{key: value})
         else:
             raise StudyError(f"unknown option {key!r}; see scripts/run_study.py --help for the keys")
-    if cfg.model not in ("small", "paper"):
-        raise StudyError(f"unknown model {cfg.model!r}; choose small or paper")
+    if cfg.model not in MODEL_PRESETS:
+        raise StudyError(f"unknown model {cfg.model!r}; choose {', '.join(MODEL_PRESETS)}")
     bad = [t for t in cfg.task_indices() if t >= SUITES[cfg.suite].num_tasks]
     if bad:
         raise StudyError(f"tasks {bad} out of range for {cfg.suite} (0..{SUITES[cfg.suite].num_tasks - 1})")

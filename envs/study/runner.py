@@ -244,9 +244,11 @@ def aggregate(cfg: StudyConfig) -> dict[str, Path] | None:
         if spec.is_file():
             machines.add(json.loads(spec.read_text()).get("machine", "unknown"))
     tasks = "all tasks" if cfg.tasks is None else f"tasks {','.join(map(str, cfg.tasks))}"
+    observed = ("object tokens and eef proprio, no cameras (evaluation renders nothing)" if cfg.model == "objects"
+                else f"two cameras at {cfg.resolution} px ({'fast' if cfg.fast_render else 'official'} rendering, same "
+                     "for evaluation)")
     notes = (f"preset={cfg.preset}: model={cfg.model}, {cfg.train_steps} training steps, seed {cfg.seed}, "
-             f"{cfg.demos} scripted demos per task at {cfg.resolution} px "
-             f"({'fast' if cfg.fast_render else 'official'} rendering, same for evaluation)"
+             f"observation: {observed}, {cfg.demos} scripted demos per task at {cfg.resolution} px"
              + (f" with route modes (every reach and transfer first steps {cfg.detour:g} m left or right, 50/50)"
                 if cfg.detour else "")
              + (" with grasp-yaw modes (the hand travels a quarter turn off the grasp axis and turns back "
