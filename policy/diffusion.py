@@ -15,6 +15,7 @@ network trained with lam=0, beta=2, and samples through the same code: it learns
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from typing import Any, Literal, Protocol
 
 import torch
@@ -146,6 +147,20 @@ def time_grid(steps: int, t_max: float = DEFAULT_T_MAX) -> Tensor:
     return torch.linspace(t_max, 0.0, int(steps) + 1, dtype=torch.float64)
 
 
+Generators = torch.Generator | Sequence[torch.Generator] | None
+
+
+def randn(shape: tuple[int, ...], generator: Generators, device: torch.device | str, dtype: torch.dtype) -> Tensor:
+    """N(0, I) of ``shape``; with one generator per sample (a sequence of B), row i is drawn from
+    generator i alone, so a sample's noise does not depend on what else is in the batch."""
+    if generator is None or isinstance(generator, torch.Generator):
+        return torch.randn(shape, device=device, dtype=dtype, generator=generator)
+    if len(generator) != shape[0]:
+        raise ValueError(f"got {len(generator)} generators for a batch of {shape[0]}; give one per sample")
+    rows = [torch.randn(shape[1:], device=g.device, dtype=dtype, generator=g) for g in generator]
+    return torch.stack(rows).to(device)
+
+
 @torch.no_grad()
 def sample(
     model: Generator,
@@ -157,7 +172,7 @@ def sample(
     t_max: float = DEFAULT_T_MAX,
     device: torch.device | str = "cpu",
     dtype: torch.dtype = torch.float32,
-    generator: torch.Generator | None = None,
+    generator: Generators = None,
 ) -> Tensor:
     """Algorithm 2: start from x ~ N(0, I) at t_max and take `steps` reverse transitions.
 
@@ -166,19 +181,20 @@ def sample(
 
     Args:
         shape: (B, *event) of the samples; noise_shape: per-sample shape of xi.
+        generator: one for the batch, or one per sample (see :func:`randn`).
     Returns:
         (B, *event) samples x0.
     """
     grid = time_grid(steps, t_max)
     b = shape[0]
-    x = torch.randn(shape, device=device, dtype=dtype, generator=generator)
+    x = randn(shape, generator, device, dtype)
     x0_hat = x
     for k in range(int(steps)):
         t = torch.full((b,), float(grid[k]), device=device, dtype=dtype)
-        xi = torch.randn((b, 1, *noise_shape), device=device, dtype=dtype, generator=generator)
+        xi = randn((b, 1, *noise_shape), generator, device, dtype)
         x0_hat = model(t, x, xi, cond)[:, 0]
         if k + 1 < steps:
             s = torch.full((b,), float(grid[k + 1]), device=device, dtype=dtype)
-            z = torch.randn(shape, device=device, dtype=dtype, generator=generator)
+            z = randn(shape, generator, device, dtype)
             x = reverse_transition(x, x0_hat, t, s, churn, z)
     return x0_hat

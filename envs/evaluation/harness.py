@@ -28,6 +28,8 @@ differs in any of them is refused, never mixed in.
 
 from __future__ import annotations
 
+import hashlib
+import inspect
 import json
 import time
 from dataclasses import asdict, dataclass, field
@@ -75,10 +77,26 @@ class EvalConfig:
     worker_timeout_s: float = 900.0
     progress: bool = True
     benchmark: Benchmark = field(default_factory=lambda: LIBERO)
+    noise: str = "shared"
+    """The sampler's noise (:data:`NOISE_MODES`): ``shared`` (one generator for all policy calls:
+    an episode's noise depends on which episodes its chunks were batched with), ``episode`` (each
+    chunk from its own generator seeded by (seed, suite, task, episode, step): an episode is the
+    same whatever the batching or the worker count) or ``fixed`` (the same initial x and xi for
+    every chunk of an episode: a distributional policy keeps its mode). The last two need a
+    policy whose ``predict`` takes ``generator=`` (one per observation)."""
 
     def __post_init__(self) -> None:
         if self.wait_steps is None:
             self.wait_steps = self.benchmark.wait_steps
+
+
+NOISE_MODES = ("shared", "episode", "fixed")
+
+
+def noise_seed(seed: int, suite: str, task_index: int, episode: int, step: int) -> int:
+    """A 63-bit seed for one chunk's noise, from the run seed and the chunk's place."""
+    digest = hashlib.sha256(f"{seed}|{suite}|{task_index}|{episode}|{step}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
 
 
 InitStateFn = Callable[[str, int, int], np.ndarray]
@@ -100,6 +118,8 @@ def _validate(cfg: EvalConfig) -> None:
         raise ValueError("episodes, workers and steps must be >= 1")
     if not 1 <= cfg.replan_every <= 8:
         raise ValueError(f"replan_every must be in 1..8, got {cfg.replan_every}")
+    if cfg.noise not in NOISE_MODES:
+        raise ValueError(f"noise={cfg.noise!r} is unknown; use one of {', '.join(NOISE_MODES)}")
 
 
 def record_run(cfg: EvalConfig) -> None:
@@ -113,6 +133,10 @@ def record_run(cfg: EvalConfig) -> None:
     log = out / EPISODES_FILE
     recs = load_episodes(log)
     check_resume_record(out, {k: getattr(cfg, k) for k in RESUME_KEYS}, bool(recs))
+    old_noise = (read_run_record(out) or {}).get("noise", "shared")
+    if recs and old_noise != cfg.noise:
+        raise ValueError(f"{out} holds episodes made with noise={old_noise!r} (now {cfg.noise!r}); "
+                         f"use a new --out or delete {out}")
     bench = cfg.benchmark.name
     old = (read_run_record(out) or {}).get("benchmark", DEFAULT_BENCHMARK)
     if recs and old != bench:
@@ -126,6 +150,8 @@ def record_run(cfg: EvalConfig) -> None:
                              f"use a new --out or delete {out}")
     record = {**asdict(cfg), "tasks": cfg.tasks}
     del record["benchmark"]
+    if cfg.noise == "shared":  # recorded only when not the default: older folders read as they always did
+        del record["noise"]
     if bench != DEFAULT_BENCHMARK:
         record["benchmark"] = bench
     atomic_write_text(out / RUN_CONFIG_FILE, json.dumps(record, indent=2) + "\n")
@@ -276,7 +302,7 @@ class BatchingLoop:
                                       "episode": s.spec.episode, "t": s.t} for s in waiting]  # type: ignore[union-attr]
         t0 = time.perf_counter()
         self.t_loop = self.t_loop or time.time()
-        chunks, error = self._predict(batch, len(waiting))
+        chunks, error = self._predict(batch, len(waiting), self._generators(waiting))
         self.policy_time += time.perf_counter() - t0
         for b, s in enumerate(waiting):
             if error is not None:
@@ -296,11 +322,28 @@ class BatchingLoop:
             except WorkerLost as lost:
                 self._fail_and_restart(s, lost.reason)
 
-    def _predict(self, batch: dict[str, Any], n: int) -> tuple[np.ndarray | None, str | None]:
+    def _generators(self, waiting: list[_Slot]) -> list[Any] | None:
+        """One torch generator per waiting episode (``noise`` episode or fixed), else None."""
+        if self.cfg.noise == "shared":
+            return None
+        import torch
+
+        out = []
+        for s in waiting:
+            spec = s.spec
+            assert spec is not None
+            step = s.t if self.cfg.noise == "episode" else 0
+            out.append(torch.Generator().manual_seed(noise_seed(self.cfg.seed, spec.suite, spec.task_index,
+                                                                spec.episode, step)))
+        return out
+
+    def _predict(self, batch: dict[str, Any], n: int, generators: list[Any] | None = None) -> tuple[np.ndarray | None, str | None]:
         """(B, chunk, action_dim) float32 actions, or the one-line error of a failed call."""
         dim = self.cfg.benchmark.action_dim
+        kw = {} if generators is None else {"generator": generators}
         try:
-            chunks = np.asarray(self.policy.predict(batch, steps=self.cfg.steps, churn=self.cfg.churn), dtype=np.float32)
+            chunks = np.asarray(self.policy.predict(batch, steps=self.cfg.steps, churn=self.cfg.churn, **kw),
+                                dtype=np.float32)
             if chunks.ndim != 3 or chunks.shape[0] != n or chunks.shape[2] != dim:
                 raise ValueError(f"policy returned shape {chunks.shape}; expected ({n}, 8, {dim})")
             return chunks, None
@@ -358,6 +401,9 @@ def run_evaluation(policy: Any, cfg: EvalConfig, init_state_fn: InitStateFn | No
     ``pool`` (default: a :class:`LocalProcessPool` of ``cfg.benchmark``) runs the workers and is
     closed at the end."""
     _validate(cfg)
+    if cfg.noise != "shared" and "generator" not in inspect.signature(policy.predict).parameters:
+        raise ValueError(f"noise={cfg.noise} needs a policy whose predict takes generator= (one per observation); "
+                         f"{type(policy).__name__} does not: use noise=shared")
     out = Path(cfg.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     record_run(cfg)
@@ -393,7 +439,7 @@ def _summary(cfg: EvalConfig, plan: Plan, loop: BatchingLoop, env_steps: int, t_
         protocol=f"common (wait {cfg.wait_steps} no-op steps, cap {cfg.max_steps or 'per-suite MAX_STEPS'}, "
                  f"execute {cfg.replan_every}/8 actions per chunk)",
         config={k: getattr(cfg, k) for k in ("steps", "churn", "episodes", "workers", "resolution", "fast_render", "seed",
-                                             "policy", "replan_every", "max_steps", "wait_steps", "producer")},
+                                             "policy", "replan_every", "max_steps", "wait_steps", "producer", "noise")},
     )
     if cfg.benchmark.name != DEFAULT_BENCHMARK:
         summary["config"]["benchmark"] = cfg.benchmark.name

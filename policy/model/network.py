@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from policy.model.config import PolicyConfig
-from policy.diffusion import Weighting, diffusion_loss, sample
+from policy.diffusion import Generators, Weighting, diffusion_loss, sample
 from policy.model.denoiser import CrossAttentionDenoiser
 from policy.model.resnet import FiLMResNetEncoder
 from policy.model.normalize import Normalizer
@@ -159,7 +159,7 @@ class PolicyNetwork(nn.Module):
         lang: Tensor,
         steps: int = 2,
         churn: float = 0.0,
-        generator: torch.Generator | None = None,
+        generator: Generators = None,
         objects: ObjectTokens | None = None,
     ) -> Tensor:
         """One action chunk per observation (Algorithm 2): (B, 8, 7) in environment units."""

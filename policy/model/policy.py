@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from policy.diffusion import Generators
 from policy.features import LEGACY_FEATURES, describe_state, object_text
 from policy.model.config import PolicyConfig
 from policy.model.network import ObjectTokens, PolicyNetwork
@@ -161,12 +162,14 @@ class DiffusionPolicy:
                             torch.from_numpy(mask).to(self.device))
 
     @torch.no_grad()
-    def predict(self, obs: Mapping[str, Any], steps: int = 2, churn: float = 0.0, generator: torch.Generator | None = None) -> np.ndarray:
+    def predict(self, obs: Mapping[str, Any], steps: int = 2, churn: float = 0.0, generator: Generators = None) -> np.ndarray:
         """Sample one action chunk per observation.
 
         Args:
             obs: a batch of policy observations (see module docstring).
             steps: sampler steps (NFE); churn: 0 = DDIM, 1 = DDPM posterior.
+            generator: the noise: one generator for the batch, or one per observation (then
+                each chunk's noise is independent of the batch it was computed in).
         Returns:
             (B, 8, 7) float32 actions in environment units (the spec's action shape).
         """

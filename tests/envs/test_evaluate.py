@@ -706,3 +706,53 @@ def test_a_camera_less_object_policy_evaluates_without_rendering(tmp_path) -> No
     assert poses.shape[0] == 1 and poses.shape[2] == 10 and len(names[0]) == poses.shape[1] >= 1
     assert names[0] == sorted(names[0]) and all(names[0])
     np.testing.assert_allclose(np.linalg.norm(poses[0, :, 3:7], axis=1), 1.0, atol=1e-4)  # unit quaternions
+
+
+class _Seeds:
+    """Wraps a policy, records each chunk's actions and its generator's seed by (episode, t)."""
+
+    uses_episode_info = True
+
+    def __init__(self, inner) -> None:
+        self.inner, self.chunks, self.seeds = inner, {}, {}
+
+    def reset(self) -> None:
+        self.inner.reset()
+
+    def predict(self, obs, steps: int = 2, churn: float = 0.0, generator=None):
+        actions = self.inner.predict(obs, steps=steps, churn=churn, generator=generator)
+        for b, info in enumerate(obs["episode_info"]):
+            key = (info["episode"], info["t"])
+            self.chunks[key] = actions[b].copy()
+            self.seeds[key] = generator[b].initial_seed() if generator is not None else None
+        return actions
+
+
+def test_per_episode_noise_makes_episodes_independent_of_batching(tmp_path) -> None:
+    """noise=episode: each chunk's noise comes from its own generator (seed, suite, task, episode,
+    step), so one worker and two workers (other batches) give the same actions; noise=fixed uses
+    one seed per episode for every chunk; a policy without generator= is refused up front."""
+    from policy.model.config import PolicyConfig
+    from policy.model.policy import DiffusionPolicy
+
+    torch.manual_seed(0)
+    cfg = PolicyConfig(suites=(GOAL_SUITE,), cameras=(), objects=True, proprio="eef", d_model=64, n_heads=4,
+                       encoder_layers=1, decoder_layers=2, dropout=0.0)
+    inner = DiffusionPolicy(cfg)
+    runs = {}
+    for workers in (1, 2):
+        runs[workers] = _Seeds(inner)
+        run_evaluation(runs[workers], _cfg(tmp_path / f"w{workers}", episodes=3, workers=workers, max_steps=16,
+                                           resolution=0, noise="episode"))
+    assert set(runs[1].chunks) == set(runs[2].chunks) and len(runs[1].chunks) == 6
+    for key, chunk in runs[1].chunks.items():
+        np.testing.assert_array_equal(chunk, runs[2].chunks[key])
+    assert len(set(runs[1].seeds.values())) == 6  # a new seed for every chunk
+    fixed = _Seeds(inner)
+    run_evaluation(fixed, _cfg(tmp_path / "fixed", episodes=2, resolution=0, noise="fixed"))
+    assert fixed.seeds[(0, 0)] == fixed.seeds[(0, 8)] != fixed.seeds[(1, 0)] == fixed.seeds[(1, 8)]
+    assert json.loads((tmp_path / "fixed" / "eval_config.json").read_text())["noise"] == "fixed"
+    with pytest.raises(ValueError, match="noise=fixed on this folder|holds episodes made with noise='fixed'"):
+        run_evaluation(fixed, _cfg(tmp_path / "fixed", episodes=2, resolution=0, noise="episode"))
+    with pytest.raises(ValueError, match="needs a policy whose predict takes generator="):
+        run_evaluation(NoopPolicy(), _cfg(tmp_path / "noop", noise="episode"))
