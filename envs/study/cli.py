@@ -16,7 +16,8 @@ Keys (key=value; defaults from the preset quick | cpu | cpu_suite | cpu_bimodal[
   suite tasks=all|0,3 demos resolution fast_render=true|false detour=0.12 (route modes of the demos, m)
   yaw_modes=true|false (grasp-yaw modes of the demos)
   model=small|paper|objects (objects: object tokens, no cameras)
-  train_steps checkpoint_every seed energy=lambda:beta,... population mse=true|false
+  train_steps checkpoint_every seed seeds (training seeds per model: seed, seed+1, ...; the table shows
+  their mean and spread) energy=lambda:beta,... population mse=true|false
   eval_steps=1,2,4,8,16 episodes workers device data_root runs_root eval_root results dry_run
   threads (OMP_NUM_THREADS of the children; quick/cpu: 1, paper: 0 = torch default)
   jobs (training / evaluation subprocesses at a time; cpu: 2, each logging to a file)
@@ -143,9 +144,10 @@ def main(argv: list[str] | None = None) -> int:
     start = time.time()
     try:
         cfg = parse_overrides(argv)
-        models = {m.name: m for m in cfg.models()}
-        print(f"study {cfg.suite} preset={cfg.preset}: models {', '.join(models)}; model={cfg.model}, "
-              f"{cfg.train_steps} steps, seed {cfg.seed}; {cfg.demos} demos/task, "
+        models = {m.run: m for m in cfg.models()}
+        seeds = f"seed {cfg.seed}" if cfg.seeds == 1 else f"seeds {cfg.seed}-{cfg.seed + cfg.seeds - 1}"
+        print(f"study {cfg.suite} preset={cfg.preset}: models {', '.join(dict.fromkeys(m.name for m in models.values()))}; "
+              f"model={cfg.model}, {cfg.train_steps} steps, {seeds}; {cfg.demos} demos/task, "
               f"{'all tasks' if cfg.tasks is None else f'tasks {cfg.tasks}'}; eval steps {cfg.eval_steps}, "
               f"{cfg.episodes} episodes/task", flush=True)
         if cfg.dry_run:

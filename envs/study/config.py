@@ -63,13 +63,21 @@ PRESETS: dict[str, dict[str, Any]] = {
 
 @dataclass(frozen=True)
 class ModelSpec:
-    """One model of the study: its name (starts with ``energy`` or ``mse``) and its loss."""
+    """One trained run of the study: the model's name (starts with ``energy`` or ``mse``; the
+    table's row), its loss, its training seed and ``run``, the name of its run and evaluation
+    folders (the model's name; ``<name>_seed<k>`` for the extra seeds of a several-seed study)."""
 
     name: str
     loss: str  # "energy" | "mse"
     lam: float
     beta: float
     population: int
+    seed: int = 0
+    run: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.run:
+            object.__setattr__(self, "run", self.name)
 
     def overrides(self) -> list[str]:
         """train_policy.py overrides selecting this loss."""
@@ -94,6 +102,7 @@ class StudyConfig:
     train_steps: int = 5000
     checkpoint_every: int = 500
     seed: int = 0
+    seeds: int = 1  # training seeds per model: seed, seed + 1, ... (the table reports their mean and spread)
     energy: list[tuple[float, float]] = field(default_factory=lambda: list(DEFAULT_ENERGY))
     population: int = 16
     mse: bool = True
@@ -111,15 +120,18 @@ class StudyConfig:
     train_overrides: list[str] = field(default_factory=list)  # extra train.*/data.*/model.* overrides
 
     def models(self) -> list[ModelSpec]:
-        """The energy models (one per (lambda, beta)) then the MSE model."""
-        out = [ModelSpec(f"energy_lam{lam:g}_beta{beta:g}", "energy", lam, beta, self.population) for lam, beta in self.energy]
-        return out + ([ModelSpec("mse", "mse", 0.0, 2.0, 1)] if self.mse else [])
+        """The runs: the energy models (one per (lambda, beta)) then the MSE model, each once per
+        seed (the first seed's folders carry the model's name alone, as single-seed studies do)."""
+        losses = [(f"energy_lam{lam:g}_beta{beta:g}", "energy", lam, beta, self.population) for lam, beta in self.energy]
+        losses += [("mse", "mse", 0.0, 2.0, 1)] if self.mse else []
+        return [ModelSpec(*loss, seed=k, run=loss[0] if k == self.seed else f"{loss[0]}_seed{k}")
+                for loss in losses for k in range(self.seed, self.seed + self.seeds)]
 
     def run_dir(self, m: ModelSpec) -> Path:
-        return Path(self.runs_root) / self.preset / self.suite / m.name
+        return Path(self.runs_root) / self.preset / self.suite / m.run
 
     def eval_dir(self, m: ModelSpec, steps: int) -> Path:
-        return Path(self.eval_root) / self.preset / self.suite / m.name / f"steps_{steps}"
+        return Path(self.eval_root) / self.preset / self.suite / m.run / f"steps_{steps}"
 
     def task_indices(self) -> list[int]:
         return list(self.tasks) if self.tasks is not None else list(range(SUITES[self.suite].num_tasks))
@@ -199,7 +211,7 @@ def parse_overrides(argv: list[str]) -> StudyConfig:
         raise StudyError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
     defaults = dict(PRESETS[preset])
     cfg = StudyConfig(preset=preset, **{**defaults, "train_overrides": defaults.get("train_overrides", []) + extra})
-    ints = {"demos": 1, "resolution": 8, "train_steps": 1, "checkpoint_every": 1, "seed": 0, "population": 2,
+    ints = {"seeds": 1, "demos": 1, "resolution": 8, "train_steps": 1, "checkpoint_every": 1, "seed": 0, "population": 2,
             "episodes": 1, "workers": 1, "threads": 0, "jobs": 1}
     for key, value in kv.items():
         if key in ints:

@@ -19,9 +19,11 @@ class StudyError(ValueError):
     """A bad study option or an inconsistent output folder (one line, names the fix)."""
 
 
-# model -> str(steps) -> {"success", "episodes"[, "success_length"][, "outcomes"]}
+# model -> str(steps) -> {"success", "episodes"[, "success_length"][, "outcomes"]
+#                          [, "seeds", "seed_spread", "seed_success" (several seeds)]}
 Table = dict[str, dict[str, dict[str, Any]]]
 JSON_KEYS = ("success", "episodes")  # what libero.json keeps of a cell (issue 8's format)
+SEED_KEYS = ("seeds", "seed_spread")  # and, for a several-seed study, these
 
 
 def _cell_record(folder: Path, steps: int, res: dict[str, Any]) -> dict[str, Any]:
@@ -106,6 +108,34 @@ def collect_results(suite: str, eval_dirs: dict[str, Path], expect: dict[str, An
     return table, protocol
 
 
+def combine_seeds(runs: Table, model_of: dict[str, str]) -> Table:
+    """Rows of single runs (run name -> cells) -> one row per model (``model_of[run]``): success =
+    the mean over its seeds of each seed's success, episodes pooled over the seeds, ``seeds``, the
+    ``seed_spread`` (max minus min over the seeds) and the per-seed ``seed_success``; the mean
+    length of successful episodes weighted by successes; the outcome counts summed."""
+    grouped: dict[str, dict[str, list[dict[str, Any]]]] = {}
+    for run, row in runs.items():
+        for k, cell in row.items():
+            grouped.setdefault(model_of[run], {}).setdefault(k, []).append(cell)
+    table: Table = {}
+    for name, row in grouped.items():
+        for k, cells in sorted(row.items(), key=lambda kv: int(kv[0])):
+            rates = [float(c["success"]) for c in cells]
+            out: dict[str, Any] = {"success": sum(rates) / len(rates), "episodes": sum(int(c["episodes"]) for c in cells),
+                                   "seeds": len(cells), "seed_spread": max(rates) - min(rates), "seed_success": rates}
+            wins = [(c["success"] * c["episodes"], c["success_length"]) for c in cells if "success_length" in c]
+            if sum(n for n, _ in wins) > 0:
+                out["success_length"] = sum(n * length for n, length in wins) / sum(n for n, _ in wins)
+            if any("outcomes" in c for c in cells):
+                outcomes: dict[str, int] = {}
+                for c in cells:
+                    for label, n in c.get("outcomes", {}).items():
+                        outcomes[label] = outcomes.get(label, 0) + int(n)
+                out["outcomes"] = outcomes
+            table.setdefault(name, {})[k] = out
+    return table
+
+
 def _ci(entry: dict[str, Any]) -> tuple[float, float]:
     from envs.evaluation.results import wilson_interval
 
@@ -118,13 +148,18 @@ def markdown_table(suite: str, table: Table) -> str:
     the comparisons of issue 8 computed from the same numbers."""
     steps = sorted({int(k) for row in table.values() for k in row})
     head = ["| model | " + " | ".join(f"{k} step{'s' * (k > 1)}" for k in steps) + " |", "|---|" + "---:|" * len(steps)]
-    lines = [f"### {suite}: success rate (%) against sampler steps, 95% Wilson interval, episodes\n", *head]
+    seeded = any("seeds" in e for row in table.values() for e in row.values())
+    title = (f"### {suite}: success rate (%) against sampler steps: mean over seeds, 95% Wilson interval of the pooled "
+             "episodes, episodes, seed spread (max - min, points)\n" if seeded else
+             f"### {suite}: success rate (%) against sampler steps, 95% Wilson interval, episodes\n")
+    lines = [title, *head]
     for name, row in table.items():
         cells = []
         for k in steps:
             e = row.get(str(k))
             lo, hi = _ci(e) if e else (0.0, 0.0)
-            cells.append(f"{100 * e['success']:.1f} [{100 * lo:.0f}-{100 * hi:.0f}] n={e['episodes']}" if e else "-")
+            spread = f" ({e['seeds']} seeds, spread {100 * e['seed_spread']:.0f})" if e and "seeds" in e else ""
+            cells.append(f"{100 * e['success']:.1f} [{100 * lo:.0f}-{100 * hi:.0f}] n={e['episodes']}{spread}" if e else "-")
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     energy = {n: r for n, r in table.items() if n.startswith("energy")}
     mse = next((r for n, r in table.items() if n.startswith("mse")), None)
@@ -158,8 +193,8 @@ def markdown_table(suite: str, table: Table) -> str:
 
 def plot_success_vs_steps(suite: str, table: Table, path: str | Path) -> None:
     """Success rate against sampler steps (log2 axis), one line per model with 95% Wilson
-    error bars (dodged a little along x); energy models solid, the MSE model dashed (paper
-    Fig. 9). Atomic write."""
+    error bars (dodged a little along x), each seed's success as a small mark when there are
+    several; energy models solid, the MSE model dashed (paper Fig. 9). Atomic write."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -174,7 +209,11 @@ def plot_success_vs_steps(suite: str, table: Table, path: str | Path) -> None:
         ys = [float(row[str(k)]["success"]) for k in ks]
         cis = [_ci(row[str(k)]) for k in ks]
         err = [[max(0.0, y - lo) for y, (lo, _) in zip(ys, cis)], [max(0.0, hi - y) for y, (_, hi) in zip(ys, cis)]]
-        ax.errorbar([k * dodge for k in ks], ys, yerr=err, marker="o", capsize=3, label=name, ls="--" if name.startswith("mse") else "-")
+        line = ax.errorbar([k * dodge for k in ks], ys, yerr=err, marker="o", capsize=3, label=name,
+                           ls="--" if name.startswith("mse") else "-")
+        seeds = [(k * dodge, v) for k in ks for v in row[str(k)].get("seed_success", [])]
+        if seeds:  # each seed's own success, small marks around the mean
+            ax.scatter(*zip(*seeds), s=9, marker="_", color=line[0].get_color(), zorder=3)
     ax.set_xscale("log", base=2)
     ax.set_xticks(sorted(all_steps), [str(k) for k in sorted(all_steps)])
     ax.set_xlabel("sampler steps (NFE)")
@@ -193,7 +232,8 @@ def write_study_results(suite: str, table: Table, results_json: str | Path, prot
     path = Path(results_json)
     data: dict[str, Any] = json.loads(path.read_text()) if path.is_file() else {}
     old_notes = [ln for ln in str(data.get("notes", "")).split("\n") if ln and not ln.startswith(f"{suite}:")]
-    data[suite] = {name: {k: {key: e[key] for key in JSON_KEYS} for k, e in row.items()} for name, row in table.items()}
+    data[suite] = {name: {k: {key: e[key] for key in (*JSON_KEYS, *SEED_KEYS) if key in e} for k, e in row.items()}
+                   for name, row in table.items()}
     data["protocol"] = protocol or data.get("protocol", "")
     data["notes"] = "\n".join(sorted(old_notes + [f"{suite}: {notes}"]))
     suites = {k: data[k] for k in sorted(data) if k not in ("protocol", "notes")}

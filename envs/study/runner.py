@@ -26,7 +26,7 @@ from typing import Any
 from envs.evaluation.results import describe_producer, differing_keys, read_run_record, same_producer, weights_identity
 from envs.libero.env import NUM_WAIT_STEPS, list_tasks
 from envs.study.config import ModelSpec, StudyConfig
-from envs.study.report import StudyError, collect_results, write_study_results
+from envs.study.report import StudyError, collect_results, combine_seeds, write_study_results
 from policy.utils import atomic_write_text
 
 SPEC_FILE = "study_spec.json"  # written into a run dir before its training starts
@@ -99,7 +99,8 @@ def plan_demos(cfg: StudyConfig) -> list[Job]:
 
 def training_spec(cfg: StudyConfig, m: ModelSpec) -> dict[str, Any]:
     """What must stay fixed for a run dir to be resumed or reused (steps may grow)."""
-    return {"suite": cfg.suite, "model": cfg.model, "seed": cfg.seed, "loss": asdict(m), "data_root": cfg.data_root,
+    loss = {k: v for k, v in asdict(m).items() if k not in ("seed", "run")}  # as recorded before seeds were runs
+    return {"suite": cfg.suite, "model": cfg.model, "seed": m.seed, "loss": loss, "data_root": cfg.data_root,
             "tasks": cfg.task_indices(), "demos": cfg.demos, "resolution": cfg.resolution,
             "fast_render": cfg.fast_render, "train_overrides": cfg.train_overrides,
             **({"detour": cfg.detour} if cfg.detour else {}),  # absent when off: older run dirs stay valid
@@ -129,17 +130,17 @@ def plan_training(cfg: StudyConfig) -> list[Job]:
                                  f"use another runs_root or delete that run dir")
         step = checkpoint_step(run)
         if step >= cfg.train_steps and (run / "policy" / "config.json").is_file():
-            jobs.append(Job("train", m.name, [], "done", f"{step} steps in {run}"))
+            jobs.append(Job("train", m.run, [], "done", f"{step} steps in {run}"))
             continue
         if step > 0:
             cmd = _py("envs.training_cli") + ["resume=true", f"run_dir={run}", f"train.steps={cfg.train_steps}"]
-            jobs.append(Job("train", m.name, cmd, "resume", f"from step {step} in {run}", log=run / "study_train.log"))
+            jobs.append(Job("train", m.run, cmd, "resume", f"from step {step} in {run}", log=run / "study_train.log"))
             continue
         cmd = _py("envs.training_cli") + [
             f"suite={cfg.suite}", f"model={cfg.model}", *m.overrides(), f"train.steps={cfg.train_steps}",
-            f"train.seed={cfg.seed}", f"train.checkpoint_every={cfg.checkpoint_every}",
+            f"train.seed={m.seed}", f"train.checkpoint_every={cfg.checkpoint_every}",
             f"suite.data_dirs=[{Path(cfg.data_root) / cfg.suite}]", f"run_dir={run}", *cfg.train_overrides]
-        jobs.append(Job("train", m.name, cmd, "run", f"-> {run}", log=run / "study_train.log"))
+        jobs.append(Job("train", m.run, cmd, "run", f"-> {run}", log=run / "study_train.log"))
     return jobs
 
 
@@ -184,7 +185,7 @@ def check_eval_producer(cfg: StudyConfig, m: ModelSpec, out: Path, now: dict[str
         return
     stale = (not same_producer(old, now)) if "weights_sha256" in old else old.get("train_step") != checkpoint_step(run)
     if stale:
-        raise StudyError(f"{out} holds rollouts of another checkpoint of {m.name} ({describe_producer(old)}; its run dir "
+        raise StudyError(f"{out} holds rollouts of another checkpoint of {m.run} ({describe_producer(old)}; its run dir "
                          f"now holds {describe_producer(now)}): delete that folder to evaluate the new one")
 
 
@@ -208,8 +209,8 @@ def plan_eval(cfg: StudyConfig, trained: set[str] | None = None) -> list[Job]:
             if eval_finished(cfg, m, k):
                 state = "done"
             else:
-                state = "run" if m.name in trained else "wait"
-            jobs.append(Job("eval", f"{m.name} steps={k}", cmd, state, str(out), (m.name, k), out / "study_eval.log"))
+                state = "run" if m.run in trained else "wait"
+            jobs.append(Job("eval", f"{m.run} steps={k}", cmd, state, str(out), (m.run, k), out / "study_eval.log"))
     return jobs
 
 
@@ -234,8 +235,9 @@ def study_protocol(cfg: StudyConfig) -> dict[str, Any]:
 def aggregate(cfg: StudyConfig) -> dict[str, Path] | None:
     """Stage 4: collect the study's evaluations and write libero.json, the table and the plot
     (None when no evaluation has finished yet)."""
-    table, protocol = collect_results(cfg.suite, {m.name: cfg.eval_dir(m, 1).parent for m in cfg.models()},
-                                      expect=study_protocol(cfg))
+    runs, protocol = collect_results(cfg.suite, {m.run: cfg.eval_dir(m, 1).parent for m in cfg.models()},
+                                     expect=study_protocol(cfg))
+    table = combine_seeds(runs, {m.run: m.name for m in cfg.models()}) if cfg.seeds > 1 else runs
     if not table:
         return None
     machines = set()
@@ -247,7 +249,8 @@ def aggregate(cfg: StudyConfig) -> dict[str, Path] | None:
     observed = ("object tokens and eef proprio, no cameras (evaluation renders nothing)" if cfg.model == "objects"
                 else f"two cameras at {cfg.resolution} px ({'fast' if cfg.fast_render else 'official'} rendering, same "
                      "for evaluation)")
-    notes = (f"preset={cfg.preset}: model={cfg.model}, {cfg.train_steps} training steps, seed {cfg.seed}, "
+    seeds = f"seed {cfg.seed}" if cfg.seeds == 1 else f"seeds {cfg.seed}-{cfg.seed + cfg.seeds - 1}"
+    notes = (f"preset={cfg.preset}: model={cfg.model}, {cfg.train_steps} training steps, {seeds}, "
              f"observation: {observed}, {cfg.demos} scripted demos per task at {cfg.resolution} px"
              + (f" with route modes (every reach and transfer first steps {cfg.detour:g} m left or right, 50/50)"
                 if cfg.detour else "")

@@ -14,7 +14,7 @@ import pytest
 from envs.evaluation.results import summarize, weights_identity, wilson_interval, write_results
 from envs.evaluation.harness import EvalConfig, record_run
 from envs.study.report import StudyError, collect_results, write_study_results
-from envs.study.runner import aggregate, plan_demos, plan_eval, plan_training
+from envs.study.runner import aggregate, plan_demos, plan_eval, plan_training, training_spec
 from envs.study.config import parse_energy, parse_overrides
 
 REPO = Path(__file__).resolve().parents[2]
@@ -91,6 +91,32 @@ def test_aggregate_writes_json_table_and_plot(tmp_path: Path) -> None:
     assert "| energy_lam1_beta1 | dropped 1 | - | ? |" in md and "| mse | dropped 4, missed_grasp 3 | dropped 3, missed_grasp 2 | ? |" in md
     assert md.count("| - |") == 3 and "success_length" not in paths["json"].read_text() and "outcomes" not in paths["json"].read_text()
     assert paths["png"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and paths["png"].stat().st_size > 5000
+
+
+def test_several_seeds_train_apart_and_report_mean_and_spread(tmp_path: Path) -> None:
+    cfg = quick(tmp_path, "eval_steps=1,2", "tasks=0", "episodes=4", "seeds=3", "seed=5")
+    runs = cfg.models()
+    assert [m.run for m in runs] == ["energy_lam1_beta1", "energy_lam1_beta1_seed6", "energy_lam1_beta1_seed7",
+                                     "mse", "mse_seed6", "mse_seed7"]
+    assert [m.seed for m in runs] == [5, 6, 7, 5, 6, 7] and len({cfg.run_dir(m) for m in runs}) == 6
+    assert "train.seed=6" in plan_training(cfg)[1].cmd and training_spec(cfg, runs[1])["seed"] == 6
+    assert training_spec(cfg, runs[0])["loss"] == {"name": "energy_lam1_beta1", "loss": "energy", "lam": 1.0,
+                                                   "beta": 1.0, "population": 16}  # as recorded before seeds
+    wins = {1: [4, 2, 3], 2: [4, 4, 3]}  # successes of 4 episodes per energy seed
+    for i, m in enumerate(runs):
+        for k in (1, 2):
+            n = wins[k][i % 3] if m.name.startswith("energy") else 1
+            fake_eval(cfg.eval_dir(m, k), SUITE, k, [[e < n for e in range(4)]])
+    paths = aggregate(cfg)
+    assert paths is not None
+    data = json.loads(paths["json"].read_text())[SUITE]
+    assert data["energy_lam1_beta1"]["1"] == {"success": 0.75, "episodes": 12, "seeds": 3, "seed_spread": 0.5}
+    assert data["energy_lam1_beta1"]["2"]["success"] == pytest.approx(11 / 12)
+    assert data["mse"]["2"] == {"success": 0.25, "episodes": 12, "seeds": 3, "seed_spread": 0.0}
+    md = paths["md"].read_text()
+    lo, hi = wilson_interval(9, 12)
+    assert f"| energy_lam1_beta1 | 75.0 [{100 * lo:.0f}-{100 * hi:.0f}] n=12 (3 seeds, spread 50) |" in md
+    assert "mean over seeds" in md and "seeds 5-7" in json.loads(paths["json"].read_text())["notes"]
 
 
 def test_aggregate_refuses_to_merge_or_relabel_other_evaluations(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
