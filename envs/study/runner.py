@@ -70,12 +70,13 @@ def count_demos(cfg: StudyConfig) -> dict[str, int]:
                 env = json.loads(f["data"].attrs.get("env_args", "{}")).get("env_kwargs", {})
                 detour, yaw_modes = scripted_modes(f["data"].attrs)
             seen = (env.get("camera_heights", cfg.resolution), bool(env.get("fast_render", cfg.fast_render)))
-            if abs(detour - cfg.detour) > 1e-9:
+            want_detour, want_yaw = cfg.demo_modes(i)
+            if abs(detour - want_detour) > 1e-9:
                 raise StudyError(f"{path} holds demos made with route modes detour={detour:g} but the study wants "
-                                 f"detour={cfg.detour:g}; use another data_root")
-            if yaw_modes != cfg.yaw_modes:
+                                 f"detour={want_detour:g}; use another data_root")
+            if yaw_modes != want_yaw:
                 raise StudyError(f"{path} holds demos made with yaw_modes={yaw_modes} but the study wants "
-                                 f"yaw_modes={cfg.yaw_modes}; use another data_root")
+                                 f"yaw_modes={want_yaw}; use another data_root")
             if seen != (cfg.resolution, cfg.fast_render):
                 raise StudyError(f"{path} holds demos at {seen[0]} px, fast_render={seen[1]} but the study wants "
                                  f"{cfg.resolution} px, fast_render={cfg.fast_render}; use another data_root")
@@ -84,17 +85,29 @@ def count_demos(cfg: StudyConfig) -> dict[str, int]:
 
 
 def plan_demos(cfg: StudyConfig) -> list[Job]:
-    """Stage 1: scripts/generate_demos.py for the tasks still short of ``cfg.demos`` demos."""
+    """Stage 1: scripts/generate_demos.py for the tasks still short of ``cfg.demos`` demos: one
+    command for all, or one per kind of demonstrations when some tasks have their own modes
+    (``yaw_tasks``)."""
     counts = count_demos(cfg)
-    short = {k: v for k, v in counts.items() if v < cfg.demos}
-    cmd = _py("envs.scripted.cli") + [
-        "--suite", cfg.suite, "--tasks", "all" if cfg.tasks is None else ",".join(map(str, cfg.tasks)),
-        "--demos-per-task", str(cfg.demos), "--workers", str(cfg.workers), "--out", cfg.data_root,
-        "--resolution", str(cfg.resolution)] + (["--fast-render"] if cfg.fast_render else []) + (
-        ["--detour", f"{cfg.detour:g}"] if cfg.detour else []) + (["--yaw-modes"] if cfg.yaw_modes else [])
-    have = sum(min(v, cfg.demos) for v in counts.values())
-    detail = f"{have}/{cfg.demos * len(counts)} demos in {Path(cfg.data_root) / cfg.suite}"
-    return [Job("demos", cfg.suite, cmd, "run" if short else "done", detail)]
+    names = [t.name for t in list_tasks(cfg.suite)]
+    groups: dict[tuple[float, bool], list[int]] = {}
+    for i in cfg.task_indices():
+        groups.setdefault(cfg.demo_modes(i), []).append(i)
+    jobs = []
+    for (detour, yaw), idx in groups.items():
+        all_tasks = cfg.tasks is None and len(groups) == 1
+        cmd = _py("envs.scripted.cli") + [
+            "--suite", cfg.suite, "--tasks", "all" if all_tasks else ",".join(map(str, idx)),
+            # the demos run alone: as many planner processes as the study's jobs x evaluation workers
+            "--demos-per-task", str(cfg.demos), "--workers", str(max(cfg.workers, cfg.jobs)), "--out", cfg.data_root,
+            "--resolution", str(cfg.resolution)] + (["--fast-render"] if cfg.fast_render else []) + (
+            ["--detour", f"{detour:g}"] if detour else []) + (["--yaw-modes"] if yaw else [])
+        mine = {names[i]: counts[names[i]] for i in idx}
+        have = sum(min(v, cfg.demos) for v in mine.values())
+        detail = f"{have}/{cfg.demos * len(mine)} demos in {Path(cfg.data_root) / cfg.suite}"
+        name = cfg.suite if len(groups) == 1 else f"{cfg.suite} tasks {','.join(map(str, idx))}"
+        jobs.append(Job("demos", name, cmd, "run" if any(v < cfg.demos for v in mine.values()) else "done", detail))
+    return jobs
 
 
 def training_spec(cfg: StudyConfig, m: ModelSpec) -> dict[str, Any]:
@@ -104,7 +117,8 @@ def training_spec(cfg: StudyConfig, m: ModelSpec) -> dict[str, Any]:
             "tasks": cfg.task_indices(), "demos": cfg.demos, "resolution": cfg.resolution,
             "fast_render": cfg.fast_render, "train_overrides": cfg.train_overrides,
             **({"detour": cfg.detour} if cfg.detour else {}),  # absent when off: older run dirs stay valid
-            **({"yaw_modes": True} if cfg.yaw_modes else {})}
+            **({"yaw_modes": True} if cfg.yaw_modes else {}),
+            **({"yaw_tasks": sorted(cfg.yaw_tasks)} if cfg.yaw_tasks else {})}
 
 
 def checkpoint_step(run: Path) -> int:
@@ -255,7 +269,10 @@ def aggregate(cfg: StudyConfig) -> dict[str, Path] | None:
              + (f" with route modes (every reach and transfer first steps {cfg.detour:g} m left or right, 50/50)"
                 if cfg.detour else "")
              + (" with grasp-yaw modes (the hand travels a quarter turn off the grasp axis and turns back "
-                "one way or the other above the object, 50/50)" if cfg.yaw_modes else "") + f", {tasks}, "
+                "one way or the other above the object, 50/50)" if cfg.yaw_modes else "")
+             + (f", tasks {','.join(map(str, cfg.yaw_tasks))} with grasp-yaw modes instead (the hand turns a quarter "
+                "turn one way or the other above the object, 50/50; the average grips the box across its wide side)"
+                if cfg.yaw_tasks else "") + f", {tasks}, "
              f"up to {cfg.episodes} episodes per task"
              + (f", training overrides {' '.join(cfg.train_overrides)}" if cfg.train_overrides else "")
              + f"; trained on {'; '.join(sorted(machines)) or 'unknown machine'}")

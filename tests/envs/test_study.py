@@ -337,10 +337,31 @@ def test_yaw_mode_demos_are_kept_apart(tmp_path: Path) -> None:
     assert parse_overrides(["preset=quick", "yaw_modes=true"]).yaw_modes
 
 
+def test_yaw_tasks_get_their_own_demos_and_the_rest_route_modes(tmp_path: Path) -> None:
+    from envs.libero.env import list_tasks
+    from envs.scripted.demos import task_file_name
+
+    cfg = quick(tmp_path, "tasks=0,1,2", "detour=0.12", "yaw_tasks=1")
+    assert [cfg.demo_modes(i) for i in (0, 1, 2)] == [(0.12, False), (0.0, True), (0.12, False)]
+    jobs = plan_demos(cfg)
+    assert [j.name for j in jobs] == [f"{SUITE} tasks 0,2", f"{SUITE} tasks 1"]
+    assert jobs[0].cmd[jobs[0].cmd.index("--tasks") + 1] == "0,2" and "--detour" in jobs[0].cmd
+    assert "--yaw-modes" in jobs[1].cmd and "--detour" not in jobs[1].cmd
+    path = tmp_path / "data" / SUITE / task_file_name(list_tasks(SUITE)[1].name)
+    write_demo_file(path, 5, 64, True, detour=0.12)  # route-mode demos where yaw modes are wanted
+    with pytest.raises(StudyError, match="detour=0.12 but the study wants detour=0; use another data_root"):
+        plan_demos(cfg)
+    write_demo_file(path, 5, 64, True, detour=0.0, yaw_modes=True)
+    assert [j.state for j in plan_demos(cfg)] == ["run", "done"]
+    assert training_spec(cfg, cfg.models()[0])["yaw_tasks"] == [1]
+    assert "yaw_tasks" not in training_spec(quick(tmp_path), quick(tmp_path).models()[0])
+    assert parse_overrides(["preset=objects_suite"]).yaw_tasks == [1, 6, 8]
+
+
 def test_bad_input_gives_one_clear_error(tmp_path: Path) -> None:
     assert parse_energy("1:1,0.5:1,1:0.1") == [(1.0, 1.0), (0.5, 1.0), (1.0, 0.1)]
     for argv, msg in [(["suite=libero_100"], "unknown suite 'libero_100'; choose one of libero_spatial"),
-                      (["preset=huge"], "unknown preset 'huge'; choose one of quick, cpu, cpu_suite, cpu_bimodal, cpu_bimodal_task1, cpu_yaw_task1, objects, paper"),
+                      (["preset=huge"], "unknown preset 'huge'; choose one of quick, cpu, cpu_suite, cpu_bimodal, cpu_bimodal_task1, cpu_yaw_task1, objects, objects_suite, paper"),
                       (["model=tiny"], "unknown model 'tiny'; choose small, paper, objects"),
                       (["energy=1:3"], "need lambda in [0, 1] and beta in (0, 2]"),
                       (["energy=1,1"], "write lambda:beta pairs"),
