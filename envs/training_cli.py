@@ -104,13 +104,15 @@ def _train_job(cfg) -> tuple[int, str]:
 
     try:
         policy_cfg, train_cfg, loss_cfg, bandwidth, multiplier = split_config(cfg)
-        from envs.libero.dataset import DatasetError, LiberoDataset
+        from envs.libero.data_sources import open_training_data
+        from envs.libero.dataset import DatasetError
 
         rank = int(os.environ.get("RANK", "0"))
-        image_size = cfg.data.image_size or policy_cfg.image_size
-        dataset = LiberoDataset(data_dirs(cfg, Path.cwd()), policy_cfg.chunk_size, cfg.data.augment, cfg.data.shift,
-                                image_size, train_cfg.seed, progress=rank == 0, spec=policy_cfg.spec)
-    except (ValueError, FileNotFoundError) as exc:
+        data = cfg.data
+        dataset = open_training_data(data_dirs(cfg, Path.cwd()), policy_cfg.spec, policy_cfg.chunk_size, data.augment, data.shift,
+                                     data.image_size or policy_cfg.image_size, train_cfg.seed, data.reader, data.cache_dir,
+                                     data.fps, dict(data.lerobot_features), data.lerobot_stats, progress=rank == 0)
+    except (ValueError, FileNotFoundError, FileExistsError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2, f"error: {exc}"
     latest_in = None  # a new run under runs_root becomes runs/latest at its first checkpoint

@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -46,7 +46,7 @@ from tqdm import tqdm
 
 from envs.libero.env import SUITES, process_observation
 from policy.features import DEFAULT_FEATURES, OBJECT_KEY_SUFFIX, OBJECT_POSE_FIELDS, PROPRIO_LAYOUTS, FeatureSpec, object_text
-from policy.utils import atomic_write
+from envs.libero.synthetic import write_demo_file, write_synthetic_suite  # noqa: F401  (re-exported)
 
 # What is read from obs/ (and written by write_demo_file): the observation features of the spec.
 FEATURES = DEFAULT_FEATURES
@@ -154,6 +154,11 @@ def read_demo_file(path: str | Path, image_size: int | None = None, spec: Featur
     Raises DatasetError naming the file and key on a corrupt file, a missing key or a
     shape mismatch.
     """
+    return list(iter_demo_file(path, image_size, spec))
+
+
+def iter_demo_file(path: str | Path, image_size: int | None = None, spec: FeatureSpec | None = None) -> Iterator[Demo]:
+    """``read_demo_file`` one demo at a time (memory: one decoded demo, not the whole file)."""
     path = Path(path)
     spec = FEATURES if spec is None else spec
     camera_keys, obs_shapes = spec.image_keys, {f.name: f.size for f in spec.states}
@@ -161,7 +166,6 @@ def read_demo_file(path: str | Path, image_size: int | None = None, spec: Featur
         f = h5py.File(path, "r")
     except OSError as exc:
         raise DatasetError(f"{path}: cannot be opened as HDF5 ({exc}); the file is corrupt or truncated, re-create it") from None
-    demos = []
     with f:
         if "data" not in f:
             raise DatasetError(f"{path}: missing key 'data' (not the official LIBERO layout)")
@@ -208,8 +212,7 @@ def read_demo_file(path: str | Path, image_size: int | None = None, spec: Featur
                 demo_out.object_names = list(steps[0][names_f.name])
                 if not np.isfinite(demo_out.objects).all():
                     raise DatasetError(f"{path}: 'data/{key}/obs' holds non-finite object poses")
-            demos.append(demo_out)
-    return demos
+            yield demo_out
 
 
 def _object_fields(path: Path, obs: h5py.Group, key: str, t: int) -> dict[str, np.ndarray]:
@@ -269,16 +272,32 @@ class LiberoDataset(Dataset):
         progress: bool = True,
         spec: FeatureSpec | None = None,
     ) -> None:
+        files = find_hdf5_files(folders)
+        demos = [d for path in tqdm(files, desc="reading demos", unit="file", disable=not progress)
+                 for d in iter_demo_file(path, image_size, spec)]
+        self._setup(files, demos, chunk_size, augment, shift, seed, spec)
+
+    @classmethod
+    def from_demos(cls, files: Sequence[Path], demos: Iterable[Demo], chunk_size: int = FEATURES.action.shape[0],
+                   augment: bool = True, shift: int = 4, seed: int = 0, spec: FeatureSpec | None = None) -> LiberoDataset:
+        """The data set of decoded ``demos`` from any source (``files`` names where they came from)."""
+        self = cls.__new__(cls)
+        self._setup(list(files), list(demos), chunk_size, augment, shift, seed, spec)
+        return self
+
+    def _setup(self, files: list[Path], demos: list[Demo], chunk_size: int, augment: bool, shift: int, seed: int,
+               spec: FeatureSpec | None, image_hw: int | None = None) -> None:
+        """Index the demos; ``image_hw`` is the stored image size when the demos hold no images."""
         if chunk_size < 1:
             raise ValueError(f"chunk_size={chunk_size} must be >= 1")
-        self.files = find_hdf5_files(folders)
-        self.demos: list[Demo] = []
-        for path in tqdm(self.files, desc="reading demos", unit="file", disable=not progress):
-            self.demos += read_demo_file(path, image_size, spec)
+        if not demos:
+            raise DatasetError(f"{', '.join(map(str, files)) or 'the data set'} holds no demonstrations")
+        self.files, self.demos = files, demos
         self.chunk_size, self.augment, self.seed, self.epoch = chunk_size, augment, seed, 0
         self.camera_keys = (FEATURES if spec is None else spec).image_keys
-        size = self.demos[0].images[self.camera_keys[0]].shape[1] if self.camera_keys else 128
-        self.shift = int(round(shift * size / 128)) if shift > 0 else 0
+        if image_hw is None:
+            image_hw = self.demos[0].images[self.camera_keys[0]].shape[1] if self.camera_keys else 128
+        self.shift = int(round(shift * image_hw / 128)) if shift > 0 else 0
         self.index = np.array([(d, k) for d, demo in enumerate(self.demos) for k in range(len(demo.actions))], dtype=np.int64)
         self.instructions = sorted({d.language for d in self.demos})
         # object tokens: the names' texts (what the language model embeds) and, per demo, each object's index
@@ -301,7 +320,10 @@ class LiberoDataset(Dataset):
 
     def stats(self) -> dict[str, np.ndarray]:
         """action_min / action_max (7,) over all actions; proprio_mean / proprio_std (9,);
-        object_mean / object_std (10,) over every object of every step (object-token data)."""
+        object_mean / object_std (10,) over every object of every step (object-token data).
+        ``fixed_stats`` (set by a source that brings its own, e.g. a LeRobot meta/stats.json) wins."""
+        if getattr(self, "fixed_stats", None) is not None:
+            return {k: np.array(v, dtype=np.float32) for k, v in self.fixed_stats.items()}
         actions = np.concatenate([d.actions for d in self.demos])
         proprio = np.concatenate([d.proprio for d in self.demos]).astype(np.float64)
         out = {
@@ -334,88 +356,10 @@ class LiberoDataset(Dataset):
             item["object_ids"] = torch.from_numpy(self._object_ids[d])
         rng = np.random.default_rng((self.seed, self.epoch, int(i))) if self.augment else None
         for cam in self.camera_keys:
-            img = torch.from_numpy(demo.images[cam][k]).permute(2, 0, 1)
+            img = torch.from_numpy(self._frame(int(d), cam, int(k))).permute(2, 0, 1)
             item[cam] = random_shift(img, self.shift, rng) if rng is not None else img.contiguous()
         return item
 
-
-def write_demo_file(
-    path: str | Path,
-    language: str,
-    demos: Sequence[dict[str, np.ndarray]],
-    problem_name: str = "synthetic",
-) -> Path:
-    """Write demos in the official LIBERO HDF5 layout (atomically: temp file + rename).
-
-    Each demo dict holds ``actions`` (T, 7) and the raw (as rendered, upside-down) obs
-    fields ``agentview_rgb``, ``eye_in_hand_rgb`` (T, H, W, 3) uint8, ``joint_states``
-    (T, 7), ``gripper_states`` (T, 2), and ``ee_pos`` (T, 3), ``ee_ori`` (T, 3) when the demo
-    has them (the eef proprio layout), and the object poses ``<object>_pos`` (T, 3),
-    ``<object>_quat`` (T, 4), ``<object>_to_robot0_eef_pos`` (T, 3) when it has them. Used for
-    tests and small synthetic suites.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    def write(tmp: str) -> None:
-        with h5py.File(tmp, "w") as f:
-            data = f.create_group("data")
-            data.attrs["problem_info"] = json.dumps({"problem_name": problem_name, "language_instruction": language})
-            data.attrs["env_args"] = json.dumps({"env_name": problem_name, "type": 1})
-            data.attrs["bddl_file_name"] = f"{problem_name}.bddl"
-            for i, demo in enumerate(demos):
-                g = data.create_group(f"demo_{i}")
-                g.create_dataset("actions", data=np.asarray(demo["actions"], dtype=np.float64))
-                g.attrs["num_samples"] = len(demo["actions"])
-                obs = g.create_group("obs")
-                extra = [k for k in LAYOUT_SHAPES if k in demo and k not in OBS_SHAPES]
-                objects = [k[: -len(OBJECT_KEY_SUFFIX)] for k in demo if k.endswith(OBJECT_KEY_SUFFIX)]
-                extra += [f"{n}_{suffix}" for n in objects for suffix, _ in OBJECT_POSE_FIELDS]
-                for key in (*CAMERA_KEYS, *OBS_SHAPES, *extra):
-                    obs.create_dataset(key, data=demo[key])
-
-    return atomic_write(path, write)
-
-
-def write_synthetic_suite(folder: str | Path, n_tasks: int = 2, n_demos: int = 2, length: int = 20, size: int = 32, seed: int = 0) -> list[Path]:
-    """A tiny learnable suite in the official layout (for tests, benchmarks and smoke runs).
-
-    Task i has its own instruction and background colour; within an episode the phase
-    p = k / (T - 1) drives a square across the image, joint_states[0] = p, ee_pos[0] = p
-    (ee_pos, ee_ori are written too, for the eef proprio layout), and the
-    action is a smooth function of (task, p), so the chunk is determined by the
-    observation. Images are stored upside down, as LIBERO renders them. Task i's scene holds
-    2 + (i % 2) objects (``bowl_1``, ``plate_1``, ``cup_1``) whose poses follow p, so object-token
-    policies learn it too (and batches mix scenes of different sizes).
-    """
-    rng = np.random.default_rng(seed)
-    paths = []
-    for task in range(n_tasks):
-        demos = []
-        for _ in range(n_demos):
-            p = np.linspace(0.0, 1.0, length)
-            actions = np.stack([np.sin(2 * np.pi * p + task + j) * (0.5 + 0.1 * j) for j in range(ACTION_DIM)], axis=1)
-            actions[:, -1] = np.where(p < 0.5, -1.0, 1.0)  # gripper open, then closed
-            img = np.zeros((length, size, size, 3), dtype=np.uint8)
-            img[..., task % 3] = 60 + 40 * task
-            for k in range(length):
-                c = int(p[k] * (size - 8))
-                img[k, c : c + 8, c : c + 8] = 255
-            joints = np.concatenate([p[:, None], rng.normal(0, 0.01, (length, 6))], axis=1)
-            gripper = np.stack([0.04 * (1 - p), -0.04 * (1 - p)], axis=1)
-            demo = {"actions": actions, "agentview_rgb": img[:, ::-1, ::-1].copy(), "eye_in_hand_rgb": img.copy(),
-                    "joint_states": joints, "gripper_states": gripper,
-                    # the eef layout's fields, deterministic (no draws from rng: the joints data stay as they were)
-                    "ee_pos": np.stack([p, 0.1 * np.sin(np.pi * p), 1.0 - 0.2 * p], axis=1),
-                    "ee_ori": np.stack([np.full(length, np.pi), 0.1 * p, np.zeros(length)], axis=1)}
-            for j, name in enumerate(("bowl_1", "plate_1", "cup_1")[: 2 + task % 2]):
-                pos = np.stack([p + 0.1 * j, np.full(length, 0.05 * (task - j)), np.full(length, 0.9)], axis=1)
-                demo[f"{name}_pos"] = pos
-                demo[f"{name}_quat"] = np.tile([0.0, 0.0, 0.0, 1.0], (length, 1))
-                demo[f"{name}_to_robot0_eef_pos"] = pos - demo["ee_pos"]
-            for name, dim in OBS_SHAPES.items():  # a state feature added to the spec: zeros
-                demo.setdefault(name, np.zeros((length, dim)))
-            for cam in CAMERA_KEYS:  # a camera added to the spec: the agent view
-                demo.setdefault(cam, demo["agentview_rgb"])
-            demos.append(demo)
-        paths.append(write_demo_file(Path(folder) / f"TASK_{task}_demo.hdf5", f"synthetic task {task}: move the square", demos, f"task_{task}"))
-    return paths
+    def _frame(self, d: int, cam: str, k: int) -> np.ndarray:
+        """Image ``cam`` of demo ``d`` at step ``k``, (H, W, 3) uint8 upright (the bounded reader reads its cache)."""
+        return self.demos[d].images[cam][k]

@@ -67,6 +67,11 @@ class DataFileConfig:
     augment: bool = True
     shift: int = 4
     image_size: Optional[int] = None
+    reader: str = "ram"  # ram | bounded (envs.libero.data_sources)
+    cache_dir: Optional[str] = None
+    fps: Optional[float] = 20.0
+    lerobot_features: Dict[str, Optional[str]] = field(default_factory=dict)
+    lerobot_stats: str = "recompute"  # recompute | dataset
 
 
 @dataclass
