@@ -4,11 +4,15 @@ episode i from init state i, 10 no-op wait steps, per-suite max steps).
   python scripts/eval_rollouts.py --steps 2                 # runs/latest, its suites
   python scripts/eval_rollouts.py --steps 1,2,4,8           # sweep, plots success vs steps
   python scripts/eval_rollouts.py --policy noop --suites libero_goal --tasks 0 --episodes 2
+  python scripts/eval_rollouts.py --steps 2 --ray auto --workers 64   # simulators as Ray actors
 
 Results: <out>/[steps_<k>/]{eval_config.json,episodes.jsonl,results.json,results.md,results.png}.
 Rerunning with the same --out resumes and skips finished episodes; eval_config.json records
 what made them (checkpoint step and weights sha256, steps, churn, protocol) and a rerun that
 differs (e.g. the run was trained further) is refused: use a new --out or delete the folder.
+With --ray the simulator workers are Ray actors on the nodes of a cluster (auto: RAY_ADDRESS or
+the cluster this machine is part of, else a local Ray instance; or host:port); the policy still
+runs batched in this process (docs/evaluation.md, "Cluster").
 """
 
 from __future__ import annotations
@@ -47,11 +51,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--video", type=int, default=0, metavar="K", help="save mp4s of the first K episodes per task")
     p.add_argument("--fast-render", action="store_true", help="render simplified visual meshes (CPU speed-up)")
     p.add_argument("--device", default="cpu", help="torch device of the policy (default cpu)")
+    p.add_argument("--ray", metavar="ADDRESS", help="run the simulator workers as Ray actors: auto (RAY_ADDRESS or this "
+                   "machine's cluster, else a local instance) or host:port; needs pip install -e \".[cluster]\"")
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    ray_pool = None  # envs.evaluation.ray_pool once --ray connected
     try:
         from envs.evaluation.policies import load_policy_and_producer, resolve_checkpoint
         from envs.evaluation.results import plot_steps_sweep
@@ -64,6 +71,10 @@ def main(argv: list[str] | None = None) -> int:
             raise ValueError(f"--steps values must be >= 1, got {args.steps}")
         if not 0.0 <= args.churn <= 1.0:
             raise ValueError(f"--churn must be in [0, 1], got {args.churn}")
+        if args.ray is not None:  # before the policy loads: a bad address is told at once
+            from envs.evaluation import ray_pool
+
+            print(ray_pool.connect(args.ray, num_cpus=args.workers), flush=True)
         policy, producer = load_policy_and_producer(args.policy, args.checkpoint, args.device)
         if args.suites:
             suites = [check_suite(s.strip()) for s in args.suites.split(",") if s.strip()]
@@ -102,7 +113,8 @@ def main(argv: list[str] | None = None) -> int:
                 policy=args.policy if args.policy != "checkpoint" else str(resolve_checkpoint(args.checkpoint)),
                 producer=producer,
             )
-            summary = run_evaluation(policy, cfg)
+            pool = None if ray_pool is None else ray_pool.RayPool(cfg.benchmark, resolution, args.fast_render, args.ray)
+            summary = run_evaluation(policy, cfg, pool=pool)
             points[k] = summary
             print((Path(cfg.out_dir) / "results.md").read_text())
         if len(steps_list) > 1:
@@ -116,6 +128,15 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted; rerun the same command to resume", file=sys.stderr)
         return 130
+    except Exception as exc:
+        if ray_pool is None or not type(exc).__module__.startswith("ray"):
+            raise
+        print(f"error: Ray: {type(exc).__name__}: {' '.join(str(exc).split())[:300]}; rerun the same command to resume",
+              file=sys.stderr)
+        return 1
+    finally:
+        if ray_pool is not None:
+            ray_pool.disconnect()
     last = points[steps_list[-1]]
     o = last["overall"]
     errors = sum(d["errors"] for d in last["suites"].values())
