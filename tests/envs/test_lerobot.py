@@ -5,7 +5,7 @@ does not fit the policy is one line naming the feature and the fix.
 
 Measured codec loss (AV1, yuv420p, crf 30, 64 px synthetic frames: flat colours and a white
 square): mean absolute error 0.71 (our writer) and 0.94 (LeRobot's) grey levels, 99% of the
-values within 9; the maximum (255) is at the square's corners, where 4:2:0 chroma subsampling
+values within 6 and 9; the maximum (255) is at the square's corners, where 4:2:0 chroma subsampling
 shares one colour between the white square and the saturated background. States and actions
 are exact.
 """
