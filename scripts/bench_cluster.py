@@ -9,8 +9,8 @@ The Ray clusters are started here, on this machine's loopback interface
 no-op (nothing to infer): the figures are the simulator and the pool, per episode. Episodes run
 to the cap (the no-op never succeeds), so every episode has the same length.
 
-  python scripts/bench_cluster.py                    # -> benchmarks/results/cluster.json (~10 min on 2 cores)
-  python scripts/bench_cluster.py --tiny --out /tmp/cluster.json   # a smoke run (~2 min)
+  python scripts/bench_cluster.py                    # -> benchmarks/results/cluster.json (~15 min, quiet 2 cores)
+  python scripts/bench_cluster.py --tiny --out /tmp/cluster.json   # a smoke run (under a minute)
 """
 
 from __future__ import annotations
