@@ -48,6 +48,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-steps", type=int, help="override the per-suite episode cap (debugging)")
     p.add_argument("--out", help="output folder (default: eval/<policy or run name>)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--noise", default="shared", choices=["shared", "episode", "fixed"],
+                   help="sampler noise: shared (one generator; episodes depend on the batching), episode (each chunk "
+                        "its own, seeded by seed/task/episode/step: reproducible whatever the workers), fixed (the "
+                        "same noise for every chunk of an episode)")
     p.add_argument("--video", type=int, default=0, metavar="K", help="save mp4s of the first K episodes per task")
     p.add_argument("--fast-render", action="store_true", help="render simplified visual meshes (CPU speed-up)")
     p.add_argument("--device", default="cpu", help="torch device of the policy (default cpu)")
@@ -109,6 +113,7 @@ def main(argv: list[str] | None = None) -> int:
                 fast_render=args.fast_render,
                 max_steps=args.max_steps,
                 seed=args.seed,
+                noise=args.noise,
                 video=args.video,
                 policy=args.policy if args.policy != "checkpoint" else str(resolve_checkpoint(args.checkpoint)),
                 producer=producer,
