@@ -130,7 +130,10 @@ def build_once(cache_dir: str | Path, identity: dict[str, Any], demos: Callable[
         raise ValueError(f"data.cache_dir={cache_dir} cannot be written ({exc}); point data.cache_dir at a local "
                          "folder with room for the processed frames") from None
     with lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)  # released on close, or by the kernel if this process dies
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX)  # released on close, or by the kernel if this process dies
+        except OSError as exc:
+            raise ValueError(f"data.cache_dir={cache_dir} cannot be locked ({exc}); put the cache on a local disk") from None
         if not (final / "meta.json").is_file():
             for stale in cache_dir.glob(f"{final.name}.tmp-*"):
                 shutil.rmtree(stale, ignore_errors=True)

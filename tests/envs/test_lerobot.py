@@ -138,3 +138,42 @@ def test_cli_errors_are_one_line(suite: Path, tmp_path: Path, monkeypatch: pytes
     assert convert([str(suite), "--out", str(tmp_path / "taken")]) == 2
     assert capsys.readouterr().err.strip() == f"error: {tmp_path / 'taken'} exists and is not empty; choose a new folder " \
                                               "(the converter does not append)"
+
+
+def _as_image_features(src: Path, dst: Path) -> Path:
+    """``src`` (our v2.1 output) with its cameras as LeRobot ``image`` features (PNG bytes in the
+    parquet frames, no videos), named as in openpi's LIBERO set (``image``, ``wrist_image``)."""
+    import shutil
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from envs.libero.video import decode_frames, encode_png
+
+    shutil.copytree(src, dst, ignore=shutil.ignore_patterns("videos"))
+    info = json.loads((dst / "meta" / "info.json").read_text())
+    names = {"observation.images.agentview_rgb": "image", "observation.images.eye_in_hand_rgb": "wrist_image"}
+    for path in sorted((dst / "data").rglob("*.parquet")):
+        table = pq.read_table(path)
+        episode = table.column("episode_index")[0].as_py()
+        for key, name in names.items():
+            video = src / info["video_path"].format(episode_chunk=0, video_key=key, episode_index=episode)
+            cells = [{"bytes": encode_png(f), "path": None} for f in decode_frames(video)]
+            table = table.append_column(name, pa.array(cells, pa.struct([("bytes", pa.binary()), ("path", pa.string())])))
+        pq.write_table(table, path)
+    for key, name in names.items():
+        feature = info["features"].pop(key)
+        info["features"][name] = {"dtype": "image", "shape": feature["shape"], "names": feature["names"]}
+    info["video_path"], info["total_videos"] = None, 0
+    (dst / "meta" / "info.json").write_text(json.dumps(info))
+    return dst
+
+
+def test_image_features_read_like_videos(suite: Path, tmp_path: Path) -> None:
+    videos = convert_hdf5_to_lerobot(suite, tmp_path / "videos", version="v2.1", progress=False)
+    images = _as_image_features(videos, tmp_path / "images")
+    assert resolve_features(load_meta(images), DEFAULT_FEATURES).cameras == {"agentview_rgb": "image",
+                                                                             "eye_in_hand_rgb": "wrist_image"}
+    from_videos = open_training_data(videos, augment=False, progress=False)
+    from_images = open_training_data(images, augment=False, progress=False)
+    assert not _compare(from_videos, from_images).any()  # PNG is lossless: the very frames the videos decode to
