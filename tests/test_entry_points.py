@@ -22,6 +22,7 @@ WRAPPERS = {  # scripts/<name>.py -> the module whose main() it calls
     "generate_demos": "envs.scripted.cli",
     "replay_demos": "envs.scripted.replay_cli",
     "add_object_poses": "envs.libero.object_poses_cli",
+    "convert_to_lerobot": "envs.libero.lerobot_cli",
     "probe_route_modes": "envs.study.probe_cli",
     "robot_client_example": "envs.evaluation.robot_client_cli",
     "serve_policy": "policy.serving.cli",
