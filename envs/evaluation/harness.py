@@ -19,8 +19,9 @@ Parallelism: ``workers`` workers (by default spawned processes), each with one e
 has reported, then serves all workers waiting for a chunk with ONE
 ``policy.predict`` call; workers busy resetting do not hold the batch back. A
 worker that dies or hangs is restarted and its episode counted as failed with the
-reason. Every finished episode is appended to ``<out>/episodes.jsonl`` at once; a
-rerun with the same ``out`` resumes and skips finished episodes. ``<out>/eval_config.json``
+reason; one lost with its node (a cluster's) runs its episode again elsewhere. Every
+finished episode is appended to ``<out>/episodes.jsonl`` at once; a rerun with the
+same ``out`` resumes and skips finished episodes. ``<out>/eval_config.json``
 records what made the episodes (``EvalConfig.producer``: the weights' identity, see
 :func:`envs.evaluation.results.weights_identity`; steps, churn, protocol, seed): a rerun that
 differs in any of them is refused, never mixed in.
@@ -31,6 +32,7 @@ from __future__ import annotations
 import hashlib
 import inspect
 import json
+import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -246,9 +248,13 @@ class BatchingLoop:
     back), then stack the observations of all waiting workers and call the policy once; each
     gets its row (the first ``replan_every`` actions). A worker that is lost or passes its
     deadline (``worker_timeout_s`` after the last message sent to it) is restarted and its
-    episode finished as an error; a policy that raises or returns a wrong shape fails the
-    episodes of that batch. ``finish(spec, worker id, result)`` receives every finished episode.
+    episode finished as an error; a worker lost with its node ("node_lost") is restarted and its
+    episode queued again, up to ``max_reschedules`` times (then finished as an error); a policy that
+    raises or returns a wrong shape fails the episodes of that batch. ``finish(spec, worker id,
+    result)`` receives every finished episode.
     """
+
+    max_reschedules = 2
 
     def __init__(self, policy: Any, pool: WorkerPool, cfg: EvalConfig, queue: list[EpisodeKey],
                  make_spec: Callable[[EpisodeKey], EpisodeSpec],
@@ -260,6 +266,7 @@ class BatchingLoop:
         self.policy_time = 0.0
         self.t_loop = 0.0  # time of the first policy call: start-up (spawn, env builds) ends there
         self.slots: list[_Slot] = []
+        self.rescheduled: dict[EpisodeKey, int] = {}  # episodes run again after a node loss: how often
 
     def run(self) -> None:
         """Start min(workers, episodes) workers and run until the queue is empty and all are idle."""
@@ -288,6 +295,8 @@ class BatchingLoop:
             kind, payload = events[s.wid]
             if kind == "lost":
                 self._fail_and_restart(s, str(payload))
+            elif kind == "node_lost":
+                self._reschedule(s, str(payload))
             elif kind == "done":
                 self._finish(s, payload)
                 self._assign(s)
@@ -369,6 +378,23 @@ class BatchingLoop:
         assert s.spec is not None
         self.on_finish(s.spec, s.wid, result)
         s.spec, s.state, s.obs, s.deadline = None, "idle", None, float("inf")
+
+    def _reschedule(self, s: _Slot, reason: str) -> None:
+        """The worker's node is lost: its episode goes back to the front of the queue, recording
+        nothing, unless it was already rescheduled ``max_reschedules`` times (then it fails)."""
+        if s.spec is not None:
+            key = (s.spec.suite, s.spec.task_index, s.spec.episode)
+            n = self.rescheduled[key] = self.rescheduled.get(key, 0) + 1
+            if n > self.max_reschedules:
+                reason += f" (its worker was lost with its node {n} times; not run again)"
+            else:
+                from tqdm import tqdm
+
+                tqdm.write(f"{key[0]} task {key[1]} episode {key[2]}: {reason}; run again ({n}/{self.max_reschedules})",
+                           file=sys.stderr)
+                self.queue.insert(0, key)
+                s.spec = None
+        self._fail_and_restart(s, reason)
 
     def _fail_and_restart(self, s: _Slot, reason: str) -> None:
         if s.spec is not None:

@@ -19,8 +19,10 @@ from envs.benchmark import Benchmark
 from envs.evaluation.worker import worker_main
 
 Event = tuple[int, str, Any]
-"""(worker id, kind, payload): kind "obs" or "done" (the runner's reply, as sent) or "lost"
-(payload: a one-line reason, recorded as the episode's error)."""
+"""(worker id, kind, payload): kind "obs" or "done" (the runner's reply, as sent), "lost" (payload:
+a one-line reason, recorded as the episode's error) or "node_lost" (the worker went with its machine,
+not by its episode's doing: the loop runs the episode again, at most ``BatchingLoop.max_reschedules``
+times, and records nothing for it; only a cluster backend reports it)."""
 
 
 class WorkerLost(ConnectionError):
@@ -46,7 +48,8 @@ class WorkerPool(ABC):
       the workers ``wids`` and return their :data:`Event` s, at most one per worker, in the order of
       ``wids``: a reply the runner returned (non-None; "start" and "act" always get one, "abort" none),
       or ("lost", reason) for a worker that ended or became unreachable (report its replies that
-      arrived first). An empty list means nothing happened in time; the loop then checks its deadlines.
+      arrived first), or ("node_lost", reason) where the backend knows its machine was lost. An
+      empty list means nothing happened in time; the loop then checks its deadlines.
     - :meth:`restart` ``(wid)``: end worker ``wid`` whatever its state (it may hang: kill, do not ask)
       and put a fresh one, holding no environment, under the same id.
     - :meth:`close`: ask every worker to exit ("close"), give each a moment, end those that did not;

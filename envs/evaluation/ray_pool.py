@@ -6,9 +6,15 @@ Each worker is one actor (``num_cpus=1``, scheduling strategy SPREAD: across the
 here: it runs batched in the driver process, in the harness's loop, one ``predict`` per round for
 every waiting worker (on the driver's GPU with ``--device cuda``). Messages are
 ``actor.handle.remote(kind, payload)``; their ObjectRefs wait in per-worker order and
-:meth:`RayPool.poll` is ``ray.wait`` on them. A dead actor, a lost node or any Ray error of a call
-is ("lost", one-line reason): the loop records that worker's episode as failed with the reason and
-calls :meth:`RayPool.restart` (``ray.kill`` + a new actor, wherever Ray has a free CPU).
+:meth:`RayPool.poll` is ``ray.wait`` on them. An actor lost with its node (Ray says the node died, was
+terminated or preempted) is ("node_lost", one-line reason): the loop runs that worker's episode again
+(the harness bounds how often) and calls :meth:`RayPool.restart` (``ray.kill`` + a new actor, wherever
+Ray has a free CPU). An actor Ray cannot reach but does not call dead yet (``ActorUnavailableError``:
+a node whose loss its health checks have not confirmed, or a network cut) is probed every
+:data:`PROBE_S` s until Ray knows: its node dead -> "node_lost"; the actor dead for another reason ->
+"lost"; the actor answering again -> "node_lost" too (its episode's messages may be gone). Any other
+dead actor (killed, out of memory, a crash) or Ray error of a call is ("lost", reason): the loop
+records that episode as failed with the reason and restarts the worker.
 
 Videos are written by the actor on its own node, then sent back with the episode's result and
 written on the driver, at the path the harness asked for (nodes need not share a file system).
@@ -25,6 +31,7 @@ import os
 import shutil
 import socket
 import tempfile
+import time
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -33,6 +40,7 @@ from envs.evaluation.pool import Event, WorkerLost, WorkerPool
 from envs.evaluation.worker import EpisodeRunner, EpisodeSpec
 
 INSTALL_HINT = 'Ray is not installed; install the cluster extra: pip install -e ".[cluster]"'
+PROBE_S = 1.0  # seconds between two probes of an unreachable actor
 
 
 class ClusterError(ValueError):
@@ -211,6 +219,13 @@ def _lost_reason(wid: int, where: str | None, exc: BaseException) -> str:
     return _one_line(f"Ray actor{actor} of worker {wid}{at} lost ({type(exc).__name__}): {why}", 500)
 
 
+def _node_lost(exc: BaseException) -> bool:
+    """Whether Ray says the actor went with its node (dead, terminated or preempted by the autoscaler)."""
+    text = str(exc)
+    return (bool(getattr(exc, "preempted", False)) or type(exc).__name__ == "NodeDiedError"
+            or "node has died" in text or "node was terminated" in text)
+
+
 class RayPool(WorkerPool):
     """Workers 0..n-1 as Ray actors (see the module docstring). ``address``: where to connect when
     this process is not connected yet (:func:`connect`; a local instance it starts ends at
@@ -227,6 +242,7 @@ class RayPool(WorkerPool):
         self._actors: list[Any] = []
         self._where: list[Any] = []  # per worker: ObjectRef of "<host> node <id> pid <pid>", or its value once read
         self._pending: list[collections.deque] = []
+        self._suspect: dict[int, tuple[str, float]] = {}  # unreachable worker -> (reason, next probe time)
         self.actors_started = 0
 
     def start(self, n: int) -> None:
@@ -254,6 +270,7 @@ class RayPool(WorkerPool):
         self._actors[wid] = actor
         self._where[wid] = actor.where.remote()
         self._pending[wid].clear()
+        self._suspect.pop(wid, None)
         self.actors_started += 1
 
     def actor(self, wid: int) -> Any:
@@ -294,13 +311,40 @@ class RayPool(WorkerPool):
                 reply = ray.get(ref)
             except Exception as exc:  # RayActorError (ActorDiedError, node lost), RayTaskError, ...
                 queue.clear()
-                return wid, "lost", _lost_reason(wid, self.where(wid), exc)
+                return self._loss(wid, exc)
+            if wid in self._suspect:  # the probe's answer: the actor is reachable again
+                reason = self._suspect.pop(wid)[0]
+                return wid, "node_lost", f"{reason}; it answered again, its episode's messages may be lost"
             if reply is None:  # "abort" (and anything else the runner does not answer)
                 continue
             if len(reply) == 3:
                 return wid, "done", self._save_video(reply[1], reply[2])
             return wid, reply[0], reply[1]
         return None
+
+    def _loss(self, wid: int, exc: BaseException) -> Event | None:
+        """A failed call: the node lost -> "node_lost"; the actor unreachable without Ray knowing why
+        yet -> probed again after PROBE_S (None until Ray knows); anything else -> "lost"."""
+        reason = _lost_reason(wid, self.where(wid), exc)
+        first = self._suspect.pop(wid, (reason,))[0]
+        if _node_lost(exc):
+            return wid, "node_lost", reason
+        if type(exc).__name__ == "ActorUnavailableError":
+            self._suspect[wid] = (first, time.time() + PROBE_S)
+            return None
+        return wid, "lost", reason
+
+    def _probe(self, wids: Sequence[int]) -> float:
+        """Send the due probes (``where``) to unreachable workers; the seconds until the next is due."""
+        now, wait = time.time(), float("inf")
+        for w in wids:
+            if w in self._suspect and not self._pending[w]:
+                due = self._suspect[w][1]
+                if due <= now:
+                    self._pending[w].append(self._actors[w].where.remote())
+                else:
+                    wait = min(wait, due - now)
+        return wait
 
     def _save_video(self, result: dict[str, Any], data: bytes | None) -> dict[str, Any]:
         if data is None:
@@ -316,8 +360,10 @@ class RayPool(WorkerPool):
 
     def poll(self, wids: Sequence[int], timeout: float) -> list[Event]:
         ray = self._ray
+        timeout = min(timeout, self._probe(wids))
         heads = [(w, self._pending[w][0]) for w in wids if self._pending[w]]
         if not heads:
+            time.sleep(timeout if timeout < float("inf") else 0)
             return []
         refs = [ref for _, ref in heads]
         ready, _ = ray.wait(refs, num_returns=len(refs), timeout=0)

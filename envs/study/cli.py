@@ -12,6 +12,7 @@ table and plot (success rate vs steps, 95% Wilson intervals).
   python scripts/run_study.py preset=objects               # object-token policies (no cameras), task 0
   python scripts/run_study.py preset=objects_suite         # the same on all 10 tasks, modal demos, 3 seeds
   python scripts/run_study.py preset=quick dry_run=true    # print the plan, run nothing
+  python scripts/run_study.py preset=paper ray=auto        # training and evaluation jobs on a Ray cluster
 
 Keys (key=value; defaults from the preset quick | cpu | cpu_suite | cpu_bimodal[_task1] | cpu_yaw_task1 | objects | objects_suite | paper):
   suite tasks=all|0,3 demos resolution fast_render=true|false detour=0.12 (route modes of the demos, m)
@@ -22,6 +23,9 @@ Keys (key=value; defaults from the preset quick | cpu | cpu_suite | cpu_bimodal[
   eval_steps=1,2,4,8,16 episodes workers device data_root runs_root eval_root results dry_run
   threads (OMP_NUM_THREADS of the children; quick/cpu: 1, paper: 0 = torch default)
   jobs (training / evaluation subprocesses at a time; cpu: 2, each logging to a file)
+  ray=auto|<host:port> (training and evaluation jobs as Ray tasks: a GPU per training where the cluster
+  has GPUs, else threads CPUs; workers+1 CPUs per evaluation; the folders on a shared file system;
+  docs/cluster.md)
   train.* data.* model.*   passed on to scripts/train_policy.py
 Rerun the same command to resume: finished stages are skipped, interrupted ones resume.
 """
@@ -133,6 +137,26 @@ def run_stage(title: str, jobs: list, before=None, threads: int = 0, parallel: i
     return failed
 
 
+_JOINED = [False]  # whether main() joined a Ray cluster (and leaves it at the end)
+
+
+def _join_cluster(cfg) -> tuple[bool, str]:
+    """ray=...: join the cluster, check that every kind of job fits on a node; (whether training
+    takes a GPU, what write_spec records as the machine)."""
+    from envs.evaluation.ray_pool import describe, import_ray
+    from envs.study.cluster import check_cluster, connect
+    from envs.study.report import StudyError
+
+    try:
+        was = import_ray().is_initialized()
+    except ValueError as exc:  # ClusterError: Ray is not installed
+        raise StudyError(str(exc)) from None
+    print(connect(cfg.ray), flush=True)
+    _JOINED[0] = not was
+    gpus = check_cluster(cfg)
+    return gpus, f"Ray cluster ({describe()}); training jobs on {'1 GPU' if gpus else f'{max(cfg.threads, 1)} CPUs'} each"
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if any(a in ("-h", "--help") for a in argv):
@@ -157,11 +181,18 @@ def main(argv: list[str] | None = None) -> int:
             print(f"dry run: nothing executed; results would go to {cfg.results}")
             return 0
         n, par = cfg.threads, cfg.jobs
+        gpus, machine = _join_cluster(cfg) if cfg.ray else (False, "")
         failed = {"demos": run_stage("[1/4] demos", plan_demos(cfg), threads=n)}
-        failed["train"] = run_stage("[2/4] train", plan_training(cfg), threads=n, parallel=par,
-                                    before=lambda j: write_spec(cfg, models[j.name], describe_machine()))
-        # each evaluation records what produced it (eval_config.json) itself
-        failed["eval"] = run_stage("[3/4] eval", plan_eval(cfg), threads=n, parallel=par)
+        spec = lambda j: write_spec(cfg, models[j.name], machine or describe_machine())  # noqa: E731
+        if cfg.ray:
+            from envs.study.cluster import run_stage_on_ray
+
+            failed["train"] = run_stage_on_ray("[2/4] train", plan_training(cfg), cfg, gpus, before=spec)
+            failed["eval"] = run_stage_on_ray("[3/4] eval", plan_eval(cfg), cfg, gpus)
+        else:
+            failed["train"] = run_stage("[2/4] train", plan_training(cfg), threads=n, parallel=par, before=spec)
+            # each evaluation records what produced it (eval_config.json) itself
+            failed["eval"] = run_stage("[3/4] eval", plan_eval(cfg), threads=n, parallel=par)
         paths = aggregate(cfg)
     except StudyError as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -169,6 +200,12 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("\ninterrupted; rerun the same command to resume", file=sys.stderr)
         return 130
+    finally:
+        if _JOINED[0]:
+            from envs.evaluation.ray_pool import disconnect
+
+            disconnect()
+            _JOINED[0] = False
     if paths is not None:
         print("[4/4] results:", ", ".join(str(p) for p in paths.values()))
         print(paths["md"].read_text())

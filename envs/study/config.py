@@ -126,6 +126,7 @@ class StudyConfig:
     threads: int = 0  # > 0: OMP_NUM_THREADS for the subprocesses unless exported (0 = torch's default)
     jobs: int = 1  # training / evaluation subprocesses run at a time (> 1: each logs to a file)
     train_overrides: list[str] = field(default_factory=list)  # extra train.*/data.*/model.* overrides
+    ray: str = ""  # "" = this machine; auto | host:port: training and evaluation jobs as Ray tasks (envs/study/cluster.py)
 
     def models(self) -> list[ModelSpec]:
         """The runs: the energy models (one per (lambda, beta)) then the MSE model, each once per
@@ -244,6 +245,8 @@ def parse_overrides(argv: list[str]) -> StudyConfig:
             cfg = replace(cfg, tasks=None if value == "all" else _parse_ints(key, value, 0))
         elif key == "yaw_tasks":
             cfg = replace(cfg, yaw_tasks=[] if value.lower() in ("none", "[]", "") else _parse_ints(key, value, 0))
+        elif key == "ray":
+            cfg = replace(cfg, ray="" if value.lower() in ("", "none", "off", "false") else value)
         elif key in ("suite", "model", "device", "data_root", "runs_root", "eval_root", "results"):
             cfg = replace(cfg, **{key: value})
         else:
