@@ -76,6 +76,7 @@ class EpochBatches:
 
     def __init__(self, n: int, batch_size: int, seed: int, epoch: int, rank: int = 0, world: int = 1, start: int = 0) -> None:
         perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 100_003 + epoch))
+        perm = perm[: (n // world) * world]  # every rank the same number of batches: the epochs stay in step
         shard = perm[rank::world].tolist()
         self.batches = [shard[i : i + batch_size] for i in range(0, len(shard) - batch_size + 1, batch_size)][start:]
 

@@ -242,3 +242,15 @@ def test_kernel_bandwidth_auto_is_the_median_rule(synthetic_suite: Path, languag
     chunks = net.normalizer.normalize_actions(torch.stack([ds[i]["actions"] for i in range(len(ds))]))
     assert resolved.kind == "imq" and resolved.bandwidth == pytest.approx(median_bandwidth(chunks, 0.5))
     assert resolve_loss(loss, 2.5, 1.0, ds, net).bandwidth == 2.5
+
+
+def test_ranks_get_the_same_number_of_batches_and_disjoint_shards() -> None:
+    """With n not divisible by the world size, every rank still gets as many batches as the
+    others (their epochs stay in step) and no sample is in two ranks' shards."""
+    from policy.training.loop import EpochBatches
+
+    shards = [EpochBatches(47, 4, seed=0, epoch=3, rank=r, world=2) for r in (0, 1)]
+    assert len(shards[0]) == len(shards[1]) == 5
+    seen = [set(i for b in s for i in b) for s in shards]
+    assert not seen[0] & seen[1]
+    assert [len(b) for b in EpochBatches(47, 4, seed=0, epoch=3).batches] == [4] * 11  # one process: as before
