@@ -2,6 +2,8 @@
 
 Example: python scripts/generate_demos.py --suite libero_object --demos-per-task 50 --workers 2 --out data/
 Writes <out>/<suite>/<task name>_demo.hdf5; a rerun only adds the demos still missing.
+With --format lerobot it then also writes the LeRobot dataset <out>/<suite>_lerobot/ (v3.0,
+envs/libero/lerobot_write.py) from those files: the HDF5 files stay the resumable record.
 """
 from __future__ import annotations
 
@@ -28,6 +30,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "way or the other (50/50) above the object; the average of the two leaves the fingers "
                         "across the wide side, which fails on boxes wider than the gripper (libero_object "
                         "tasks 1, 6, 8; the study's preset cpu_yaw_task1)")
+    p.add_argument("--format", default="hdf5", choices=["hdf5", "lerobot"],
+                   help="hdf5 (the official layout, default) or lerobot: also write <out>/<suite>_lerobot/, a LeRobot "
+                        "v3.0 dataset of the suite folder's demos (needs pyarrow: pip install -e '.[lerobot]')")
     p.add_argument("--max-attempts-factor", type=float, default=3.0,
                    help="give up on a task after factor * missing attempts (default 3)")
     return p.parse_args(argv)
@@ -49,6 +54,20 @@ def main(argv: list[str] | None = None) -> int:
     short = [name for name, n in summary.items() if n < args.demos_per_task]
     print(f"done: {sum(summary.values())} demos in {len(summary)} task files under "
           f"{Path(args.out) / args.suite}" + (f"; SHORT of {args.demos_per_task}: {short}" if short else ""))
+    if args.format == "lerobot" and not short:
+        from envs.libero.dataset import DatasetError
+        from envs.libero.lerobot_write import convert_hdf5_to_lerobot
+
+        out = Path(args.out) / f"{args.suite}_lerobot"
+        if out.is_dir() and any(out.iterdir()):
+            print(f"note: {out} exists; delete it to convert the demos again")
+            return 0
+        try:
+            convert_hdf5_to_lerobot([Path(args.out) / args.suite], out)
+        except (ValueError, FileNotFoundError, FileExistsError, DatasetError, ImportError) as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 2
+        print(f"wrote the LeRobot dataset {out} (train from it with suite.data_dirs=[{out}])")
     return 1 if short else 0
 
 

@@ -338,3 +338,19 @@ def test_demos_of_other_modes_are_refused_in_the_same_folder(tmp_path: Path) -> 
         f.create_group("data").attrs["scripted_yaw_modes"] = True
     with pytest.raises(ValueError, match="made with --detour 0 --yaw-modes"):
         check_detour(tmp_path, task, 0.0, False)
+
+
+def test_generate_demos_can_also_write_a_lerobot_dataset(tmp_path) -> None:
+    """--format lerobot: the HDF5 task file (the resumable record) and a LeRobot dataset made from it."""
+    import json
+
+    from envs.libero.lerobot_read import is_lerobot
+    from envs.scripted.cli import main
+
+    argv = ["--suite", "libero_object", "--tasks", "0", "--demos-per-task", "1", "--workers", "1", "--resolution", "32",
+            "--fast-render", "--out", str(tmp_path), "--format", "lerobot"]
+    assert main(argv) == 0
+    info = json.loads((tmp_path / "libero_object_lerobot" / "meta" / "info.json").read_text())
+    assert info["total_episodes"] == 1 and info["total_frames"] > 50 and info["codebase_version"] == "v3.0"
+    assert is_lerobot(tmp_path / "libero_object_lerobot")
+    assert main(argv) == 0  # a rerun: nothing to generate, the dataset is kept
