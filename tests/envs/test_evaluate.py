@@ -638,11 +638,14 @@ def test_libero_behind_the_seam_is_what_it_was(tmp_path) -> None:
             "eye_in_hand_rgb": rng.integers(0, 255, (16, 16, 3), dtype=np.uint8),
             "joint_states": rng.normal(size=7).astype(np.float32), "gripper_states": rng.normal(size=2).astype(np.float32),
             "ee_pos": rng.normal(size=3).astype(np.float32), "ee_ori": rng.normal(size=3).astype(np.float32),
-            "language": "put the bowl on the plate"} for _ in range(3)]
-    assert list(spec) == [*CAMERA_KEYS, "joint_states", "gripper_states", "ee_pos", "ee_ori"]  # every proprio layout
+            "object_poses": rng.normal(size=(n, 10)).astype(np.float32), "object_names": [f"bowl_{j}" for j in range(n)],
+            "language": "put the bowl on the plate"} for n in (2, 3, 1)]  # scenes of different sizes
+    # every proprio layout, then the object tokens
+    assert list(spec) == [*CAMERA_KEYS, "joint_states", "gripper_states", "ee_pos", "ee_ori", "object_poses", "object_names"]
     a, b = stack_observations(obs, spec), libero_stack(obs, ENV_FEATURES)
-    assert list(a) == list(b) and a["language"] == b["language"]
-    assert all(a[k].dtype == b[k].dtype and np.array_equal(a[k], b[k]) for k in spec)
+    assert list(a) == list(b) and a["language"] == b["language"] and a["object_names"] == b["object_names"]
+    assert all(a[k].dtype == b[k].dtype and np.array_equal(a[k], b[k]) for k in spec if k != "object_names")
+    assert a["object_poses"].shape == (3, 3, 10) and a["object_names"][2] == ["bowl_0", "", ""]
     cfg = _cfg(tmp_path / "run")
     assert cfg.benchmark is LIBERO and cfg.wait_steps == 10
     record_run(cfg)

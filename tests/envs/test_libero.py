@@ -61,8 +61,9 @@ def test_real_env_resets_steps_and_observes(goal_env, goal_state) -> None:
     q0 = obs["joint_states"].copy()
     obs, reward, terminated, truncated, info = env.step(np.array([0, 0, 1.0, 0, 0, 0, -1]))  # move up
     assert not terminated and not truncated and not info["success"]
+    objects = {f"{o}_{s}" for o in env.robosuite_env.objects_dict for s in ("pos", "quat", "to_robot0_eef_pos")}
     assert set(info["fields"]) == {"agentview_rgb", "eye_in_hand_rgb", "joint_states", "gripper_states",
-                                   "ee_pos", "ee_ori", "ee_states"}
+                                   "ee_pos", "ee_ori", "ee_states"} | objects and objects
     assert np.abs(obs["joint_states"] - q0).max() > 1e-4
     with pytest.raises(ValueError, match="shape"):
         env.step(np.zeros(6))
