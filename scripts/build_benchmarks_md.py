@@ -13,7 +13,7 @@ from pathlib import Path
 from policy.utils import atomic_write_text
 
 ROOT = Path(__file__).resolve().parents[1]
-TOPICS = ("toy2d", "image", "train", "eval", "cluster", "demos", "serve", "features", "libero")
+TOPICS = ("toy2d", "image", "train", "data", "eval", "cluster", "demos", "serve", "features", "libero")
 
 
 def build() -> str:
