@@ -19,7 +19,6 @@ import argparse
 import datetime as _dt
 import json
 import os
-import platform
 import statistics
 import sys
 import tempfile
@@ -29,19 +28,6 @@ from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 MODES = ("local", "ray", "ray_2_nodes")
-
-
-def _machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
-    return f"{cpu}, {os.cpu_count()} cores, load average {load:.1f} at start, {platform.platform()}"
 
 
 def _run(mode: str, args: argparse.Namespace, out: Path) -> dict[str, Any]:
@@ -105,7 +91,9 @@ def main(argv: list[str] | None = None) -> int:
     except ImportError:
         print('error: Ray is not installed; install the cluster extra: pip install -e ".[cluster]"', file=sys.stderr)
         return 2
-    machine, t0 = _machine(), time.time()
+    from envs.evaluation.bench import machine_info
+
+    machine, t0 = machine_info(), time.time()
     runs: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="bench-cluster-") as tmp:
         for r in range(args.repeats):

@@ -63,6 +63,21 @@ def _tail(path, n: int = 5) -> str:
     return "\n".join("        | " + ln for ln in [ln for ln in lines if ln.strip()][-n:])
 
 
+def split_jobs(jobs: list) -> tuple[list[str], list]:
+    """Say which jobs are done or cannot run (a "wait" job's model is not trained): (names of
+    those failed, the jobs to run)."""
+    failed, queue = [], []
+    for job in jobs:
+        if job.state == "done":
+            print(f"skip {job.stage} {job.name}: {job.detail}", flush=True)
+        elif job.state == "wait":
+            print(f"SKIP {job.stage} {job.name}: its model is not trained (see the training errors above)", flush=True)
+            failed.append(job.name)
+        else:
+            queue.append(job)
+    return failed, queue
+
+
 def run_stage(title: str, jobs: list, before=None, threads: int = 0, parallel: int = 1) -> list[str]:
     """Run the jobs that are not done (one subprocess each); returns the names of the failed
     ones. A failure never stops the other jobs. With parallel > 1 (and more than one job to
@@ -78,15 +93,7 @@ def run_stage(title: str, jobs: list, before=None, threads: int = 0, parallel: i
     if threads > 0:
         env.setdefault("OMP_NUM_THREADS", str(threads))
 
-    failed, queue = [], []
-    for job in jobs:
-        if job.state == "done":
-            print(f"skip {job.stage} {job.name}: {job.detail}", flush=True)
-        elif job.state == "wait":
-            print(f"SKIP {job.stage} {job.name}: its model is not trained (see the training errors above)", flush=True)
-            failed.append(job.name)
-        else:
-            queue.append(job)
+    failed, queue = split_jobs(jobs)
     to_logs = parallel > 1 and len(queue) > 1
     width = parallel if to_logs else 1
     bar = tqdm(total=len(jobs), initial=len(jobs) - len(queue), desc=title, unit="job", file=sys.stdout,

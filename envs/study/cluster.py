@@ -112,18 +112,10 @@ def run_stage_on_ray(title: str, jobs: list, cfg: StudyConfig, gpus: bool,
     import ray
     from tqdm import tqdm
 
-    from envs.study.cli import _tail
+    from envs.study.cli import _tail, split_jobs
 
     omp = os.environ.get("OMP_NUM_THREADS") or (str(cfg.threads) if cfg.threads > 0 else None)
-    failed, queue = [], []
-    for job in jobs:
-        if job.state == "done":
-            print(f"skip {job.stage} {job.name}: {job.detail}", flush=True)
-        elif job.state == "wait":
-            print(f"SKIP {job.stage} {job.name}: its model is not trained (see the training errors above)", flush=True)
-            failed.append(job.name)
-        else:
-            queue.append(job)
+    failed, queue = split_jobs(jobs)
     if not queue:
         return failed
     bar = tqdm(total=len(jobs), initial=len(jobs) - len(queue), desc=title, unit="job", file=sys.stdout,
