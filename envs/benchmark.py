@@ -22,6 +22,8 @@ from typing import Any, Mapping, NamedTuple, Protocol, Sequence, runtime_checkab
 
 import numpy as np
 
+from policy.features import pad_names, pad_rows
+
 
 class ObsField(NamedTuple):
     """One array of a policy observation: its shape (one step, no batch axis) and dtype.
@@ -117,14 +119,9 @@ def stack_observations(obs_list: Sequence[Mapping[str, Any]], spec: Mapping[str,
     for k, f in spec.items():
         values = [o[k] for o in obs_list]
         if f.dtype is str:
-            n = max((len(v) for v in values), default=0)
-            batch[k] = [[str(x) for x in v] + [""] * (n - len(v)) for v in values]
+            batch[k] = pad_names(values)
         elif f.shape and f.shape[0] is None:
-            arrays = [np.asarray(v, dtype=f.dtype) for v in values]
-            out = np.zeros((len(arrays), max(len(a) for a in arrays), *f.shape[1:]), dtype=f.dtype)
-            for i, a in enumerate(arrays):
-                out[i, : len(a)] = a
-            batch[k] = out
+            batch[k] = pad_rows(values, f.dtype, f.shape[1:])
         else:
             batch[k] = np.stack(values).astype(f.dtype, copy=False)
     batch["language"] = [str(o["language"]) for o in obs_list]

@@ -285,15 +285,27 @@ def object_fields(fields: Mapping[str, Any]) -> tuple[list[str], np.ndarray]:
     return names, (np.stack(rows) if rows else np.zeros((0, width)))
 
 
-def stack_objects(poses: list[Any], names: list[Any], dtype: str = "float32") -> tuple[np.ndarray, list[list[str]]]:
-    """B scenes' objects -> ((B, N_max, k) poses, B name lists), padded with zero rows named ""."""
-    arrays = [np.asarray(p, dtype=np.dtype(dtype)) for p in poses]
-    n = max((len(a) for a in arrays), default=0)
-    width = arrays[0].shape[1] if arrays and arrays[0].ndim == 2 else OBJECT_FEATURES[0].shape[1]
-    out = np.zeros((len(arrays), n, width), np.dtype(dtype))
+def pad_rows(values: list[Any], dtype: Any, row_shape: tuple[int, ...]) -> np.ndarray:
+    """B arrays of (N_i, *row_shape) -> one (B, max N_i, *row_shape) array, zero rows past each N_i."""
+    arrays = [np.asarray(v, dtype=dtype) for v in values]
+    out = np.zeros((len(arrays), max((len(a) for a in arrays), default=0), *row_shape), dtype=dtype)
     for i, a in enumerate(arrays):
         out[i, : len(a)] = a
-    return out, [[str(x) for x in row] + [""] * (n - len(row)) for row in names]
+    return out
+
+
+def pad_names(rows: list[Any], n: int | None = None) -> list[list[str]]:
+    """B lists of strings -> B lists of length ``n`` (default the longest), padded with ""."""
+    n = max((len(r) for r in rows), default=0) if n is None else n
+    return [[str(x) for x in row] + [""] * (n - len(row)) for row in rows]
+
+
+def stack_objects(poses: list[Any], names: list[Any], dtype: str = "float32") -> tuple[np.ndarray, list[list[str]]]:
+    """B scenes' objects -> ((B, N_max, k) poses, B name lists), padded with zero rows named ""."""
+    first = np.asarray(poses[0]) if poses else None
+    width = first.shape[1] if first is not None and first.ndim == 2 else OBJECT_FEATURES[0].shape[1]
+    out = pad_rows(poses, np.dtype(dtype), (width,))
+    return out, pad_names(names, out.shape[1])
 
 
 def with_objects(spec: FeatureSpec, objects: bool) -> FeatureSpec:
@@ -346,5 +358,5 @@ def describe_state(spec: FeatureSpec) -> str:
 
 __all__ = ["ACTION", "DEFAULT_FEATURES", "DEFAULT_PROPRIO", "Feature", "FeatureSpec", "IMAGE", "KINDS", "LANGUAGE", "LEGACY_FEATURES",
            "OBJECTS", "OBJECT_FEATURES", "OBJECT_KEY_SUFFIX", "OBJECT_NAMES", "OBJECT_POSE_FIELDS", "PROPRIO_LAYOUTS", "STATE",
-           "all_layouts", "describe_state", "object_fields", "object_text", "proprio_layout", "stack_objects", "with_objects",
-           "with_proprio"]
+           "all_layouts", "describe_state", "object_fields", "object_text", "pad_names", "pad_rows", "proprio_layout",
+           "stack_objects", "with_objects", "with_proprio"]
