@@ -19,6 +19,8 @@ import time
 import numpy as np
 from tqdm import tqdm
 
+from policy.features import LEGACY_FEATURES
+
 NOOP = np.array([0, 0, 0, 0, 0, 0, -1], dtype=np.float32)
 
 
@@ -28,9 +30,8 @@ def to_request(obs: dict, openpi_keys: bool, keys: list[str] | None = None,
     the server's metadata lists; ``state``: its proprio features, concatenated into openpi's
     ``observation/state`` (defaults: the joints-layout image policy's)."""
     if not openpi_keys:
-        return {k: obs[k] for k in (keys or ("agentview_rgb", "eye_in_hand_rgb", "joint_states", "gripper_states",
-                                             "language"))}
-    state = state or ["joint_states", "gripper_states"]
+        return {k: obs[k] for k in (keys or LEGACY_FEATURES.observation_keys)}
+    state = state or [f.name for f in LEGACY_FEATURES.states]
     return {"observation/image": obs["agentview_rgb"], "observation/wrist_image": obs["eye_in_hand_rgb"],
             "observation/state": np.concatenate([obs[k] for k in state]).astype(np.float32),
             "prompt": obs["language"]}

@@ -31,7 +31,7 @@ from policy.model.language import LanguageEncoder
 from policy.model.network import PolicyNetwork
 from policy.model.policy import DiffusionPolicy
 from policy.scoring import LossConfig
-from policy.training.loop import _objects, _to_device, object_name_table
+from policy.training.loop import batch_objects, batch_to_device, object_name_table
 
 MODELS = {"object_tokens": "objects", "image_small": "small"}  # bench name -> configs/model preset
 
@@ -78,9 +78,9 @@ class _Trainer:
         except StopIteration:
             self.it = iter(self.loader)
             batch = next(self.it)
-        images, proprio, actions = _to_device(batch, self.cfg.cameras, torch.device("cpu"))
+        images, proprio, actions = batch_to_device(batch, self.cfg.cameras, torch.device("cpu"))
         lang = self.language.embed(batch["language"])
-        objects = _objects(batch, self.table, torch.device("cpu")) if self.table is not None else None
+        objects = batch_objects(batch, self.table, torch.device("cpu")) if self.table is not None else None
         value = self.net(images, proprio, lang, actions, loss, objects=objects).loss.float().mean()
         self.opt.zero_grad(set_to_none=True)
         value.backward()

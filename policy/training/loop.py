@@ -119,7 +119,8 @@ def resolve_loss(loss: LossConfig, bandwidth: float | str, multiplier: float, da
     return replace(loss, bandwidth=median_bandwidth(net.normalizer.normalize_actions(chunks).cpu(), multiplier))
 
 
-def _to_device(batch: dict[str, Any], cameras: Sequence[str], device: torch.device) -> tuple[dict[str, torch.Tensor], torch.Tensor, torch.Tensor]:
+def batch_to_device(batch: dict[str, Any], cameras: Sequence[str], device: torch.device) -> tuple[dict[str, torch.Tensor], torch.Tensor, torch.Tensor]:
+    """A data-set batch's ({camera: images}, proprio, actions) on ``device``."""
     images = {cam: batch[cam].to(device, non_blocking=True) for cam in cameras}
     return images, batch["proprio"].to(device, non_blocking=True), batch["actions"].to(device, non_blocking=True)
 
@@ -131,7 +132,9 @@ def object_name_table(dataset: DemoDataset, language: LanguageEncoder, device: t
     return torch.cat([torch.zeros(1, language.dim), language.embed(texts)]).to(device)
 
 
-def _objects(batch: dict[str, Any], table: torch.Tensor, device: torch.device) -> ObjectTokens:
+def batch_objects(batch: dict[str, Any], table: torch.Tensor, device: torch.device) -> ObjectTokens:
+    """A data-set batch's object tokens on ``device``: poses, name embeddings looked up in ``table``
+    (:func:`object_name_table`), and the mask of the real objects."""
     ids = batch["object_ids"].to(device, non_blocking=True)
     return ObjectTokens(batch["object_poses"].to(device, non_blocking=True), table[ids + 1], ids >= 0)
 
@@ -194,9 +197,9 @@ def train(
     while step < end:
         loader, epoch = make_loader(dataset, train_cfg, step, rank, world, pin_memory=device.type == "cuda")
         for batch in loader:
-            images, proprio, actions = _to_device(batch, policy_cfg.cameras, device)
+            images, proprio, actions = batch_to_device(batch, policy_cfg.cameras, device)
             lang = language.embed(batch["language"], device)
-            objects = _objects(batch, table, device) if table is not None else None
+            objects = batch_objects(batch, table, device) if table is not None else None
             with autocast:
                 terms = model(images, proprio, lang, actions, loss, train_cfg.time_eps, _weighting(train_cfg),
                               train_cfg.weight_bias, objects)
