@@ -130,11 +130,12 @@ class StudyConfig:
 
     def models(self) -> list[ModelSpec]:
         """The runs: the energy models (one per (lambda, beta)) then the MSE model, each once per
-        seed (the first seed's folders carry the model's name alone, as single-seed studies do)."""
+        seed (the first seed's folders carry the model's name alone, as single-seed studies do).
+        Seed-major, so that a study stopped part-way has every model at its first seeds."""
         losses = [(f"energy_lam{lam:g}_beta{beta:g}", "energy", lam, beta, self.population) for lam, beta in self.energy]
         losses += [("mse", "mse", 0.0, 2.0, 1)] if self.mse else []
         return [ModelSpec(*loss, seed=k, run=loss[0] if k == self.seed else f"{loss[0]}_seed{k}")
-                for loss in losses for k in range(self.seed, self.seed + self.seeds)]
+                for k in range(self.seed, self.seed + self.seeds) for loss in losses]
 
     def run_dir(self, m: ModelSpec) -> Path:
         return Path(self.runs_root) / self.preset / self.suite / m.run

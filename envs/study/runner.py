@@ -203,16 +203,24 @@ def check_eval_producer(cfg: StudyConfig, m: ModelSpec, out: Path, now: dict[str
                          f"now holds {describe_producer(now)}): delete that folder to evaluate the new one")
 
 
+def eval_order(steps: list[int]) -> list[int]:
+    """The step counts in the order they are evaluated: 1, 2 and the largest first (the cells the
+    study's claim compares), the others after, so a study stopped part-way has those."""
+    first = [k for k in (1, 2, max(steps, default=0)) if k in steps]
+    return list(dict.fromkeys(first + sorted(steps)))
+
+
 def plan_eval(cfg: StudyConfig, trained: set[str] | None = None) -> list[Job]:
-    """Stage 3: eval_rollouts.py per (model, steps). ``trained``: models whose training is
+    """Stage 3: eval_rollouts.py per (steps, model), in :func:`eval_order`. ``trained``: models whose training is
     done (default: read from the run dirs); the others wait. Refuses a folder holding rollouts
     of another checkpoint (:func:`check_eval_producer`)."""
     if trained is None:
         trained = {j.name for j in plan_training(cfg) if j.state == "done"}
     jobs = []
-    for m in cfg.models():
-        now = run_producer(cfg, m)
-        for k in cfg.eval_steps:
+    producers = {m.run: run_producer(cfg, m) for m in cfg.models()}
+    for k in eval_order(cfg.eval_steps):
+        for m in cfg.models():
+            now = producers[m.run]
             out = cfg.eval_dir(m, k)
             cmd = _py("envs.evaluation.cli") + [
                 "--checkpoint", str(cfg.run_dir(m)), "--steps", str(k), "--suites", cfg.suite,

@@ -14,7 +14,7 @@ import pytest
 from envs.evaluation.results import summarize, weights_identity, wilson_interval, write_results
 from envs.evaluation.harness import EvalConfig, record_run
 from envs.study.report import StudyError, collect_results, write_study_results
-from envs.study.runner import aggregate, plan_demos, plan_eval, plan_training, training_spec
+from envs.study.runner import aggregate, eval_order, plan_demos, plan_eval, plan_training, training_spec
 from envs.study.config import parse_energy, parse_overrides
 
 REPO = Path(__file__).resolve().parents[2]
@@ -96,16 +96,18 @@ def test_aggregate_writes_json_table_and_plot(tmp_path: Path) -> None:
 def test_several_seeds_train_apart_and_report_mean_and_spread(tmp_path: Path) -> None:
     cfg = quick(tmp_path, "eval_steps=1,2", "tasks=0", "episodes=4", "seeds=3", "seed=5")
     runs = cfg.models()
-    assert [m.run for m in runs] == ["energy_lam1_beta1", "energy_lam1_beta1_seed6", "energy_lam1_beta1_seed7",
-                                     "mse", "mse_seed6", "mse_seed7"]
-    assert [m.seed for m in runs] == [5, 6, 7, 5, 6, 7] and len({cfg.run_dir(m) for m in runs}) == 6
-    assert "train.seed=6" in plan_training(cfg)[1].cmd and training_spec(cfg, runs[1])["seed"] == 6
+    assert [m.run for m in runs] == ["energy_lam1_beta1", "mse", "energy_lam1_beta1_seed6", "mse_seed6",
+                                     "energy_lam1_beta1_seed7", "mse_seed7"]  # seed-major
+    assert [m.seed for m in runs] == [5, 5, 6, 6, 7, 7] and len({cfg.run_dir(m) for m in runs}) == 6
+    assert "train.seed=6" in plan_training(cfg)[2].cmd and training_spec(cfg, runs[2])["seed"] == 6
     assert training_spec(cfg, runs[0])["loss"] == {"name": "energy_lam1_beta1", "loss": "energy", "lam": 1.0,
                                                    "beta": 1.0, "population": 16}  # as recorded before seeds
+    assert [j.name.split()[-1] for j in plan_eval(cfg)] == ["steps=1"] * 6 + ["steps=2"] * 6  # step-major
+    assert eval_order([16, 8, 4, 2, 1]) == [1, 2, 16, 4, 8] and eval_order([4, 2]) == [2, 4]
     wins = {1: [4, 2, 3], 2: [4, 4, 3]}  # successes of 4 episodes per energy seed
-    for i, m in enumerate(runs):
+    for m in runs:
         for k in (1, 2):
-            n = wins[k][i % 3] if m.name.startswith("energy") else 1
+            n = wins[k][m.seed - 5] if m.name.startswith("energy") else 1
             fake_eval(cfg.eval_dir(m, k), SUITE, k, [[e < n for e in range(4)]])
     paths = aggregate(cfg)
     assert paths is not None
