@@ -11,8 +11,9 @@ Rerunning with the same --out resumes and skips finished episodes; eval_config.j
 what made them (checkpoint step and weights sha256, steps, churn, protocol) and a rerun that
 differs (e.g. the run was trained further) is refused: use a new --out or delete the folder.
 With --ray the simulator workers are Ray actors on the nodes of a cluster (auto: RAY_ADDRESS or
-the cluster this machine is part of, else a local Ray instance; or host:port); the policy still
-runs batched in this process (docs/evaluation.md, "Cluster").
+the cluster this machine is part of, else a local Ray instance; or host:port); the policy runs
+batched in this process, or with --ray-policy actor in one Ray actor (on a GPU when the cluster has
+one), or with --ray-policy node in one actor per node (docs/evaluation.md, "Cluster").
 """
 
 from __future__ import annotations
@@ -54,15 +55,20 @@ def build_parser() -> argparse.ArgumentParser:
                         "same noise for every chunk of an episode)")
     p.add_argument("--video", type=int, default=0, metavar="K", help="save mp4s of the first K episodes per task")
     p.add_argument("--fast-render", action="store_true", help="render simplified visual meshes (CPU speed-up)")
-    p.add_argument("--device", default="cpu", help="torch device of the policy (default cpu)")
+    p.add_argument("--device", help="torch device of the policy (default cpu; with --ray-policy actor|node: cuda "
+                   "where the actor's node has a GPU, else cpu)")
     p.add_argument("--ray", metavar="ADDRESS", help="run the simulator workers as Ray actors: auto (RAY_ADDRESS or this "
                    "machine's cluster, else a local instance) or host:port; needs pip install -e \".[cluster]\"")
+    p.add_argument("--ray-policy", default="driver", choices=["driver", "actor", "node"],
+                   help="with --ray, where the policy runs: driver (this process, default), actor (one Ray actor, "
+                        "on a GPU when the cluster has one) or node (one actor per node of the workers)")
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     ray_pool = None  # envs.evaluation.ray_pool once --ray connected
+    remote = None  # envs.evaluation.ray_policy.RemotePolicy with --ray-policy actor|node
     try:
         from envs.evaluation.policies import load_policy_and_producer, resolve_checkpoint
         from envs.evaluation.results import plot_steps_sweep
@@ -79,7 +85,16 @@ def main(argv: list[str] | None = None) -> int:
             from envs.evaluation import ray_pool
 
             print(ray_pool.connect(args.ray, num_cpus=args.workers), flush=True)
-        policy, producer = load_policy_and_producer(args.policy, args.checkpoint, args.device)
+        if args.ray_policy != "driver" and (args.ray is None or args.policy != "checkpoint"):
+            raise ValueError(f"--ray-policy {args.ray_policy} runs a checkpoint on a Ray cluster: add --ray auto (or an "
+                             "address) and drop --policy, or use --ray-policy driver")
+        local_device = (args.device or "cpu") if args.ray_policy == "driver" else "cpu"
+        policy, producer = load_policy_and_producer(args.policy, args.checkpoint, local_device)
+        if args.ray_policy != "driver":
+            from envs.evaluation.ray_policy import RemotePolicy
+
+            remote = policy = RemotePolicy(policy, resolve_checkpoint(args.checkpoint), args.ray_policy,
+                                           args.device or "auto", seed=args.seed)
         if args.suites:
             suites = [check_suite(s.strip()) for s in args.suites.split(",") if s.strip()]
         else:
@@ -119,6 +134,8 @@ def main(argv: list[str] | None = None) -> int:
                 producer=producer,
             )
             pool = None if ray_pool is None else ray_pool.RayPool(cfg.benchmark, resolution, args.fast_render, args.ray)
+            if remote is not None:
+                remote.bind(pool)
             summary = run_evaluation(policy, cfg, pool=pool)
             points[k] = summary
             print((Path(cfg.out_dir) / "results.md").read_text())
@@ -140,6 +157,8 @@ def main(argv: list[str] | None = None) -> int:
               file=sys.stderr)
         return 1
     finally:
+        if remote is not None:
+            remote.close()
         if ray_pool is not None:
             ray_pool.disconnect()
     last = points[steps_list[-1]]

@@ -81,6 +81,7 @@ class BatchingLoop:
         self.policy, self.pool, self.cfg, self.queue = policy, pool, cfg, queue
         self.make_spec, self.on_finish = make_spec, finish
         self.use_info = bool(getattr(policy, "uses_episode_info", False))
+        self.use_wids = bool(getattr(policy, "uses_worker_ids", False))
         self.obs_spec = cfg.benchmark.observation_spec(cfg.resolution)
         self.policy_time = 0.0
         self.t_loop = 0.0  # time of the first policy call: start-up (spawn, env builds) ends there
@@ -128,6 +129,8 @@ class BatchingLoop:
         if self.use_info:
             batch["episode_info"] = [{"suite": s.spec.suite, "task_index": s.spec.task_index,  # type: ignore[union-attr]
                                       "episode": s.spec.episode, "t": s.t} for s in waiting]  # type: ignore[union-attr]
+        if self.use_wids:  # a policy run on the workers' nodes (envs.evaluation.ray_policy)
+            batch["worker_ids"] = [s.wid for s in waiting]
         t0 = time.perf_counter()
         self.t_loop = self.t_loop or time.time()
         chunks, error = self._predict(batch, len(waiting), self._generators(waiting))

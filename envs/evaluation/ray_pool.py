@@ -174,6 +174,11 @@ class RunnerActor:
 
         return f"{socket.gethostname()} node {ray.get_runtime_context().get_node_id()[:12]} pid {os.getpid()}"
 
+    def node_id(self) -> str:
+        import ray
+
+        return ray.get_runtime_context().get_node_id()
+
     def handle(self, kind: str, payload: Any) -> tuple[Any, ...] | None:
         if kind == "start" and isinstance(payload, EpisodeSpec):
             self._drop_video()

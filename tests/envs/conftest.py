@@ -1,9 +1,11 @@
 """Shared simulator fixtures: building a LIBERO environment costs 10-20 s on a CPU,
-so the default tests share one (libero_goal task 0, 64x64 cameras)."""
+so the default tests share one (libero_goal task 0, 64x64 cameras); and ``ray_cluster``, a
+real Ray cluster on the loopback interface for the tests of the Ray pool and the policy actors."""
 
 from __future__ import annotations
 
-from typing import Callable, Iterator
+import os
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import pytest
@@ -61,3 +63,35 @@ def make_planner() -> Iterator[Callable[..., tuple]]:
     yield make
     for env in made:
         env.close()
+
+
+@pytest.fixture
+def ray_cluster() -> Iterator[Callable[..., Any]]:
+    """``start(cpus=(1, 1), system=None)``: a LocalCluster of those nodes, this process connected
+    to it as its driver; everything is stopped and this process's settings restored at the end."""
+    import ray
+
+    from envs.evaluation.ray_local import LocalCluster, prepare_driver
+
+    saved = dict(os.environ)
+    from ray._private import ray_constants
+
+    enable = ray_constants.ENABLE_RAY_CLUSTER
+    clusters: list[LocalCluster] = []
+
+    def start(cpus: tuple[int, ...] = (1, 1), system: dict | None = None) -> LocalCluster:
+        cluster = LocalCluster(cpus, system=system)
+        clusters.append(cluster)
+        cluster.start()
+        prepare_driver(cluster.env)
+        ray.init(address=cluster.address, log_to_driver=False)
+        return cluster
+
+    yield start
+    ray.shutdown()
+    for c in clusters:
+        c.stop()
+    os.environ.clear()
+    os.environ.update(saved)
+    prepare_driver({})  # Ray's settings read again from the restored environment
+    ray_constants.ENABLE_RAY_CLUSTER = enable

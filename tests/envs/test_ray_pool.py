@@ -15,7 +15,7 @@ import sys
 import time
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
 import numpy as np
 import pytest
@@ -44,38 +44,6 @@ def _ray_pool(resolution: int = 0) -> Any:
     from envs.evaluation.ray_pool import RayPool
 
     return RayPool(LIBERO, resolution, False, log=None)
-
-
-@pytest.fixture
-def ray_cluster() -> Iterator[Callable[..., Any]]:
-    """``start(cpus=(1, 1), system=None)``: a LocalCluster of those nodes, this process connected
-    to it as its driver; everything is stopped and this process's settings restored at the end."""
-    import ray
-
-    from envs.evaluation.ray_local import LocalCluster, prepare_driver
-
-    saved = dict(os.environ)
-    from ray._private import ray_constants
-
-    enable = ray_constants.ENABLE_RAY_CLUSTER
-    clusters: list[LocalCluster] = []
-
-    def start(cpus: tuple[int, ...] = (1, 1), system: dict | None = None) -> LocalCluster:
-        cluster = LocalCluster(cpus, system=system)
-        clusters.append(cluster)
-        cluster.start()
-        prepare_driver(cluster.env)
-        ray.init(address=cluster.address, log_to_driver=False)
-        return cluster
-
-    yield start
-    ray.shutdown()
-    for c in clusters:
-        c.stop()
-    os.environ.clear()
-    os.environ.update(saved)
-    prepare_driver({})  # Ray's settings read again from the restored environment
-    ray_constants.ENABLE_RAY_CLUSTER = enable
 
 
 class _Probe:
