@@ -119,6 +119,13 @@ def test_policy_actors_give_the_driver_policys_episodes(tmp_path, ray_cluster, c
     finally:
         remote.close()
 
+    from envs.evaluation import cli  # the command line: the same episodes (it leaves the cluster at the end)
+
+    assert cli.main(["--checkpoint", str(checkpoint), "--suites", GOAL_SUITE, "--tasks", str(GOAL_TASK), "--episodes",
+                     "3", "--max-steps", "24", "--noise", "episode", "--ray", "auto", "--ray-policy", "node",
+                     "--out", str(tmp_path / "cli")]) == 0
+    assert _records(tmp_path / "cli") == expected
+
 
 def test_ray_policy_needs_ray_and_a_checkpoint(capsys) -> None:
     from envs.evaluation import cli
