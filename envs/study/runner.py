@@ -286,4 +286,21 @@ def aggregate(cfg: StudyConfig) -> dict[str, Path] | None:
              + f"; trained on {'; '.join(sorted(machines)) or 'unknown machine'}")
     protocol = (f"{protocol}; episode i starts from official init state i; success = successes / episodes "
                 f"pooled over the evaluated tasks") if protocol else ""
-    return write_study_results(cfg.suite, table, cfg.results, protocol, notes)
+    paths = write_study_results(cfg.suite, table, cfg.results, protocol, notes)
+    return {**paths, **write_curves(cfg, paths["md"])}
+
+
+def write_curves(cfg: StudyConfig, md: Path) -> dict[str, Path]:
+    """The runs' training loss curves beside the table (``<table stem>_loss.png``), their final
+    loss and tail drop appended to the table's markdown (:mod:`envs.study.curves`)."""
+    from envs.study.curves import curves_markdown, plot_loss_curves
+
+    models: dict[str, list[Path]] = {}
+    for m in cfg.models():
+        models.setdefault(m.name, []).append(cfg.run_dir(m))
+    png = md.with_name(f"{md.stem}_loss.png")
+    summary = plot_loss_curves(models, cfg.train_steps, png, f"{cfg.suite} preset={cfg.preset}: training loss")
+    if not any(summary.values()):
+        return {}
+    atomic_write_text(md, md.read_text() + "\n" + curves_markdown(summary, png.name))
+    return {"loss_png": png}

@@ -424,3 +424,36 @@ def test_parallel_stage_runs_jobs_side_by_side_with_logs(tmp_path: Path, capsys:
     for i in range(2):
         assert (tmp_path / f"ok{i}" / "study_eval.log").read_text().strip() == f"hello {tmp_path / f'start{i}'}"
     assert "FAILED (eval bad, exit 3)" in out and "| boom: bad key" in out and "skip eval old" in out
+
+
+def test_loss_curves_show_each_run_and_whether_it_flattened(tmp_path: Path) -> None:
+    """aggregate() writes <table>_loss.png beside the table and one row per run with its final
+    loss (the last tenth) and tail drop ((q3 - q4) / q3 of the mean loss); a resumed run's
+    repeated steps count once (the last line), a torn last line is skipped."""
+    from envs.study.curves import convergence, read_curve
+
+    cfg = quick(tmp_path, "eval_steps=1", "tasks=0", "episodes=2", "train_steps=400")
+    energy, mse = cfg.models()
+    for m, tail in ((energy, 1.0), (mse, 0.5)):  # energy flat at 1.0 in its last half, mse still falling
+        run = cfg.run_dir(m)
+        run.mkdir(parents=True)
+        lines = []
+        for step in range(10, 410, 10):
+            loss = 4.0 if step <= 200 else (tail if m is energy else 2.0 - 1.5 * (step - 200) / 200)
+            lines.append(json.dumps({"step": step, "loss": loss}))
+        lines.insert(5, json.dumps({"step": 300, "loss": 99.0}))  # an earlier attempt at step 300, resumed over
+        (run / "metrics.jsonl").write_text("\n".join(lines) + '\n{"step": 41')
+        fake_eval(cfg.eval_dir(m, 1), SUITE, 1, [[True, False]])
+    steps, loss = read_curve(cfg.run_dir(mse))
+    assert len(steps) == 40 and loss[list(steps).index(300)] != 99.0
+    flat = convergence(*read_curve(cfg.run_dir(energy)), 400)
+    assert flat == {"steps": 400, "final": 1.0, "tail_drop": 0.0}
+    falling = convergence(steps, loss, 400)
+    q3, q4 = loss[(steps > 200) & (steps <= 300)].mean(), loss[steps > 300].mean()
+    assert falling["tail_drop"] == pytest.approx((q3 - q4) / q3, abs=1e-4) and falling["tail_drop"] > 0.3
+    assert convergence(steps[:10], loss[:10], 400)["final"] is None  # not half-way yet
+    paths = aggregate(cfg)
+    assert paths is not None and paths["loss_png"].read_bytes()[:4] == b"\x89PNG"
+    assert paths["loss_png"].name == f"libero_{SUITE}_loss.png"
+    md = paths["md"].read_text()
+    assert f"[{paths['loss_png'].name}]" in md and "| mse / mse | 400 |" in md and "| 0.0% |" in md
