@@ -54,6 +54,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "its own, seeded by seed/task/episode/step: reproducible whatever the workers), fixed (the "
                         "same noise for every chunk of an episode)")
     p.add_argument("--video", type=int, default=0, metavar="K", help="save mp4s of the first K episodes per task")
+    p.add_argument("--record-chunks", action="store_true",
+                   help="save each episode's predicted action chunks (<out>/chunks/, for envs.study.switching)")
     p.add_argument("--fast-render", action="store_true", help="render simplified visual meshes (CPU speed-up)")
     p.add_argument("--device", help="torch device of the policy (default cpu; with --ray-policy actor|node: cuda "
                    "where the actor's node has a GPU, else cpu)")
@@ -130,6 +132,7 @@ def main(argv: list[str] | None = None) -> int:
                 seed=args.seed,
                 noise=args.noise,
                 video=args.video,
+                record_chunks=args.record_chunks,
                 policy=args.policy if args.policy != "checkpoint" else str(resolve_checkpoint(args.checkpoint)),
                 producer=producer,
             )

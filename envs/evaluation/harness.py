@@ -58,6 +58,7 @@ class _Slot:
         self.deadline = float("inf")
         self.obs: dict[str, Any] | None = None
         self.last_task: tuple[str, int] | None = None  # the task whose env the worker holds
+        self.chunks: list[tuple[int, np.ndarray]] = []  # (t, chunk) of the episode, with record_chunks
 
 
 class BatchingLoop:
@@ -146,6 +147,8 @@ class BatchingLoop:
                 self._assign(s)
                 continue
             chunk = chunks[b, : self.cfg.replan_every]  # type: ignore[index]
+            if self.cfg.record_chunks:
+                s.chunks.append((s.t, chunks[b].copy()))  # type: ignore[index]
             s.t += len(chunk)
             s.state, s.obs = "acting", None
             try:
@@ -193,11 +196,13 @@ class BatchingLoop:
         key = self.queue.pop(pick)
         s.spec = self.make_spec(key)
         s.last_task = key[:2]
-        s.t, s.state = 0, "resetting"
+        s.t, s.state, s.chunks = 0, "resetting", []
         self._send(s, ("start", s.spec))
 
     def _finish(self, s: _Slot, result: dict[str, Any]) -> None:
         assert s.spec is not None
+        if self.cfg.record_chunks and s.chunks:
+            save_chunks(Path(self.cfg.out_dir), s.spec, s.chunks)
         self.on_finish(s.spec, s.wid, result)
         s.spec, s.state, s.obs, s.deadline = None, "idle", None, float("inf")
 
@@ -225,6 +230,24 @@ class BatchingLoop:
         self.pool.restart(s.wid)
         fresh = self.slots[s.wid] = _Slot(s.wid)
         self._assign(fresh)
+
+
+def chunk_file(out: Path, suite: str, task_index: int, episode: int) -> Path:
+    """Where ``record_chunks`` puts an episode's chunks."""
+    return out / "chunks" / suite / f"task{task_index}_ep{episode}.npz"
+
+
+def save_chunks(out: Path, spec: EpisodeSpec, chunks: list[tuple[int, np.ndarray]]) -> None:
+    """An episode's (t, chunk) list as ``t`` (K,) and ``chunks`` (K, chunk, action_dim), atomically."""
+    import io
+
+    from policy.utils import atomic_write_bytes
+
+    buf = io.BytesIO()
+    np.savez(buf, t=np.array([t for t, _ in chunks], np.int64), chunks=np.stack([c for _, c in chunks]).astype(np.float32))
+    path = chunk_file(out, spec.suite, spec.task_index, spec.episode)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(path, buf.getvalue())
 
 
 # ----------------------------------------------------------------------------- the whole run

@@ -59,6 +59,11 @@ class EvalConfig:
     every chunk of an episode: a distributional policy keeps its mode). The last two need a
     policy whose ``predict`` takes ``generator=`` (one per observation)."""
 
+    record_chunks: bool = False
+    """Save every episode's action chunks, as predicted (``chunks/<suite>/task<k>_ep<i>.npz``:
+    ``t`` (K,) the policy step of each, ``chunks`` (K, 8, action_dim) float32; written when the
+    episode ends): what :mod:`envs.study.switching` reads. It changes no episode."""
+
     def __post_init__(self) -> None:
         if self.wait_steps is None:
             self.wait_steps = self.benchmark.wait_steps
@@ -126,6 +131,8 @@ def record_run(cfg: EvalConfig) -> None:
     del record["benchmark"]
     if cfg.noise == "shared":  # recorded only when not the default: older folders read as they always did
         del record["noise"]
+    if not cfg.record_chunks:
+        del record["record_chunks"]
     if bench != DEFAULT_BENCHMARK:
         record["benchmark"] = bench
     atomic_write_text(out / RUN_CONFIG_FILE, json.dumps(record, indent=2) + "\n")

@@ -759,3 +759,47 @@ def test_per_episode_noise_makes_episodes_independent_of_batching(tmp_path) -> N
         run_evaluation(fixed, _cfg(tmp_path / "fixed", episodes=2, resolution=0, noise="episode"))
     with pytest.raises(ValueError, match="needs a policy whose predict takes generator="):
         run_evaluation(NoopPolicy(), _cfg(tmp_path / "noop", noise="episode"))
+
+
+class _Steering:
+    """Deterministic chunks that depend on (episode, t): row value 0.01 * (episode + 1) + t / 1000."""
+
+    uses_episode_info = True
+
+    def reset(self) -> None:
+        pass
+
+    def predict(self, obs, steps: int = 2, churn: float = 0.0):
+        out = np.zeros((len(obs["language"]), 8, 7), np.float32)
+        for b, info in enumerate(obs["episode_info"]):
+            out[b, :, :6] = 0.01 * (info["episode"] + 1) + info["t"] / 1000
+            out[b, :, 6] = -1.0
+        return out
+
+
+def test_record_chunks_saves_each_episodes_chunks_and_changes_nothing(tmp_path) -> None:
+    """--record-chunks: chunks/<suite>/task<k>_ep<i>.npz holds the policy step and the full
+    predicted chunk of every policy call of that episode; the episodes are those of a run
+    without it, and eval_config.json records the option only when it is on."""
+    from envs.evaluation.harness import chunk_file
+
+    plain, rec = tmp_path / "plain", tmp_path / "rec"
+    run_evaluation(_Steering(), _cfg(plain, episodes=2, workers=2, max_steps=24, resolution=0))
+    run_evaluation(_Steering(), _cfg(rec, episodes=2, workers=2, max_steps=24, resolution=0, record_chunks=True))
+    def strip(recs):  # the episodes by number, less their timings
+        return sorted(({k: v for k, v in r.items() if not k.endswith("_s") and k != "worker"} for r in recs),
+                      key=lambda r: r["episode"])
+
+    assert strip(load_episodes(rec / EPISODES_FILE)) == strip(load_episodes(plain / EPISODES_FILE))
+    assert not (plain / "chunks").exists()
+    assert "record_chunks" not in json.loads((plain / "eval_config.json").read_text())
+    assert json.loads((rec / "eval_config.json").read_text())["record_chunks"] is True
+    for ep in (0, 1):
+        with np.load(chunk_file(rec, GOAL_SUITE, GOAL_TASK, ep), allow_pickle=False) as z:
+            t, chunks = z["t"], z["chunks"]
+        assert t.tolist() == [0, 8, 16] and chunks.shape == (3, 8, 7) and chunks.dtype == np.float32
+        np.testing.assert_allclose(chunks[:, 0, 0], 0.01 * (ep + 1) + t / 1000, rtol=1e-6)
+    from envs.study.switching import eval_rows
+
+    rows = eval_rows(rec)  # what the switching analysis reads: steady chunks, no reversal
+    assert len(rows) == 2 and all(r["pairs"] == 2 and r["yaw"] == r["planar"] == 0 for r in rows)

@@ -457,3 +457,26 @@ def test_loss_curves_show_each_run_and_whether_it_flattened(tmp_path: Path) -> N
     assert paths["loss_png"].name == f"libero_{SUITE}_loss.png"
     md = paths["md"].read_text()
     assert f"[{paths['loss_png'].name}]" in md and "| mse / mse | 400 |" in md and "| 0.0% |" in md
+
+
+def test_reversals_count_mode_switches_between_consecutive_chunks() -> None:
+    """A yaw reversal: two strong turns in opposite directions; a planar one: two strong moves more
+    than 120 degrees apart; weak commands and perpendicular moves are none."""
+    import numpy as np
+
+    from envs.study.switching import demo_chunks, reversals, summarize
+
+    def chunk(x: float, y: float, yaw: float) -> np.ndarray:
+        c = np.zeros((8, 7))
+        c[:, 0], c[:, 1], c[:, 5] = x, y, yaw
+        return c
+
+    seq = np.stack([chunk(0.5, 0, 0.6), chunk(-0.5, 0.1, -0.6),  # both kinds reverse
+                    chunk(0, 0.5, 0.1), chunk(0, -0.5, -0.1),  # planar only (the yaw is weak)
+                    chunk(0.5, 0, 0), chunk(0, 0.5, 0)])  # perpendicular: none
+    assert reversals(seq) == {"pairs": 5, "yaw": 1, "planar": 2}
+    assert reversals(seq[:1]) == {"pairs": 0, "yaw": 0, "planar": 0}
+    assert demo_chunks(np.zeros((20, 7))).shape == (2, 8, 7)
+    s = summarize([{"pairs": 5, "yaw": 1, "planar": 0, "success": False}, {"pairs": 5, "yaw": 0, "planar": 0, "success": True}])
+    assert s["yaw_reversals_per_100_pairs"] == 10.0 and s["episodes_with_yaw_reversal"] == 0.5
+    assert s["success_with_reversal"] == 0.0 and s["success_without_reversal"] == 1.0

@@ -1,0 +1,136 @@
+"""Does a policy switch mode between consecutive chunks of one episode? Reversals in the chunks
+that ``eval_rollouts.py --record-chunks`` saves, against the same count in the demonstrations.
+
+Each chunk's *head* is the mean of its first :data:`HEAD` actions (what the chunk sets out to do).
+Two consecutive chunks of an episode *reverse* when
+
+- **yaw**: both heads turn strongly (|action 5| > ``yaw``) and in opposite directions: at a
+  grasp-yaw fork, one chunk turns the hand back one way and the next the other way;
+- **planar**: both heads move strongly in x, y (norm > ``planar``) and their directions are more
+  than 120 degrees apart (cosine < -0.5): at a route fork, a step to one side then to the other.
+
+A policy that keeps its mode reverses about as often as the demonstrations chunked the same way
+(every 8 actions from the first); a policy that switches mode reverses more, and its episodes with
+reversals succeed less. ``python -m envs.study.switching EVAL_DIR... [--demos DEMO_DIR]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any, Iterable
+
+import numpy as np
+
+HEAD = 4  # actions of a chunk that say where it goes (as the fork probe's)
+YAW, PLANAR = 0.3, 0.3  # strong-command thresholds (actions in [-1, 1])
+
+
+def heads(chunks: np.ndarray) -> np.ndarray:
+    """(K, action_dim) mean of each chunk's first HEAD actions, from (K, chunk, action_dim)."""
+    return chunks[:, :HEAD].mean(axis=1)
+
+
+def reversals(chunks: np.ndarray, yaw: float = YAW, planar: float = PLANAR) -> dict[str, int]:
+    """Counts of yaw and planar reversals between consecutive chunks (K, chunk, action_dim)."""
+    h = heads(np.asarray(chunks, dtype=np.float64))
+    if len(h) < 2:
+        return {"pairs": 0, "yaw": 0, "planar": 0}
+    a, b = h[:-1], h[1:]
+    yaw_rev = (np.abs(a[:, 5]) > yaw) & (np.abs(b[:, 5]) > yaw) & (np.sign(a[:, 5]) != np.sign(b[:, 5]))
+    na, nb = np.linalg.norm(a[:, :2], axis=1), np.linalg.norm(b[:, :2], axis=1)
+    cos = (a[:, :2] * b[:, :2]).sum(axis=1) / np.maximum(na * nb, 1e-12)
+    planar_rev = (na > planar) & (nb > planar) & (cos < -0.5)
+    return {"pairs": len(h) - 1, "yaw": int(yaw_rev.sum()), "planar": int(planar_rev.sum())}
+
+
+def demo_chunks(actions: np.ndarray, size: int = 8) -> np.ndarray:
+    """A demonstration's actions (T, action_dim) cut into chunks of ``size`` from the first
+    (the last partial chunk dropped)."""
+    k = len(actions) // size
+    return np.asarray(actions[: k * size], dtype=np.float64).reshape(k, size, -1)
+
+
+def summarize(rows: Iterable[dict[str, Any]]) -> dict[str, Any]:
+    """Pooled rates over episodes (rows: ``reversals`` output plus ``success``, may be None)."""
+    rows = list(rows)
+    pairs = sum(r["pairs"] for r in rows)
+    out: dict[str, Any] = {"episodes": len(rows), "chunk_pairs": pairs}
+    for kind in ("yaw", "planar"):
+        n = sum(r[kind] for r in rows)
+        out[f"{kind}_reversals_per_100_pairs"] = round(100 * n / pairs, 2) if pairs else None
+        out[f"episodes_with_{kind}_reversal"] = round(sum(r[kind] > 0 for r in rows) / len(rows), 4) if rows else None
+    scored = [r for r in rows if r.get("success") is not None]
+    switched = [r for r in scored if r["yaw"] + r["planar"] > 0]
+    kept = [r for r in scored if r["yaw"] + r["planar"] == 0]
+    out["success_with_reversal"] = round(sum(r["success"] for r in switched) / len(switched), 4) if switched else None
+    out["success_without_reversal"] = round(sum(r["success"] for r in kept) / len(kept), 4) if kept else None
+    return out
+
+
+def eval_rows(folder: Path) -> list[dict[str, Any]]:
+    """One row per recorded episode of an evaluation folder (its chunks/ and episodes.jsonl)."""
+    from envs.evaluation.harness import chunk_file
+    from envs.evaluation.results import EPISODES_FILE, load_episodes
+
+    rows = []
+    for rec in load_episodes(folder / EPISODES_FILE):
+        path = chunk_file(folder, rec["suite"], int(rec["task_index"]), int(rec["episode"]))
+        if not path.is_file():
+            continue
+        with np.load(path, allow_pickle=False) as z:
+            rows.append({**reversals(z["chunks"]), "success": bool(rec["success"]), "task": int(rec["task_index"])})
+    return rows
+
+
+def demo_rows(folder: Path) -> list[dict[str, Any]]:
+    """One row per demonstration of the HDF5 files in ``folder`` (official layout)."""
+    import h5py
+
+    rows = []
+    for f in sorted(Path(folder).glob("*.hdf5")):
+        with h5py.File(f, "r") as h:
+            for name in h["data"]:
+                rows.append({**reversals(demo_chunks(np.asarray(h["data"][name]["actions"]))), "success": None})
+    return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("folders", nargs="+", help="evaluation folders run with --record-chunks")
+    p.add_argument("--demos", help="folder of the demonstrations' HDF5 files: their reversal rate, the baseline")
+    p.add_argument("--out", help="write the summaries as JSON here (atomically)")
+    args = p.parse_args(argv)
+    result: dict[str, Any] = {}
+    if args.demos:
+        if not any(Path(args.demos).glob("*.hdf5")):
+            print(f"error: no .hdf5 files in {args.demos}; pass the folder the demonstrations were written to",
+                  file=sys.stderr)
+            return 2
+        result["demonstrations"] = summarize(demo_rows(Path(args.demos)))
+    for folder in args.folders:
+        rows = eval_rows(Path(folder))
+        if not rows:
+            print(f"error: {folder} has no recorded chunks; evaluate with eval_rollouts.py --record-chunks",
+                  file=sys.stderr)
+            return 2
+        result[folder] = summarize(rows)
+    print("| source | episodes | yaw rev./100 pairs | planar rev./100 pairs | eps. with reversal (yaw / planar) "
+          "| success with / without reversal |")
+    print("|---|---:|---:|---:|---:|---:|")
+    pct = lambda v: "-" if v is None else f"{100 * v:.0f}%"  # noqa: E731
+    for name, s in result.items():
+        print(f"| {name} | {s['episodes']} | {s['yaw_reversals_per_100_pairs']} | {s['planar_reversals_per_100_pairs']} "
+              f"| {pct(s['episodes_with_yaw_reversal'])} / {pct(s['episodes_with_planar_reversal'])} "
+              f"| {pct(s['success_with_reversal'])} / {pct(s['success_without_reversal'])} |")
+    if args.out:
+        from policy.utils import atomic_write_text
+
+        atomic_write_text(args.out, json.dumps(result, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
