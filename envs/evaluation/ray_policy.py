@@ -154,11 +154,16 @@ class RemotePolicy:
         self.actors[node] = actor
         return actor
 
-    def _node_of(self, wid: int) -> str:
+    def _node_of(self, wid: int) -> str | None:
+        """The node of worker ``wid``'s actor; None (any policy actor) when it cannot say (gone since
+        its observation came: the pool reports it on its next poll)."""
         handle = self.pool.actor(wid)
         known = self.worker_nodes.get(wid)
         if known is None or known[0] is not handle:
-            known = (handle, self.ray.get(handle.node_id.remote(), timeout=60))
+            try:
+                known = (handle, self.ray.get(handle.node_id.remote(), timeout=60))
+            except Exception:
+                return None
             self.worker_nodes[wid] = known
         return known[1]
 
