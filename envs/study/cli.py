@@ -21,6 +21,8 @@ Keys (key=value; defaults from the preset quick | cpu | cpu_suite | cpu_bimodal[
   train_steps checkpoint_every seed seeds (training seeds per model: seed, seed+1, ...; the table shows
   their mean and spread) energy=lambda:beta,... population mse=true|false
   eval_steps=1,2,4,8,16 episodes workers device data_root runs_root eval_root results dry_run
+  record_chunks=true|false (evaluations save each episode's chunks for python -m envs.study.switching;
+  objects_suite: true)
   threads (OMP_NUM_THREADS of the children; quick/cpu: 1, paper: 0 = torch default)
   jobs (training / evaluation subprocesses at a time; cpu: 2, each logging to a file)
   ray=auto|<host:port> (training and evaluation jobs as Ray tasks: a GPU per training where the cluster

@@ -59,6 +59,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     # boxes wider than the gripper, tasks 1, 6, 8) and route forks elsewhere; 3 seeds per model.
     "objects_suite": {**_CPU_STUDY, "tasks": None, "model": "objects", "detour": 0.12, "yaw_tasks": [1, 6, 8],
                       "train_steps": 12000, "checkpoint_every": 1000, "energy": [(1.0, 1.0), (1.0, 0.1)], "seeds": 3,
+                      "record_chunks": True,
                       "eval_steps": [1, 2, 4, 8, 16], "train_overrides": [], "data_root": "data/study_objects_suite",
                       "results": "benchmarks/results/libero_objects_suite.json"},
     # The paper's configuration, for a GPU: 50 demos/task at 128 px, 250k steps, 50 episodes/task.
@@ -127,6 +128,7 @@ class StudyConfig:
     jobs: int = 1  # training / evaluation subprocesses run at a time (> 1: each logs to a file)
     train_overrides: list[str] = field(default_factory=list)  # extra train.*/data.*/model.* overrides
     ray: str = ""  # "" = this machine; auto | host:port: training and evaluation jobs as Ray tasks (envs/study/cluster.py)
+    record_chunks: bool = False  # evaluations save every episode's chunks (envs.study.switching reads them)
 
     def models(self) -> list[ModelSpec]:
         """The runs: the energy models (one per (lambda, beta)) then the MSE model, each once per
@@ -231,7 +233,7 @@ def parse_overrides(argv: list[str]) -> StudyConfig:
     for key, value in kv.items():
         if key in ints:
             cfg = replace(cfg, **{key: _parse_ints(key, value, ints[key])[0]})
-        elif key in ("fast_render", "mse", "dry_run", "yaw_modes"):
+        elif key in ("fast_render", "mse", "dry_run", "yaw_modes", "record_chunks"):
             cfg = replace(cfg, **{key: _parse_bool(key, value)})
         elif key == "detour":
             try:

@@ -226,7 +226,7 @@ def plan_eval(cfg: StudyConfig, trained: set[str] | None = None) -> list[Job]:
                 "--checkpoint", str(cfg.run_dir(m)), "--steps", str(k), "--suites", cfg.suite,
                 "--episodes", str(cfg.episodes), "--workers", str(cfg.workers), "--out", str(out),
                 "--device", cfg.device] + (["--tasks", ",".join(map(str, cfg.tasks))] if cfg.tasks is not None else []) \
-                + (["--fast-render"] if cfg.fast_render else [])
+                + (["--fast-render"] if cfg.fast_render else []) + (["--record-chunks"] if cfg.record_chunks else [])
             check_eval_producer(cfg, m, out, now)
             if eval_finished(cfg, m, k):
                 state = "done"

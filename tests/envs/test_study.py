@@ -103,6 +103,8 @@ def test_several_seeds_train_apart_and_report_mean_and_spread(tmp_path: Path) ->
     assert training_spec(cfg, runs[0])["loss"] == {"name": "energy_lam1_beta1", "loss": "energy", "lam": 1.0,
                                                    "beta": 1.0, "population": 16}  # as recorded before seeds
     assert [j.name.split()[-1] for j in plan_eval(cfg)] == ["steps=1"] * 6 + ["steps=2"] * 6  # step-major
+    assert "--record-chunks" not in plan_eval(cfg)[0].cmd
+    assert "--record-chunks" in plan_eval(quick(tmp_path, "record_chunks=true"))[0].cmd
     assert eval_order([16, 8, 4, 2, 1]) == [1, 2, 16, 4, 8] and eval_order([4, 2]) == [2, 4]
     wins = {1: [4, 2, 3], 2: [4, 4, 3]}  # successes of 4 episodes per energy seed
     for m in runs:
