@@ -9,6 +9,9 @@ Two consecutive chunks of an episode *reverse* when
 - **planar**: both heads move strongly in x, y (norm > ``planar``) and their directions are more
   than 120 degrees apart (cosine < -0.5): at a route fork, a step to one side then to the other.
 
+and ``gripper`` counts the flips of the gripper command (the sign of action 6) between consecutive
+chunks: a pick and place has two (close, open); more is a grasp let go and taken again.
+
 A policy that keeps its mode reverses about as often as the demonstrations chunked the same way
 (every 8 actions from the first); a policy that switches mode reverses more, and its episodes with
 reversals succeed less. ``python -m envs.study.switching EVAL_DIR... [--demos DEMO_DIR]``.
@@ -37,13 +40,14 @@ def reversals(chunks: np.ndarray, yaw: float = YAW, planar: float = PLANAR) -> d
     """Counts of yaw and planar reversals between consecutive chunks (K, chunk, action_dim)."""
     h = heads(np.asarray(chunks, dtype=np.float64))
     if len(h) < 2:
-        return {"pairs": 0, "yaw": 0, "planar": 0}
+        return {"pairs": 0, "yaw": 0, "planar": 0, "gripper": 0}
     a, b = h[:-1], h[1:]
     yaw_rev = (np.abs(a[:, 5]) > yaw) & (np.abs(b[:, 5]) > yaw) & (np.sign(a[:, 5]) != np.sign(b[:, 5]))
     na, nb = np.linalg.norm(a[:, :2], axis=1), np.linalg.norm(b[:, :2], axis=1)
     cos = (a[:, :2] * b[:, :2]).sum(axis=1) / np.maximum(na * nb, 1e-12)
     planar_rev = (na > planar) & (nb > planar) & (cos < -0.5)
-    return {"pairs": len(h) - 1, "yaw": int(yaw_rev.sum()), "planar": int(planar_rev.sum())}
+    flips = int((np.sign(a[:, 6]) != np.sign(b[:, 6])).sum())
+    return {"pairs": len(h) - 1, "yaw": int(yaw_rev.sum()), "planar": int(planar_rev.sum()), "gripper": flips}
 
 
 def demo_chunks(actions: np.ndarray, size: int = 8) -> np.ndarray:
@@ -62,6 +66,7 @@ def summarize(rows: Iterable[dict[str, Any]]) -> dict[str, Any]:
         n = sum(r[kind] for r in rows)
         out[f"{kind}_reversals_per_100_pairs"] = round(100 * n / pairs, 2) if pairs else None
         out[f"episodes_with_{kind}_reversal"] = round(sum(r[kind] > 0 for r in rows) / len(rows), 4) if rows else None
+    out["gripper_flips_per_episode"] = round(sum(r["gripper"] for r in rows) / len(rows), 3) if rows else None
     scored = [r for r in rows if r.get("success") is not None]
     switched = [r for r in scored if r["yaw"] + r["planar"] > 0]
     kept = [r for r in scored if r["yaw"] + r["planar"] == 0]
@@ -118,13 +123,14 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         result[folder] = summarize(rows)
     print("| source | episodes | yaw rev./100 pairs | planar rev./100 pairs | eps. with reversal (yaw / planar) "
-          "| success with / without reversal |")
-    print("|---|---:|---:|---:|---:|---:|")
+          "| success with / without reversal | gripper flips / episode |")
+    print("|---|---:|---:|---:|---:|---:|---:|")
     pct = lambda v: "-" if v is None else f"{100 * v:.0f}%"  # noqa: E731
     for name, s in result.items():
         print(f"| {name} | {s['episodes']} | {s['yaw_reversals_per_100_pairs']} | {s['planar_reversals_per_100_pairs']} "
               f"| {pct(s['episodes_with_yaw_reversal'])} / {pct(s['episodes_with_planar_reversal'])} "
-              f"| {pct(s['success_with_reversal'])} / {pct(s['success_without_reversal'])} |")
+              f"| {pct(s['success_with_reversal'])} / {pct(s['success_without_reversal'])} "
+              f"| {s['gripper_flips_per_episode']} |")
     if args.out:
         from policy.utils import atomic_write_text
 

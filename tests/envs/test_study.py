@@ -470,15 +470,18 @@ def test_reversals_count_mode_switches_between_consecutive_chunks() -> None:
 
     def chunk(x: float, y: float, yaw: float) -> np.ndarray:
         c = np.zeros((8, 7))
-        c[:, 0], c[:, 1], c[:, 5] = x, y, yaw
+        c[:, 0], c[:, 1], c[:, 5], c[:, 6] = x, y, yaw, -1.0
         return c
 
     seq = np.stack([chunk(0.5, 0, 0.6), chunk(-0.5, 0.1, -0.6),  # both kinds reverse
                     chunk(0, 0.5, 0.1), chunk(0, -0.5, -0.1),  # planar only (the yaw is weak)
                     chunk(0.5, 0, 0), chunk(0, 0.5, 0)])  # perpendicular: none
-    assert reversals(seq) == {"pairs": 5, "yaw": 1, "planar": 2}
-    assert reversals(seq[:1]) == {"pairs": 0, "yaw": 0, "planar": 0}
+    seq[2:4, :, 6] = 1.0  # the gripper closes at chunk 2 and opens at chunk 4: two flips
+    assert reversals(seq) == {"pairs": 5, "yaw": 1, "planar": 2, "gripper": 2}
+    assert reversals(seq[:1]) == {"pairs": 0, "yaw": 0, "planar": 0, "gripper": 0}
     assert demo_chunks(np.zeros((20, 7))).shape == (2, 8, 7)
-    s = summarize([{"pairs": 5, "yaw": 1, "planar": 0, "success": False}, {"pairs": 5, "yaw": 0, "planar": 0, "success": True}])
+    s = summarize([{"pairs": 5, "yaw": 1, "planar": 0, "gripper": 4, "success": False},
+                   {"pairs": 5, "yaw": 0, "planar": 0, "gripper": 2, "success": True}])
+    assert s["gripper_flips_per_episode"] == 3.0
     assert s["yaw_reversals_per_100_pairs"] == 10.0 and s["episodes_with_yaw_reversal"] == 0.5
     assert s["success_with_reversal"] == 0.0 and s["success_without_reversal"] == 1.0
