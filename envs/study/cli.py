@@ -22,7 +22,8 @@ Keys (key=value; defaults from the preset quick | cpu | cpu_suite | cpu_bimodal[
   their mean and spread) energy=lambda:beta,... population mse=true|false
   eval_steps=1,2,4,8,16 episodes workers device data_root runs_root eval_root results dry_run
   record_chunks=true|false (evaluations save each episode's chunks for python -m envs.study.switching;
-  objects_suite: true)
+  objects_suite: true) noise=shared|episode|fixed (the evaluations' sampler noise, eval_rollouts.py --noise;
+  fixed: one noise for every chunk of an episode; give it its own eval_root and results)
   threads (OMP_NUM_THREADS of the children; quick/cpu: 1, paper: 0 = torch default)
   jobs (training / evaluation subprocesses at a time; cpu: 2, each logging to a file)
   ray=auto|<host:port> (training and evaluation jobs as Ray tasks: a GPU per training where the cluster

@@ -129,6 +129,7 @@ class StudyConfig:
     train_overrides: list[str] = field(default_factory=list)  # extra train.*/data.*/model.* overrides
     ray: str = ""  # "" = this machine; auto | host:port: training and evaluation jobs as Ray tasks (envs/study/cluster.py)
     record_chunks: bool = False  # evaluations save every episode's chunks (envs.study.switching reads them)
+    noise: str = "shared"  # the evaluations' sampler noise (eval_rollouts.py --noise shared|episode|fixed)
 
     def models(self) -> list[ModelSpec]:
         """The runs: the energy models (one per (lambda, beta)) then the MSE model, each once per
@@ -248,6 +249,10 @@ def parse_overrides(argv: list[str]) -> StudyConfig:
             cfg = replace(cfg, tasks=None if value == "all" else _parse_ints(key, value, 0))
         elif key == "yaw_tasks":
             cfg = replace(cfg, yaw_tasks=[] if value.lower() in ("none", "[]", "") else _parse_ints(key, value, 0))
+        elif key == "noise":
+            if value not in ("shared", "episode", "fixed"):
+                raise StudyError(f"noise must be shared, episode or fixed (eval_rollouts.py --noise), got {value!r}")
+            cfg = replace(cfg, noise=value)
         elif key == "ray":
             cfg = replace(cfg, ray="" if value.lower() in ("", "none", "off", "false") else value)
         elif key in ("suite", "model", "device", "data_root", "runs_root", "eval_root", "results"):

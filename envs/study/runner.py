@@ -226,7 +226,8 @@ def plan_eval(cfg: StudyConfig, trained: set[str] | None = None) -> list[Job]:
                 "--checkpoint", str(cfg.run_dir(m)), "--steps", str(k), "--suites", cfg.suite,
                 "--episodes", str(cfg.episodes), "--workers", str(cfg.workers), "--out", str(out),
                 "--device", cfg.device] + (["--tasks", ",".join(map(str, cfg.tasks))] if cfg.tasks is not None else []) \
-                + (["--fast-render"] if cfg.fast_render else []) + (["--record-chunks"] if cfg.record_chunks else [])
+                + (["--fast-render"] if cfg.fast_render else []) + (["--record-chunks"] if cfg.record_chunks else []) \
+                + (["--noise", cfg.noise] if cfg.noise != "shared" else [])
             check_eval_producer(cfg, m, out, now)
             if eval_finished(cfg, m, k):
                 state = "done"
@@ -251,7 +252,7 @@ def study_protocol(cfg: StudyConfig) -> dict[str, Any]:
     """The protocol of the study's evaluations (what :func:`plan_eval`'s commands set): every
     aggregated folder must have been evaluated with it."""
     return {"churn": 0.0, "fast_render": cfg.fast_render, "replan_every": 8, "max_steps": None,
-            "wait_steps": NUM_WAIT_STEPS}
+            "wait_steps": NUM_WAIT_STEPS, "noise": cfg.noise}
 
 
 def aggregate(cfg: StudyConfig) -> dict[str, Path] | None:
@@ -283,6 +284,7 @@ def aggregate(cfg: StudyConfig) -> dict[str, Path] | None:
                 if cfg.yaw_tasks else "") + f", {tasks}, "
              f"up to {cfg.episodes} episodes per task"
              + (f", training overrides {' '.join(cfg.train_overrides)}" if cfg.train_overrides else "")
+             + (f", sampler noise {cfg.noise} (eval_rollouts.py --noise)" if cfg.noise != "shared" else "")
              + f"; trained on {'; '.join(sorted(machines)) or 'unknown machine'}")
     protocol = (f"{protocol}; episode i starts from official init state i; success = successes / episodes "
                 f"pooled over the evaluated tasks") if protocol else ""

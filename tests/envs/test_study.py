@@ -485,3 +485,22 @@ def test_reversals_count_mode_switches_between_consecutive_chunks() -> None:
     assert s["gripper_flips_per_episode"] == 3.0
     assert s["yaw_reversals_per_100_pairs"] == 10.0 and s["episodes_with_yaw_reversal"] == 0.5
     assert s["success_with_reversal"] == 0.0 and s["success_without_reversal"] == 1.0
+
+
+def test_a_fixed_noise_study_evaluates_and_reports_only_fixed_noise(tmp_path: Path) -> None:
+    """noise=fixed: the evaluations run with --noise fixed, the notes say so, and a folder
+    evaluated with another noise is refused in one line (the default, shared, is not recorded)."""
+    cfg = quick(tmp_path, "eval_steps=1", "tasks=0", "episodes=2", "noise=fixed")
+    energy, mse = cfg.models()
+    cmd = plan_eval(cfg)[0].cmd
+    assert cmd[cmd.index("--noise") + 1] == "fixed"
+    assert "--noise" not in plan_eval(quick(tmp_path, "eval_steps=1"))[0].cmd
+    fake_eval(cfg.eval_dir(energy, 1), SUITE, 1, [[True, False]], noise="fixed")
+    fake_eval(cfg.eval_dir(mse, 1), SUITE, 1, [[True, True]])  # shared noise: not this study's
+    with pytest.raises(StudyError, match="evaluated with noise='shared' but the study evaluates with noise='fixed'"):
+        aggregate(cfg)
+    fake_eval(cfg.eval_dir(mse, 1), SUITE, 1, [[True, True]], noise="fixed")
+    paths = aggregate(cfg)
+    assert paths is not None and "sampler noise fixed" in json.loads(paths["json"].read_text())["notes"]
+    with pytest.raises(StudyError, match="noise must be shared, episode or fixed"):
+        quick(tmp_path, "noise=sometimes")
