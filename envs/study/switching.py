@@ -90,12 +90,12 @@ def eval_rows(folder: Path) -> list[dict[str, Any]]:
     return rows
 
 
-def demo_rows(folder: Path) -> list[dict[str, Any]]:
-    """One row per demonstration of the HDF5 files in ``folder`` (official layout)."""
+def demo_rows(path: Path) -> list[dict[str, Any]]:
+    """One row per demonstration of an HDF5 file (official layout), or of the files in a folder."""
     import h5py
 
     rows = []
-    for f in sorted(Path(folder).glob("*.hdf5")):
+    for f in [path] if path.is_file() else sorted(Path(path).glob("*.hdf5")):
         with h5py.File(f, "r") as h:
             for name in h["data"]:
                 rows.append({**reversals(demo_chunks(np.asarray(h["data"][name]["actions"]))), "success": None})
@@ -104,17 +104,22 @@ def demo_rows(folder: Path) -> list[dict[str, Any]]:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("folders", nargs="+", help="evaluation folders run with --record-chunks")
-    p.add_argument("--demos", help="folder of the demonstrations' HDF5 files: their reversal rate, the baseline")
+    p.add_argument("folders", nargs="*", help="evaluation folders run with --record-chunks")
+    p.add_argument("--demos", nargs="+", default=[], metavar="PATH",
+                   help="demonstration HDF5 files or folders of them, each its own row: the baseline")
     p.add_argument("--out", help="write the summaries as JSON here (atomically)")
     args = p.parse_args(argv)
     result: dict[str, Any] = {}
-    if args.demos:
-        if not any(Path(args.demos).glob("*.hdf5")):
-            print(f"error: no .hdf5 files in {args.demos}; pass the folder the demonstrations were written to",
+    if not args.folders and not args.demos:
+        print("error: name evaluation folders (run with --record-chunks) and/or --demos DEMO_DIR", file=sys.stderr)
+        return 2
+    for demos in args.demos:
+        rows = demo_rows(Path(demos))
+        if not rows:
+            print(f"error: no demonstrations in {demos}; pass .hdf5 files or the folder they were written to",
                   file=sys.stderr)
             return 2
-        result["demonstrations"] = summarize(demo_rows(Path(args.demos)))
+        result[f"demonstrations {demos}"] = summarize(rows)
     for folder in args.folders:
         rows = eval_rows(Path(folder))
         if not rows:

@@ -504,3 +504,25 @@ def test_a_fixed_noise_study_evaluates_and_reports_only_fixed_noise(tmp_path: Pa
     assert paths is not None and "sampler noise fixed" in json.loads(paths["json"].read_text())["notes"]
     with pytest.raises(StudyError, match="noise must be shared, episode or fixed"):
         quick(tmp_path, "noise=sometimes")
+
+
+def test_switching_command_reads_demonstrations(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """python -m envs.study.switching --demos FILE: one row per file (two yaw reversals in a demo
+    that turns, turns back and turns again), --out JSON; nothing to read is one line."""
+    import h5py
+    import numpy as np
+
+    from envs.study.switching import main
+
+    actions = np.zeros((32, 7))
+    actions[:, 6] = -1.0
+    actions[0:8, 5], actions[8:16, 5], actions[16:24, 5] = 0.8, -0.8, 0.8
+    path = tmp_path / "demo.hdf5"
+    with h5py.File(path, "w") as f:
+        f.create_dataset("data/demo_0/actions", data=actions)
+    assert main(["--demos", str(path), "--out", str(tmp_path / "s.json")]) == 0
+    s = json.loads((tmp_path / "s.json").read_text())[f"demonstrations {path}"]
+    assert s["chunk_pairs"] == 3 and s["yaw_reversals_per_100_pairs"] == pytest.approx(200 / 3, abs=0.01)
+    capsys.readouterr()
+    assert main([]) == 2 and capsys.readouterr().err.startswith("error: name evaluation folders")
+    assert main([str(tmp_path)]) == 2 and "has no recorded chunks" in capsys.readouterr().err
