@@ -107,6 +107,25 @@ def official_starts(args: argparse.Namespace, resolution: int) -> Iterator[tuple
         env.close()
 
 
+def demo_observations(args: argparse.Namespace, path: Path, steps: list[int], resolution: int) -> list[dict]:
+    """The observation of demonstration i at step ``steps[i]``, from its recorded simulator state
+    (``data/demo_N/states``, in the dataset's demo order) set in one environment: every feature a
+    policy may read (cameras, states, object poses), whatever its kind."""
+    import h5py
+
+    from envs.libero.dataset import _demo_keys
+    from envs.libero.env import make_env
+
+    with h5py.File(path, "r") as f:
+        states = [np.asarray(f["data"][k]["states"][t]) for k, t in zip(_demo_keys(f["data"]), steps)]
+    env = make_env(args.suite, args.task, resolution=resolution, fast_render=args.fast_render)
+    try:
+        env.reset(seed=0)
+        return [env.set_init_state(state) for state in states]
+    finally:
+        env.close()
+
+
 def held_out_observations(args: argparse.Namespace, resolution: int) -> list[dict]:
     return [obs for _, _, obs in official_starts(args, resolution)]
 
@@ -143,7 +162,7 @@ def draw(policy, obs_list: list[dict], steps: int, samples: int) -> np.ndarray:
 
     from envs.libero.env import stack_observations
 
-    batch = stack_observations(obs_list)
+    batch = stack_observations(obs_list, getattr(getattr(policy, "config", None), "spec", None))
     return np.stack([policy.predict(batch, steps=steps, generator=torch.Generator().manual_seed(k))
                      for k in range(samples)])
 
@@ -191,8 +210,8 @@ def main(argv: list[str] | None = None) -> int:
         demo_coord = first_actions @ axis
         coord_of = lambda chunks: sides(chunks, axis)  # noqa: E731
     scale = float(np.abs(demo_coord).mean())
-    train_obs = [{**{cam: d.images[cam][t] for cam in d.images}, "joint_states": d.proprio[t, :7],
-                  "gripper_states": d.proprio[t, 7:], "language": d.language} for d, t in zip(demos, forks)]
+    resolution = int(policy.config.render_resolution)
+    train_obs = demo_observations(args, files[0], forks, resolution)
     train = coord_of(draw(policy, train_obs, args.steps, args.samples))  # (samples, demos)
     summary = {
         "checkpoint": str(args.checkpoint), "fork": args.fork, "steps": args.steps, "task": task.name,
@@ -201,7 +220,6 @@ def main(argv: list[str] | None = None) -> int:
         "train_starts": {**summarise(train, scale),
                          "agrees_with_demo": float((np.sign(train) == np.sign(demo_coord)[None]).mean())},
     }
-    resolution = demos[0].images[next(iter(demos[0].images))].shape[1]
     if args.fork == "yaw":
         summary["fork_steps"] = {"mean": float(np.mean(forks)), "min": int(min(forks)), "max": int(max(forks))}
         held = held_out_yaw_forks(args, resolution)

@@ -68,3 +68,31 @@ def test_yaw_fork_step_is_the_turn_back_after_the_calm() -> None:
             assert "--yaw-modes" in str(err)
         else:
             raise AssertionError("no fork must raise")
+
+
+def test_training_starts_come_from_the_recorded_states_for_any_policy_kind(tmp_path: Path) -> None:
+    """demo_observations sets each demo's recorded state at its fork step: the observation has the
+    object poses an object-token policy reads, and equals the env's own observation of that state."""
+    import argparse
+
+    import h5py
+
+    from envs.libero.env import get_init_states, make_env
+
+    suite, task = "libero_object", 0
+    states = get_init_states(suite, task)[:2]
+    path = tmp_path / "demo.hdf5"
+    with h5py.File(path, "w") as f:
+        for i in range(2):  # demo_0 holds state 0 at step 1, demo_1 state 1 at step 0
+            f.create_dataset(f"data/demo_{i}/states", data=np.stack([states[i]] * 2))
+    args = argparse.Namespace(suite=suite, task=task, fast_render=False)
+    obs = probe.demo_observations(args, path, [1, 0], resolution=0)
+    assert len(obs) == 2 and obs[0]["object_poses"].shape[1] == 10 and len(obs[0]["object_names"]) >= 1
+    env = make_env(suite, task, resolution=0)
+    try:
+        env.reset(seed=0)
+        direct = env.set_init_state(states[1])
+    finally:
+        env.close()
+    np.testing.assert_array_equal(obs[1]["object_poses"], direct["object_poses"])
+    assert not np.array_equal(obs[0]["object_poses"], obs[1]["object_poses"])
