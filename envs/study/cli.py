@@ -24,6 +24,8 @@ Keys (key=value; defaults from the preset quick | cpu | cpu_suite | cpu_bimodal[
   record_chunks=true|false (evaluations save each episode's chunks for python -m envs.study.switching;
   objects_suite: true) noise=shared|episode|fixed (the evaluations' sampler noise, eval_rollouts.py --noise;
   fixed: one noise for every chunk of an episode; give it its own eval_root and results)
+  probe_steps=1,2|none (after the evaluations: the fork probe of the first seed's run of each model on every
+  task with a fork, pooled into <results>_<suite>_probe.md; objects_suite: 1,2)
   threads (OMP_NUM_THREADS of the children; quick/cpu: 1, paper: 0 = torch default)
   jobs (training / evaluation subprocesses at a time; cpu: 2, each logging to a file)
   ray=auto|<host:port> (training and evaluation jobs as Ray tasks: a GPU per training where the cluster
@@ -173,6 +175,7 @@ def main(argv: list[str] | None = None) -> int:
         print(__doc__.strip())
         return 0
     from envs.study.report import StudyError
+    from envs.study.probe_stage import aggregate_probe, plan_probe
     from envs.study.runner import aggregate, plan_demos, plan_eval, plan_training, write_spec
     from envs.study.config import parse_overrides
 
@@ -186,7 +189,7 @@ def main(argv: list[str] | None = None) -> int:
               f"{'all tasks' if cfg.tasks is None else f'tasks {cfg.tasks}'}; eval steps {cfg.eval_steps}, "
               f"{cfg.episodes} episodes/task", flush=True)
         if cfg.dry_run:
-            for job in plan_demos(cfg) + plan_training(cfg) + plan_eval(cfg):
+            for job in plan_demos(cfg) + plan_training(cfg) + plan_eval(cfg) + plan_probe(cfg):
                 print(_show(job))
             print(f"dry run: nothing executed; results would go to {cfg.results}")
             return 0
@@ -203,7 +206,11 @@ def main(argv: list[str] | None = None) -> int:
             failed["train"] = run_stage("[2/4] train", plan_training(cfg), threads=n, parallel=par, before=spec)
             # each evaluation records what produced it (eval_config.json) itself
             failed["eval"] = run_stage("[3/4] eval", plan_eval(cfg), threads=n, parallel=par)
+        if cfg.probe_steps:  # on this machine (a probe is a few minutes)
+            failed["probe"] = run_stage("[3/4] fork probe", plan_probe(cfg), threads=n, parallel=par)
         paths = aggregate(cfg)
+        if paths is not None:
+            paths.update(aggregate_probe(cfg))
     except StudyError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

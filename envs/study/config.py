@@ -59,7 +59,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     # boxes wider than the gripper, tasks 1, 6, 8) and route forks elsewhere; 3 seeds per model.
     "objects_suite": {**_CPU_STUDY, "tasks": None, "model": "objects", "detour": 0.12, "yaw_tasks": [1, 6, 8],
                       "train_steps": 12000, "checkpoint_every": 1000, "energy": [(1.0, 1.0), (1.0, 0.1)], "seeds": 3,
-                      "record_chunks": True,
+                      "record_chunks": True, "probe_steps": [1, 2],
                       "eval_steps": [1, 2, 4, 8, 16], "train_overrides": [], "data_root": "data/study_objects_suite",
                       "results": "benchmarks/results/libero_objects_suite.json"},
     # The paper's configuration, for a GPU: 50 demos/task at 128 px, 250k steps, 50 episodes/task.
@@ -130,6 +130,7 @@ class StudyConfig:
     ray: str = ""  # "" = this machine; auto | host:port: training and evaluation jobs as Ray tasks (envs/study/cluster.py)
     record_chunks: bool = False  # evaluations save every episode's chunks (envs.study.switching reads them)
     noise: str = "shared"  # the evaluations' sampler noise (eval_rollouts.py --noise shared|episode|fixed)
+    probe_steps: list[int] = field(default_factory=list)  # fork probe of the first seed's runs at these steps
 
     def models(self) -> list[ModelSpec]:
         """The runs: the energy models (one per (lambda, beta)) then the MSE model, each once per
@@ -245,6 +246,8 @@ def parse_overrides(argv: list[str]) -> StudyConfig:
             cfg = replace(cfg, energy=parse_energy(value))
         elif key == "eval_steps":
             cfg = replace(cfg, eval_steps=_parse_ints(key, value, 1))
+        elif key == "probe_steps":
+            cfg = replace(cfg, probe_steps=[] if value.lower() in ("none", "") else _parse_ints(key, value, 1))
         elif key == "tasks":
             cfg = replace(cfg, tasks=None if value == "all" else _parse_ints(key, value, 0))
         elif key == "yaw_tasks":

@@ -526,3 +526,31 @@ def test_switching_command_reads_demonstrations(tmp_path: Path, capsys: pytest.C
     capsys.readouterr()
     assert main([]) == 2 and capsys.readouterr().err.startswith("error: name evaluation folders")
     assert main([str(tmp_path)]) == 2 and "has no recorded chunks" in capsys.readouterr().err
+
+
+def test_probe_stage_plans_each_fork_and_pools_the_probes(tmp_path: Path) -> None:
+    """probe_steps: one probe per (first-seed model, task with a fork, steps), route or yaw by the
+    task's demos, waiting for training; the written probes pool into <results>_<suite>_probe.md/json."""
+    from envs.study.probe_stage import aggregate_probe, plan_probe, probe_file
+
+    cfg = quick(tmp_path, "tasks=0,1,2", "detour=0.12", "yaw_tasks=1", "seeds=2", "probe_steps=1", "train_steps=300")
+    jobs = plan_probe(cfg)
+    assert len(jobs) == 6 and {j.state for j in jobs} == {"wait"}  # 2 models x 3 tasks, seed 0 only
+    fork = {j.name: j.cmd[j.cmd.index("--fork") + 1] for j in jobs}
+    assert fork["mse task 1 steps=1"] == "yaw" and fork["mse task 0 steps=1"] == "route"
+    assert plan_probe(quick(tmp_path, "tasks=0", "probe_steps=1")) == []  # plain demos: no fork
+    energy, mse = [m for m in cfg.models() if m.seed == cfg.seed]
+    fake_run(cfg.run_dir(mse), 300)
+    assert {j.name: j.state for j in plan_probe(cfg)}["mse task 0 steps=1"] == "run"
+    assert aggregate_probe(cfg) == {}
+    for task, strength in ((0, 0.4), (2, 0.8), (1, 0.1)):
+        out = probe_file(cfg, mse, task, 1)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        stats = {"strength": strength, "both_sides": 0.5, "p_left": 0.5, "observations": 50, "samples": 8}
+        out.write_text(json.dumps({"train_starts": {**stats, "agrees_with_demo": 0.5}, "held_out_starts": stats}))
+    assert {j.name: j.state for j in plan_probe(cfg)}["mse task 0 steps=1"] == "done"
+    paths = aggregate_probe(cfg)
+    cells = {c["fork"]: c for c in json.loads(paths["probe_json"].read_text())["cells"]}
+    assert cells["route"]["train_strength"] == pytest.approx(0.6) and cells["route"]["tasks"] == [0, 2]
+    assert cells["yaw"]["held_out_strength"] == pytest.approx(0.1)
+    assert "| route | 1 | mse | 0,2 | 0.60 / 0.60 |" in paths["probe_md"].read_text()
