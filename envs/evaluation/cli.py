@@ -54,6 +54,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "its own, seeded by seed/task/episode/step: reproducible whatever the workers), fixed (the "
                         "same noise for every chunk of an episode)")
     p.add_argument("--video", type=int, default=0, metavar="K", help="save mp4s of the first K episodes per task")
+    p.add_argument("--init-states", default="official", choices=["official", "fresh"],
+                   help="official: episode i from the task's official init state i (the protocol); fresh: from fresh "
+                        "layouts no demonstration used (seeded by task, episode and --seed; kept in <out>/init_states)")
     p.add_argument("--record-chunks", action="store_true",
                    help="save each episode's predicted action chunks (<out>/chunks/, for envs.study.switching)")
     p.add_argument("--fast-render", action="store_true", help="render simplified visual meshes (CPU speed-up)")
@@ -133,6 +136,7 @@ def main(argv: list[str] | None = None) -> int:
                 noise=args.noise,
                 video=args.video,
                 record_chunks=args.record_chunks,
+                init_states=args.init_states,
                 policy=args.policy if args.policy != "checkpoint" else str(resolve_checkpoint(args.checkpoint)),
                 producer=producer,
             )

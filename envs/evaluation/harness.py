@@ -279,6 +279,8 @@ def run_evaluation(policy: Any, cfg: EvalConfig, init_state_fn: InitStateFn | No
     out.mkdir(parents=True, exist_ok=True)
     record_run(cfg)
     plan = plan_episodes(cfg)
+    if cfg.init_states == "fresh" and init_state_fn is None:
+        init_state_fn = fresh_state_fn(cfg, plan)
     _seed(cfg, policy)
     t_start = time.time()
     pool = pool if pool is not None else LocalProcessPool(cfg.benchmark, cfg.resolution, cfg.fast_render)
@@ -290,6 +292,15 @@ def run_evaluation(policy: Any, cfg: EvalConfig, init_state_fn: InitStateFn | No
         recorder.bar.close()
         pool.close()
     return _summary(cfg, plan, loop, recorder.env_steps, t_start)
+
+
+def fresh_state_fn(cfg: EvalConfig, plan: Plan) -> InitStateFn:
+    """The fresh layouts of every task the plan still runs (made once, kept in ``init_states/``)."""
+    from envs.scripted.fresh_states import fresh_init_states
+
+    tasks = sorted({(k[0], k[1]) for k in plan.queue})
+    states = {(s, t): fresh_init_states(s, t, cfg.episodes, cfg.seed, Path(cfg.out_dir) / "init_states") for s, t in tasks}
+    return lambda suite, task, episode: states[(suite, task)][episode]
 
 
 def _summary(cfg: EvalConfig, plan: Plan, loop: BatchingLoop, env_steps: int, t_start: float) -> dict[str, Any]:
@@ -308,9 +319,11 @@ def _summary(cfg: EvalConfig, plan: Plan, loop: BatchingLoop, env_steps: int, t_
         env_steps=env_steps,
         new_episodes=len(records) - len(plan.done & wanted),
         protocol=f"common (wait {cfg.wait_steps} no-op steps, cap {cfg.max_steps or 'per-suite MAX_STEPS'}, "
-                 f"execute {cfg.replan_every}/8 actions per chunk)",
+                 f"execute {cfg.replan_every}/8 actions per chunk"
+                 + (", fresh layouts instead of the official init states)" if cfg.init_states == "fresh" else ")"),
         config={k: getattr(cfg, k) for k in ("steps", "churn", "episodes", "workers", "resolution", "fast_render", "seed",
-                                             "policy", "replan_every", "max_steps", "wait_steps", "producer", "noise")},
+                                             "policy", "replan_every", "max_steps", "wait_steps", "producer", "noise",
+                                             "init_states")},
     )
     if cfg.benchmark.name != DEFAULT_BENCHMARK:
         summary["config"]["benchmark"] = cfg.benchmark.name

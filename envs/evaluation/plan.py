@@ -59,6 +59,10 @@ class EvalConfig:
     every chunk of an episode: a distributional policy keeps its mode). The last two need a
     policy whose ``predict`` takes ``generator=`` (one per observation)."""
 
+    init_states: str = "official"
+    """Where episodes start: ``official`` (episode i from the task's official init state i) or
+    ``fresh`` (from fresh layouts, :mod:`envs.scripted.fresh_states`, written to ``init_states/``
+    of the folder: states no policy was tuned to). A folder holds one kind."""
     record_chunks: bool = False
     """Save every episode's action chunks, as predicted (``chunks/<suite>/task<k>_ep<i>.npz``:
     ``t`` (K,) the policy step of each, ``chunks`` (K, 8, action_dim) float32; written when the
@@ -97,6 +101,10 @@ def _validate(cfg: EvalConfig) -> None:
         raise ValueError("episodes, workers and steps must be >= 1")
     if not 1 <= cfg.replan_every <= 8:
         raise ValueError(f"replan_every must be in 1..8, got {cfg.replan_every}")
+    if cfg.init_states not in ("official", "fresh"):
+        raise ValueError(f"init_states={cfg.init_states!r} is unknown; use official or fresh")
+    if cfg.init_states == "fresh" and cfg.benchmark.name != DEFAULT_BENCHMARK:
+        raise ValueError(f"fresh init states are LIBERO layouts; {cfg.benchmark.name} has its own: use official")
     if cfg.noise not in NOISE_MODES:
         raise ValueError(f"noise={cfg.noise!r} is unknown; use one of {', '.join(NOISE_MODES)}")
 
@@ -116,6 +124,10 @@ def record_run(cfg: EvalConfig) -> None:
     if recs and old_noise != cfg.noise:
         raise ValueError(f"{out} holds episodes made with noise={old_noise!r} (now {cfg.noise!r}); "
                          f"use a new --out or delete {out}")
+    old_starts = (read_run_record(out) or {}).get("init_states", "official")
+    if recs and old_starts != cfg.init_states:
+        raise ValueError(f"{out} holds episodes started from {old_starts} init states (now {cfg.init_states}); "
+                         f"use a new --out or delete {out}")
     bench = cfg.benchmark.name
     old = (read_run_record(out) or {}).get("benchmark", DEFAULT_BENCHMARK)
     if recs and old != bench:
@@ -133,6 +145,8 @@ def record_run(cfg: EvalConfig) -> None:
         del record["noise"]
     if not cfg.record_chunks:
         del record["record_chunks"]
+    if cfg.init_states == "official":  # recorded only when not the default
+        del record["init_states"]
     if bench != DEFAULT_BENCHMARK:
         record["benchmark"] = bench
     atomic_write_text(out / RUN_CONFIG_FILE, json.dumps(record, indent=2) + "\n")

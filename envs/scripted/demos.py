@@ -23,13 +23,11 @@ import numpy as np
 
 from envs.libero.hdf5_writer import (Demo, file_attrs, robot_state_vector, scripted_modes, task_file_name, write_demo_shard,
                               write_task_file)
-from envs.libero.env import (MAX_STEPS, NOOP_ACTION, NUM_WAIT_STEPS, TaskInfo, clear_gripper_commands, hdf5_obs_fields,
-                         make_env)
+from envs.libero.env import MAX_STEPS, TaskInfo, hdf5_obs_fields, make_env
 from envs.scripted.planner import ScriptedPlanner, run_episode
 from envs.libero.bddl import parse_goal
-from envs.scripted.layout import repair_layout
+from envs.scripted.fresh_states import SEED_STRIDE, layout_state, make_planning_env  # noqa: F401 (re-exported)
 
-SEED_STRIDE = 1_000_003  # seeds of task i: i * SEED_STRIDE + attempt
 DEMO_STEP_FACTOR = 1.5
 """A demonstration may take up to this many times the suite's evaluation cap (``MAX_STEPS``;
 LIBERO's own collection allowed 600 steps): a slow but successful demonstration is still
@@ -57,27 +55,13 @@ class Attempt:
     seconds: float
 
 
-def make_planning_env(task: TaskInfo) -> Any:
-    """LIBERO ``ControlEnv`` of ``task`` without cameras or renderer (physics only)."""
-    from libero.libero.envs.env_wrapper import ControlEnv
-
-    return ControlEnv(bddl_file_name=task.bddl_file, has_offscreen_renderer=False, use_camera_obs=False,
-                      camera_names=[], hard_reset=False, horizon=100_000)
-
-
 def plan_attempt(env: Any, task: TaskInfo, seed: int, max_steps: int | None = None, detour: float = 0.0,
                  yaw_modes: bool = False) -> Attempt:
     """Reset ``env`` (a planning env) to the layout of ``seed`` and run the scripted planner once
     (``detour`` > 0: with route modes, ``yaw_modes``: with grasp-yaw modes, see
     :class:`envs.scripted.planner.ScriptedPlanner`)."""
     t0 = time.time()
-    env.seed(int(seed))
-    env.reset()
-    clear_gripper_commands(env.env)  # a soft reset keeps the last attempt's gripper command
-    repair_layout(env.env)  # objects on/in fixture regions: LIBERO's sampler puts them in the air
-    for _ in range(NUM_WAIT_STEPS):
-        env.step(NOOP_ACTION.astype(np.float64))
-    state0 = np.asarray(env.get_sim_state()).copy()
+    state0 = layout_state(env, seed)
     env.set_init_state(state0)  # the exact path a replay takes
     planner = ScriptedPlanner(env.env, parse_goal(task.bddl_file), np.random.default_rng(seed), detour, yaw_modes)
     actions: list[np.ndarray] = []

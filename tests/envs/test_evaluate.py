@@ -803,3 +803,28 @@ def test_record_chunks_saves_each_episodes_chunks_and_changes_nothing(tmp_path) 
 
     rows = eval_rows(rec)  # what the switching analysis reads: steady chunks, no reversal
     assert len(rows) == 2 and all(r["pairs"] == 2 and r["yaw"] == r["planar"] == 0 for r in rows)
+
+
+def test_fresh_init_states_are_new_layouts_kept_with_the_folder(tmp_path) -> None:
+    """--init-states fresh: each episode starts from a fresh layout (not an official init state,
+    not another episode's), made reproducibly from its seed and kept in init_states/; the rerun
+    resumes on them; a folder of fresh starts refuses official ones; the protocol line says so."""
+    from envs.libero.env import get_init_states
+    from envs.scripted.fresh_states import fresh_init_states, fresh_seed
+
+    out = tmp_path / "fresh"
+    cfg = _cfg(out, episodes=2, workers=1, max_steps=4, resolution=0, init_states="fresh")
+    summary = run_evaluation(NoopPolicy(), cfg)
+    assert summary["new_episodes"] == 2 and "fresh layouts instead of the official init states" in summary["protocol"]
+    assert all(r["error"] is None for r in load_episodes(out / EPISODES_FILE))
+    saved = np.load(out / "init_states" / f"{GOAL_SUITE}_task{GOAL_TASK}_seed0.npy")
+    official = get_init_states(GOAL_SUITE, GOAL_TASK)
+    assert saved.shape == (2, official.shape[1]) and not np.allclose(saved[0], saved[1])
+    assert min(np.abs(saved[:, None] - official[None]).max(axis=2).ravel()) > 1e-3  # none is an official state
+    again = fresh_init_states(GOAL_SUITE, GOAL_TASK, 2, 0, tmp_path / "elsewhere")  # made again from the seeds
+    np.testing.assert_allclose(again, saved, atol=1e-9)
+    assert fresh_seed(1, 0) == 1_000_003 + 500_000 and fresh_seed(0, 3, seed=2) == 520_003
+    assert run_evaluation(NoopPolicy(), cfg)["new_episodes"] == 0
+    assert json.loads((out / "eval_config.json").read_text())["init_states"] == "fresh"
+    with pytest.raises(ValueError, match="started from fresh init states"):
+        run_evaluation(NoopPolicy(), _cfg(out, episodes=2, workers=1, max_steps=4, resolution=0))
