@@ -261,7 +261,9 @@ def aggregate(cfg: StudyConfig) -> dict[str, Path] | None:
     runs, protocol = collect_results(cfg.suite, {m.run: cfg.eval_dir(m, 1).parent for m in cfg.models()},
                                      expect=study_protocol(cfg))
     table = combine_seeds(runs, {m.run: m.name for m in cfg.models()}) if cfg.seeds > 1 else runs
-    if not table:
+    if not table:  # the loss curves alone, while the evaluations wait
+        results = Path(cfg.results)
+        write_curves(cfg, results.with_name(f"{results.stem}_{cfg.suite}.md"), append=False)
         return None
     machines = set()
     for m in cfg.models():
@@ -292,17 +294,20 @@ def aggregate(cfg: StudyConfig) -> dict[str, Path] | None:
     return {**paths, **write_curves(cfg, paths["md"])}
 
 
-def write_curves(cfg: StudyConfig, md: Path) -> dict[str, Path]:
+def write_curves(cfg: StudyConfig, md: Path, append: bool = True) -> dict[str, Path]:
     """The runs' training loss curves beside the table (``<table stem>_loss.png``), their final
-    loss and tail drop appended to the table's markdown (:mod:`envs.study.curves`)."""
+    loss and tail drop appended to the table's markdown (``append``; :mod:`envs.study.curves`)."""
     from envs.study.curves import curves_markdown, plot_loss_curves
 
     models: dict[str, list[Path]] = {}
     for m in cfg.models():
         models.setdefault(m.name, []).append(cfg.run_dir(m))
+    if not any((run / "metrics.jsonl").is_file() for runs in models.values() for run in runs):
+        return {}
     png = md.with_name(f"{md.stem}_loss.png")
     summary = plot_loss_curves(models, cfg.train_steps, png, f"{cfg.suite} preset={cfg.preset}: training loss")
     if not any(summary.values()):
         return {}
-    atomic_write_text(md, md.read_text() + "\n" + curves_markdown(summary, png.name))
+    if append:
+        atomic_write_text(md, md.read_text() + "\n" + curves_markdown(summary, png.name))
     return {"loss_png": png}

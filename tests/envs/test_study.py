@@ -554,3 +554,15 @@ def test_probe_stage_plans_each_fork_and_pools_the_probes(tmp_path: Path) -> Non
     assert cells["route"]["train_strength"] == pytest.approx(0.6) and cells["route"]["tasks"] == [0, 2]
     assert cells["yaw"]["held_out_strength"] == pytest.approx(0.1)
     assert "| route | 1 | mse | 0,2 | 0.60 / 0.60 |" in paths["probe_md"].read_text()
+
+
+def test_loss_curves_are_drawn_before_any_evaluation(tmp_path: Path) -> None:
+    """While the evaluations wait, aggregate() has no table (None) but draws the loss curves of
+    the runs that logged metrics; with no metrics at all it writes nothing."""
+    cfg = quick(tmp_path, "eval_steps=1", "tasks=0")
+    assert aggregate(cfg) is None and not list(tmp_path.glob("*_loss.png"))
+    run = cfg.run_dir(cfg.models()[0])
+    run.mkdir(parents=True)
+    (run / "metrics.jsonl").write_text("\n".join(json.dumps({"step": s, "loss": 1.0 / s}) for s in range(10, 310, 10)))
+    assert aggregate(cfg) is None
+    assert (tmp_path / f"libero_{SUITE}_loss.png").read_bytes()[:4] == b"\x89PNG"
