@@ -90,6 +90,8 @@ def plot_loss_curves(models: dict[str, list[Path]], total: int, png: str | Path,
         ax.grid(alpha=0.3)
         if summary[name]:
             ax.legend(fontsize=7)
+        else:
+            ax.text(0.5, 0.5, "not trained yet", transform=ax.transAxes, ha="center", va="center", color="grey")
     axes[0][0].set_ylabel("training loss (running mean)")
     fig.suptitle(title, fontsize=9)
     fig.tight_layout()
