@@ -120,16 +120,17 @@ def record_run(cfg: EvalConfig) -> None:
     log = out / EPISODES_FILE
     recs = load_episodes(log)
     check_resume_record(out, {k: getattr(cfg, k) for k in RESUME_KEYS}, bool(recs))
-    old_noise = (read_run_record(out) or {}).get("noise", "shared")
+    recorded = read_run_record(out) or {}
+    old_noise = recorded.get("noise", "shared")
     if recs and old_noise != cfg.noise:
         raise ValueError(f"{out} holds episodes made with noise={old_noise!r} (now {cfg.noise!r}); "
                          f"use a new --out or delete {out}")
-    old_starts = (read_run_record(out) or {}).get("init_states", "official")
+    old_starts = recorded.get("init_states", "official")
     if recs and old_starts != cfg.init_states:
         raise ValueError(f"{out} holds episodes started from {old_starts} init states (now {cfg.init_states}); "
                          f"use a new --out or delete {out}")
     bench = cfg.benchmark.name
-    old = (read_run_record(out) or {}).get("benchmark", DEFAULT_BENCHMARK)
+    old = recorded.get("benchmark", DEFAULT_BENCHMARK)
     if recs and old != bench:
         raise ValueError(f"{out} holds episodes made with benchmark={old!r} (now {bench!r}); "
                          f"use a new --out or delete {out}")
@@ -141,12 +142,9 @@ def record_run(cfg: EvalConfig) -> None:
                              f"use a new --out or delete {out}")
     record = {**asdict(cfg), "tasks": cfg.tasks}
     del record["benchmark"]
-    if cfg.noise == "shared":  # recorded only when not the default: older folders read as they always did
-        del record["noise"]
-    if not cfg.record_chunks:
-        del record["record_chunks"]
-    if cfg.init_states == "official":  # recorded only when not the default
-        del record["init_states"]
+    for key, default in (("noise", "shared"), ("record_chunks", False), ("init_states", "official")):
+        if record[key] == default:  # recorded only when not the default: older folders read as they always did
+            del record[key]
     if bench != DEFAULT_BENCHMARK:
         record["benchmark"] = bench
     atomic_write_text(out / RUN_CONFIG_FILE, json.dumps(record, indent=2) + "\n")
