@@ -121,8 +121,8 @@ def run_stage(title: str, jobs: list, before=None, threads: int = 0, parallel: i
                     sys.stdout.flush()
                 running.append((job, subprocess.Popen(job.cmd, env=env, stdout=log,
                                                       stderr=subprocess.STDOUT if log else None), log))
-            if to_logs:
-                bar.set_postfix_str(", ".join(j.name for j, _, _ in running))
+            if to_logs and bar.postfix != (names := ", ".join(j.name for j, _, _ in running)):
+                bar.set_postfix_str(names)  # only on a change: a log file gets one line per job, not one per second
             try:
                 running[0][1].wait(timeout=1.0)  # one at a time: returns as soon as the child ends
             except subprocess.TimeoutExpired:
