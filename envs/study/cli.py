@@ -37,6 +37,7 @@ Rerun the same command to resume: finished stages are skipped, interrupted ones 
 
 from __future__ import annotations
 
+import contextlib
 import shlex
 import subprocess
 import sys
@@ -152,6 +153,28 @@ def run_stage(title: str, jobs: list, before=None, threads: int = 0, parallel: i
 _JOINED = [False]  # whether main() joined a Ray cluster (and leaves it at the end)
 
 
+@contextlib.contextmanager
+def stop_on_sigterm():
+    """SIGTERM (``kill``, a scheduler's stop) ends the study like Ctrl-C, so :func:`run_stage`
+    stops the children it started: Python's default SIGTERM ends the process at once and left
+    them training, and a rerun then started a second copy on the same run dir."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    old = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, old)
+
+
 def _join_cluster(cfg) -> tuple[bool, str]:
     """ray=...: join the cluster, check that every kind of job fits on a node; (whether training
     takes a GPU, what write_spec records as the machine)."""
@@ -174,12 +197,16 @@ def main(argv: list[str] | None = None) -> int:
     if any(a in ("-h", "--help") for a in argv):
         print(__doc__.strip())
         return 0
+    with stop_on_sigterm():
+        return _main(argv, time.time())
+
+
+def _main(argv: list[str], start: float) -> int:
     from envs.study.report import StudyError
     from envs.study.probe_stage import aggregate_probe, plan_probe
     from envs.study.runner import aggregate, plan_demos, plan_eval, plan_training, write_spec
     from envs.study.config import parse_overrides
 
-    start = time.time()
     try:
         cfg = parse_overrides(argv)
         models = {m.run: m for m in cfg.models()}

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import h5py
@@ -426,6 +427,40 @@ def test_parallel_stage_runs_jobs_side_by_side_with_logs(tmp_path: Path, capsys:
     for i in range(2):
         assert (tmp_path / f"ok{i}" / "study_eval.log").read_text().strip() == f"hello {tmp_path / f'start{i}'}"
     assert "FAILED (eval bad, exit 3)" in out and "| boom: bad key" in out and "skip eval old" in out
+
+
+def test_sigterm_stops_the_children_of_a_stage(tmp_path: Path) -> None:
+    """kill <run_study> (SIGTERM, as a scheduler stops a job) stops the jobs it started, as
+    Ctrl-C does: none keeps training to collide with the rerun that resumes the study."""
+    import os
+    import signal
+
+    script = f"""
+import sys
+import time
+from pathlib import Path
+from envs.study.cli import run_stage, stop_on_sigterm
+from envs.study.runner import Job
+child = [sys.executable, "-c", "import os, sys, time; open(sys.argv[1], 'w').write(str(os.getpid())); time.sleep(120)"]
+jobs = [Job("train", f"j{{i}}", child + [rf"{tmp_path}/pid{{i}}"], "run", log=Path(r"{tmp_path}") / f"j{{i}}.log")
+        for i in range(2)]
+with stop_on_sigterm():
+    try:
+        run_stage("train", jobs, parallel=2)
+    except KeyboardInterrupt:
+        sys.exit(130)
+"""
+    parent = subprocess.Popen([sys.executable, "-c", script])
+    pids = [tmp_path / f"pid{i}" for i in range(2)]
+    deadline = time.time() + 60
+    while not all(p.is_file() and p.read_text() for p in pids):
+        assert time.time() < deadline and parent.poll() is None, "the stage's children did not start"
+        time.sleep(0.1)
+    parent.send_signal(signal.SIGTERM)
+    assert parent.wait(timeout=30) == 130
+    for p in pids:
+        with pytest.raises(ProcessLookupError):
+            os.kill(int(p.read_text()), 0)
 
 
 def test_loss_curves_show_each_run_and_whether_it_flattened(tmp_path: Path) -> None:
