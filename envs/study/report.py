@@ -19,7 +19,7 @@ class StudyError(ValueError):
     """A bad study option or an inconsistent output folder (one line, names the fix)."""
 
 
-# model -> str(steps) -> {"success", "episodes"[, "success_length"][, "outcomes"]
+# model -> str(steps) -> {"success", "episodes"[, "success_length"][, "outcomes"][, "tasks": {task: [successes, episodes]}]
 #                          [, "seeds", "seed_spread", "seed_success" (several seeds)]}
 Table = dict[str, dict[str, dict[str, Any]]]
 JSON_KEYS = ("success", "episodes")  # what libero.json keeps of a cell (issue 8's format)
@@ -104,6 +104,8 @@ def collect_results(suite: str, eval_dirs: dict[str, Path], expect: dict[str, An
                 cell["success_length"] = sum(n * length for n, length in ok) / sum(n for n, _ in ok)
             if d.get("outcomes"):
                 cell["outcomes"] = d["outcomes"]
+            if d.get("tasks"):
+                cell["tasks"] = {str(t["task_index"]): [int(t["successes"]), int(t["episodes"])] for t in d["tasks"]}
             table.setdefault(name, {})[str(steps)] = cell
             protocol = protocol or str(res.get("protocol", ""))
     return table, protocol
@@ -133,6 +135,12 @@ def combine_seeds(runs: Table, model_of: dict[str, str]) -> Table:
                     for label, n in c.get("outcomes", {}).items():
                         outcomes[label] = outcomes.get(label, 0) + int(n)
                 out["outcomes"] = outcomes
+            if any("tasks" in c for c in cells):
+                tasks: dict[str, list[int]] = {}
+                for c in cells:
+                    for t, (wins, n) in c.get("tasks", {}).items():
+                        tasks[t] = [a + b for a, b in zip(tasks.get(t, [0, 0]), (wins, n))]
+                out["tasks"] = tasks
             table.setdefault(name, {})[k] = out
     return table
 
@@ -189,7 +197,24 @@ def markdown_table(suite: str, table: Table) -> str:
         for name, row in table.items():
             cells = [failure_text(row[str(k)]["outcomes"]) if "outcomes" in row.get(str(k), {}) else "?" for k in steps]
             lines.append(f"| {name} | " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines + task_lines(table, steps)) + "\n"
+
+
+def task_lines(table: Table, steps: list[int]) -> list[str]:
+    """Per task: success % of each (model, steps) on each task, its episodes pooled over the
+    seeds (where a model's gain or loss comes from; nothing when only one task was evaluated)."""
+    tasks = sorted({t for row in table.values() for e in row.values() for t in e.get("tasks", {})}, key=int)
+    if len(tasks) < 2:
+        return []
+    lines = ["", "Success (%) per task, episodes pooled over the seeds:", "",
+             "| model | steps | " + " | ".join(f"task {t}" for t in tasks) + " |", "|---|---:|" + "---:|" * len(tasks)]
+    for name, row in table.items():
+        for k in steps:
+            per = row.get(str(k), {}).get("tasks", {})
+            if per:
+                cells = [f"{100 * per[t][0] / per[t][1]:.0f}" if per.get(t, [0, 0])[1] else "-" for t in tasks]
+                lines.append(f"| {name} | {k} | " + " | ".join(cells) + " |")
+    return lines
 
 
 def plot_success_vs_steps(suite: str, table: Table, path: str | Path) -> None:

@@ -91,6 +91,8 @@ def test_aggregate_writes_json_table_and_plot(tmp_path: Path) -> None:
     assert "| energy_lam1_beta1 | 109 | 110 | - |" in md and "| mse | 100 | 107 | 109 |" in md
     assert "| energy_lam1_beta1 | dropped 1 | - | ? |" in md and "| mse | dropped 4, missed_grasp 3 | dropped 3, missed_grasp 2 | ? |" in md
     assert md.count("| - |") == 3 and "success_length" not in paths["json"].read_text() and "outcomes" not in paths["json"].read_text()
+    assert "| model | steps | task 0 | task 1 |" in md and "| energy_lam1_beta1 | 1 | 100 | 75 |" in md
+    assert "| mse | 2 | 50 | 25 |" in md and '"tasks"' not in paths["json"].read_text()
     assert paths["png"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and paths["png"].stat().st_size > 5000
 
 
@@ -122,6 +124,22 @@ def test_several_seeds_train_apart_and_report_mean_and_spread(tmp_path: Path) ->
     lo, hi = wilson_interval(9, 12)
     assert f"| energy_lam1_beta1 | 75.0 [{100 * lo:.0f}-{100 * hi:.0f}] n=12 (3 seeds, spread 50) |" in md
     assert "mean over seeds" in md and "seeds 5-7" in json.loads(paths["json"].read_text())["notes"]
+
+
+def test_per_task_success_pools_the_seeds() -> None:
+    """The per-task table sums each task's successes and episodes over the seeds; a study of one
+    task has none."""
+    from envs.study.report import combine_seeds, markdown_table
+
+    runs = {"energy": {"1": {"success": 0.5, "episodes": 4, "tasks": {"0": [1, 2], "1": [1, 2]}}},
+            "energy_seed1": {"1": {"success": 0.5, "episodes": 4, "tasks": {"0": [2, 2], "1": [0, 2]}}},
+            "mse": {"1": {"success": 0.25, "episodes": 4, "tasks": {"0": [1, 2], "1": [0, 2]}}}}
+    table = combine_seeds(runs, {"energy": "energy", "energy_seed1": "energy", "mse": "mse"})
+    assert table["energy"]["1"]["tasks"] == {"0": [3, 4], "1": [1, 4]}
+    md = markdown_table(SUITE, table)
+    assert "| energy | 1 | 75 | 25 |" in md and "| mse | 1 | 50 | 0 |" in md
+    one = {"mse": {"1": {"success": 0.5, "episodes": 2, "tasks": {"0": [1, 2]}}}}
+    assert "per task" not in markdown_table(SUITE, one)
 
 
 def test_aggregate_refuses_to_merge_or_relabel_other_evaluations(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
