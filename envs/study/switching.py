@@ -14,7 +14,7 @@ chunks: a pick and place has two (close, open); more is a grasp let go and taken
 
 A policy that keeps its mode reverses about as often as the demonstrations chunked the same way
 (every 8 actions from the first); a policy that switches mode reverses more, and its episodes with
-reversals succeed less. ``python -m envs.study.switching EVAL_DIR... [--demos DEMO_DIR]``.
+reversals succeed less. ``python -m envs.study.switching EVAL_DIR... [--demos DEMO_DIR] [--tasks 1,6,8]``.
 """
 
 from __future__ import annotations
@@ -107,8 +107,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("folders", nargs="*", help="evaluation folders run with --record-chunks")
     p.add_argument("--demos", nargs="+", default=[], metavar="PATH",
                    help="demonstration HDF5 files or folders of them, each its own row: the baseline")
+    p.add_argument("--tasks", help="only these task indices of the evaluations, e.g. 1,6,8 (the grasp-yaw tasks)")
     p.add_argument("--out", help="write the summaries as JSON here (atomically)")
     args = p.parse_args(argv)
+    try:
+        tasks = None if args.tasks is None else {int(t) for t in args.tasks.split(",") if t.strip()}
+    except ValueError:
+        print(f"error: bad --tasks {args.tasks!r}; expected task indices such as 1,6,8", file=sys.stderr)
+        return 2
     result: dict[str, Any] = {}
     if not args.folders and not args.demos:
         print("error: name evaluation folders (run with --record-chunks) and/or --demos DEMO_DIR", file=sys.stderr)
@@ -121,10 +127,10 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         result[f"demonstrations {demos}"] = summarize(rows)
     for folder in args.folders:
-        rows = eval_rows(Path(folder))
+        rows = [r for r in eval_rows(Path(folder)) if tasks is None or r["task"] in tasks]
         if not rows:
-            print(f"error: {folder} has no recorded chunks; evaluate with eval_rollouts.py --record-chunks",
-                  file=sys.stderr)
+            print(f"error: {folder} has no recorded chunks{'' if tasks is None else f' of tasks {args.tasks}'}; "
+                  "evaluate with eval_rollouts.py --record-chunks", file=sys.stderr)
             return 2
         result[folder] = summarize(rows)
     print("| source | episodes | yaw rev./100 pairs | planar rev./100 pairs | eps. with reversal (yaw / planar) "

@@ -581,6 +581,33 @@ def test_switching_command_reads_demonstrations(tmp_path: Path, capsys: pytest.C
     assert main([str(tmp_path)]) == 2 and "has no recorded chunks" in capsys.readouterr().err
 
 
+def test_switching_command_keeps_the_tasks_asked_for(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """--tasks 1: only task 1's episodes of an evaluation folder (the grasp-yaw tasks apart from
+    the route tasks); no episode of those tasks, or a bad list, is one line."""
+    import numpy as np
+
+    from envs.evaluation.harness import chunk_file
+    from envs.study.switching import main
+
+    steady, turning = np.zeros((3, 8, 7)), np.zeros((3, 8, 7))
+    turning[0, :, 5], turning[1, :, 5], turning[2, :, 5] = 0.8, -0.8, 0.8  # two yaw reversals
+    lines = []
+    for task, chunks in ((0, steady), (1, turning)):
+        lines.append(json.dumps({"suite": SUITE, "task_index": task, "episode": 0, "success": task == 0}))
+        path = chunk_file(tmp_path, SUITE, task, 0)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        np.savez(path, t=np.arange(3), chunks=chunks)
+    (tmp_path / "episodes.jsonl").write_text("\n".join(lines) + "\n")
+    assert main([str(tmp_path), "--tasks", "1", "--out", str(tmp_path / "s.json")]) == 0
+    s = json.loads((tmp_path / "s.json").read_text())[str(tmp_path)]
+    assert s["episodes"] == 1 and s["yaw_reversals_per_100_pairs"] == 100
+    assert main([str(tmp_path), "--out", str(tmp_path / "s.json")]) == 0
+    assert json.loads((tmp_path / "s.json").read_text())[str(tmp_path)]["yaw_reversals_per_100_pairs"] == 50
+    capsys.readouterr()
+    assert main([str(tmp_path), "--tasks", "5"]) == 2 and "no recorded chunks of tasks 5" in capsys.readouterr().err
+    assert main([str(tmp_path), "--tasks", "one"]) == 2 and "bad --tasks 'one'" in capsys.readouterr().err
+
+
 def test_probe_stage_plans_each_fork_and_pools_the_probes(tmp_path: Path) -> None:
     """probe_steps: one probe per (first-seed model, task with a fork, steps), route or yaw by the
     task's demos, waiting for training; the written probes pool into <results>_<suite>_probe.md/json."""
