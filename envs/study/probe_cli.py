@@ -168,10 +168,13 @@ def draw(policy, obs_list: list[dict], steps: int, samples: int) -> np.ndarray:
 
 
 def summarise(coord: np.ndarray, scale: float) -> dict:
-    """coord (samples, N) signed fork coordinates -> side and strength statistics."""
+    """coord (samples, N) signed fork coordinates -> side and strength statistics. ``weak``: the
+    share of draws under half the demonstrations' mean size (an averaged draw), which tells a
+    policy that averages some draws (strength 0.7 = 30% weak) from one that turns less every time."""
     left = coord > 0
     p_left = left.mean(axis=0)  # (N,) per observation
     return {"strength": float(np.abs(coord).mean() / scale),
+            "weak": float((np.abs(coord) < 0.5 * scale).mean()),  # averaged draws: under half a demo's size
             "p_left": float(left.mean()),
             "both_sides": float(((p_left > 0) & (p_left < 1)).mean()),
             "observations": int(coord.shape[1]), "samples": int(coord.shape[0])}
@@ -216,7 +219,8 @@ def main(argv: list[str] | None = None) -> int:
     summary = {
         "checkpoint": str(args.checkpoint), "fork": args.fork, "steps": args.steps, "task": task.name,
         "axis": axis.round(4).tolist(),
-        "demos": {"n": len(demos), "p_left": float((demo_coord > 0).mean()), "strength": 1.0},
+        "demos": {"n": len(demos), "p_left": float((demo_coord > 0).mean()), "strength": 1.0,
+                  "weak": float((np.abs(demo_coord) < 0.5 * scale).mean())},
         "train_starts": {**summarise(train, scale),
                          "agrees_with_demo": float((np.sign(train) == np.sign(demo_coord)[None]).mean())},
     }
@@ -231,15 +235,15 @@ def main(argv: list[str] | None = None) -> int:
         held = held_out_observations(args, resolution)
     summary["held_out_starts"] = summarise(coord_of(draw(policy, held, args.steps, args.samples)), scale)
     print(f"{Path(args.checkpoint).name}, {args.steps} sampler step(s), {args.samples} chunks per observation")
-    print("| starts | observations | p(left) | both sides sampled | strength | agrees with demo |")
-    print("|---|---:|---:|---:|---:|---:|")
+    print("| starts | observations | p(left) | both sides sampled | strength | weak draws | agrees with demo |")
+    print("|---|---:|---:|---:|---:|---:|---:|")
     d = summary["demos"]
-    print(f"| demonstrations | {d['n']} | {d['p_left']:.2f} | - | 1.00 | - |")
+    print(f"| demonstrations | {d['n']} | {d['p_left']:.2f} | - | 1.00 | {d['weak']:.2f} | - |")
     for name in ("train_starts", "held_out_starts"):
         s = summary[name]
         agree = f"{s['agrees_with_demo']:.2f}" if "agrees_with_demo" in s else "-"
         print(f"| {name.replace('_', ' ')} | {s['observations']} | {s['p_left']:.2f} | {s['both_sides']:.2f} "
-              f"| {s['strength']:.2f} | {agree} |")
+              f"| {s['strength']:.2f} | {s['weak']:.2f} | {agree} |")
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         atomic_write_text(Path(args.out), json.dumps(summary, indent=2))

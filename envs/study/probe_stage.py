@@ -59,6 +59,10 @@ def plan_probe(cfg: StudyConfig) -> list[Job]:
     return jobs
 
 
+def _num(v: float | None) -> str:
+    return "-" if v is None else f"{v:.2f}"
+
+
 def aggregate_probe(cfg: StudyConfig) -> dict[str, Path]:
     """Pool the written probes (see the module docstring); {} when none is written yet."""
     rows: dict[str, Any] = {}
@@ -78,22 +82,27 @@ def aggregate_probe(cfg: StudyConfig) -> dict[str, Path]:
     for cell in rows.values():
         n = len(cell["tasks"])
         mean = lambda where, key: round(sum(t[where][key] for t in cell["tasks"]) / n, 3)  # noqa: E731
+        weak = lambda where: (mean(where, "weak") if all("weak" in t[where] for t in cell["tasks"])  # noqa: E731
+                              else None)  # probes written before it was measured
         table.append({**{k: cell[k] for k in ("model", "steps", "fork")}, "tasks": sorted(t["task"] for t in cell["tasks"]),
                       "train_strength": mean("train", "strength"), "train_both_sides": mean("train", "both_sides"),
                       "train_agrees_with_demo": mean("train", "agrees_with_demo"),
                       "held_out_strength": mean("held_out", "strength"),
-                      "held_out_both_sides": mean("held_out", "both_sides")})
+                      "held_out_both_sides": mean("held_out", "both_sides"),
+                      "train_weak": weak("train"), "held_out_weak": weak("held_out")})
     table.sort(key=lambda r: (r["fork"], r["steps"], r["model"]))
     stem = Path(cfg.results)
     md, js = stem.with_name(f"{stem.stem}_{cfg.suite}_probe.md"), stem.with_name(f"{stem.stem}_{cfg.suite}_probe.json")
     lines = [f"Fork probe ({cfg.suite}, preset={cfg.preset}, seed {cfg.seed}'s runs, {SAMPLES} chunks per observation; "
              "means over the tasks). Strength: 1 = the demonstrated sideways step or turn, 0 = the average of the two "
-             "modes; both sides: share of observations where both were sampled.", "",
-             "| fork | steps | model | tasks | strength (train / held out) | both sides (train / held out) "
-             "| agrees with demo |", "|---|---:|---|---|---:|---:|---:|"]
+             "modes; weak: share of draws under half the demonstrated size (averaged draws); both sides: share of "
+             "observations where both were sampled.", "",
+             "| fork | steps | model | tasks | strength (train / held out) | weak (train / held out) "
+             "| both sides (train / held out) | agrees with demo |", "|---|---:|---|---|---:|---:|---:|---:|"]
     for r in table:
         lines.append(f"| {r['fork']} | {r['steps']} | {r['model']} | {','.join(map(str, r['tasks']))} "
                      f"| {r['train_strength']:.2f} / {r['held_out_strength']:.2f} "
+                     f"| {_num(r['train_weak'])} / {_num(r['held_out_weak'])} "
                      f"| {r['train_both_sides']:.2f} / {r['held_out_both_sides']:.2f} | {r['train_agrees_with_demo']:.2f} |")
     atomic_write_text(md, "\n".join(lines) + "\n")
     atomic_write_text(js, json.dumps({"cells": table, "samples": SAMPLES, "seed": cfg.seed}, indent=2) + "\n")

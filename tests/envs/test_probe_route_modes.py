@@ -30,11 +30,17 @@ def test_axis_sides_and_strength_tell_averaging_from_committing() -> None:
     scale = float(np.abs(coord).mean())
     # a mean-predicting policy: every draw stands still sideways
     mean = probe.summarise(np.stack([probe.sides(_chunks(np.zeros(40)), axis)] * 4), scale)
-    assert mean["strength"] < 0.01 and mean["observations"] == 40 and mean["samples"] == 4
+    assert mean["strength"] < 0.01 and mean["weak"] == 1.0 and mean["observations"] == 40 and mean["samples"] == 4
     # a policy that picks either side at the same observation, at the demonstrations' speed
     draws = np.stack([probe.sides(_chunks(0.8 * rng.choice([-1.0, 1.0], size=40)), axis) for _ in range(8)])
     both = probe.summarise(draws, scale)
     assert abs(both["strength"] - 1.0) < 0.05 and both["both_sides"] > 0.9 and 0.3 < both["p_left"] < 0.7
+    assert both["weak"] == 0.0
+    # strength 0.7 two ways: 30% averaged draws among committed ones, or every draw turning 70%
+    mixed = np.where(np.arange(10)[:, None] < 3, 0.0, draws[:1].repeat(10, axis=0)[:, :40])
+    partial = 0.7 * draws
+    assert abs(probe.summarise(mixed, scale)["strength"] - 0.7) < 0.05 and probe.summarise(mixed, scale)["weak"] == 0.3
+    assert abs(probe.summarise(partial, scale)["strength"] - 0.7) < 0.05 and probe.summarise(partial, scale)["weak"] == 0.0
     # a policy that always goes one way: committed, but never both sides
     one = probe.summarise(np.stack([probe.sides(_chunks(np.full(40, 0.8)), axis)] * 8), scale)
     assert one["both_sides"] == 0.0 and one["p_left"] in (0.0, 1.0)

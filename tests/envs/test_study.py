@@ -626,14 +626,16 @@ def test_probe_stage_plans_each_fork_and_pools_the_probes(tmp_path: Path) -> Non
     for task, strength in ((0, 0.4), (2, 0.8), (1, 0.1)):
         out = probe_file(cfg, mse, task, 1)
         out.parent.mkdir(parents=True, exist_ok=True)
-        stats = {"strength": strength, "both_sides": 0.5, "p_left": 0.5, "observations": 50, "samples": 8}
+        stats = {"strength": strength, "both_sides": 0.5, "p_left": 0.5, "observations": 50, "samples": 8,
+                 **({"weak": 0.3} if task == 1 else {})}  # the route probes from before weak was measured
         out.write_text(json.dumps({"train_starts": {**stats, "agrees_with_demo": 0.5}, "held_out_starts": stats}))
     assert {j.name: j.state for j in plan_probe(cfg)}["mse task 0 steps=1"] == "done"
     paths = aggregate_probe(cfg)
     cells = {c["fork"]: c for c in json.loads(paths["probe_json"].read_text())["cells"]}
     assert cells["route"]["train_strength"] == pytest.approx(0.6) and cells["route"]["tasks"] == [0, 2]
     assert cells["yaw"]["held_out_strength"] == pytest.approx(0.1)
-    assert "| route | 1 | mse | 0,2 | 0.60 / 0.60 |" in paths["probe_md"].read_text()
+    md = paths["probe_md"].read_text()
+    assert "| route | 1 | mse | 0,2 | 0.60 / 0.60 | - / - |" in md and "| yaw | 1 | mse | 1 | 0.10 / 0.10 | 0.30 / 0.30 |" in md
 
 
 def test_loss_curves_are_drawn_before_any_evaluation(tmp_path: Path) -> None:
