@@ -53,7 +53,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="sampler noise: shared (one generator; episodes depend on the batching), episode (each chunk "
                         "its own, seeded by seed/task/episode/step: reproducible whatever the workers), fixed (the "
                         "same noise for every chunk of an episode)")
-    p.add_argument("--video", type=int, default=0, metavar="K", help="save mp4s of the first K episodes per task")
+    p.add_argument("--video", type=int, default=0, metavar="K", help="save mp4s of the first K episodes per task (a camera-less "
+                   "policy's: the agentview camera, drawn for those episodes only)")
     p.add_argument("--init-states", default="official", choices=["official", "fresh"],
                    help="official: episode i from the task's official init state i (the protocol); fresh: from fresh "
                         "layouts no demonstration used (seeded by task, episode and --seed; kept in <out>/init_states)")
@@ -110,9 +111,6 @@ def main(argv: list[str] | None = None) -> int:
         tasks = parse_int_list(args.tasks, "--tasks") if args.tasks else None
         config = getattr(policy, "config", None)  # a camera-less policy's envs render nothing (resolution 0)
         resolution = int(config.render_resolution) if hasattr(config, "render_resolution") else 128
-        if args.video and resolution == 0:
-            raise ValueError("--video needs cameras, and this policy has none (object tokens only: its environments "
-                             "render nothing); drop --video")
         if args.policy == "checkpoint":
             name = resolve_checkpoint(args.checkpoint).name
         else:

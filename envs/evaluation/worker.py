@@ -24,7 +24,7 @@ import traceback
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
@@ -52,9 +52,9 @@ def _error_line(exc: BaseException) -> str:
 
 
 class _Episode:
-    def __init__(self, spec: EpisodeSpec, frame_keys: list[str]) -> None:
+    def __init__(self, spec: EpisodeSpec, frame_of: Callable[[dict[str, Any]], np.ndarray] | None) -> None:
         self.spec = spec
-        self.frame_keys = frame_keys  # the cameras a video shows side by side
+        self.frame_of = frame_of  # obs -> the video's frame (None: no video, or nothing to draw it with)
         self.steps = 0  # policy steps taken (after the wait steps)
         self.env_steps = 0
         self.env_time = 0.0
@@ -63,8 +63,8 @@ class _Episode:
         self.tracker: EpisodeTracker | None = None  # built after the wait steps (None: the benchmark has none)
 
     def record(self, obs: dict[str, Any]) -> None:
-        if self.spec.video_path is not None and self.frame_keys:  # a camera-less env has no frames
-            self.frames.append(np.concatenate([obs[k] for k in self.frame_keys], axis=1))
+        if self.spec.video_path is not None and self.frame_of is not None:
+            self.frames.append(self.frame_of(obs))
 
     def result(self, success: bool, error: str | None) -> dict[str, Any]:
         video = None
@@ -157,13 +157,23 @@ class EpisodeRunner:
             ep.tracker.step(action)
         return obs, terminated
 
+    def _frame_of(self) -> Callable[[dict[str, Any]], np.ndarray] | None:
+        """The cameras of the policy's observation side by side; without any (a camera-less
+        policy), the environment's own ``render_frame`` where it has one."""
+        keys = self.frame_keys
+        if keys:
+            return lambda obs: np.concatenate([obs[k] for k in keys], axis=1)
+        render = getattr(self.env, "render_frame", None)
+        return (lambda obs: render()) if render is not None else None
+
     def _start(self, spec: EpisodeSpec) -> tuple[str, Any]:
-        ep = self.ep = _Episode(spec, self.frame_keys)
+        ep = self.ep = _Episode(spec, None)
         try:
             if self.env_key != (spec.suite, spec.task_index):
                 self.close()
                 self.env = self.benchmark.make_env(spec.suite, spec.task_index, self.resolution, self.fast_render)
                 self.env_key = (spec.suite, spec.task_index)
+            ep.frame_of = self._frame_of()
             self.env.reset(seed=spec.seed)
             obs = self.env.set_init_state(spec.init_state)
             ep.record(obs)

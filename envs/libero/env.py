@@ -402,7 +402,21 @@ class LiberoEnv(gym.Env):
         truncated = (not success) and self.elapsed_steps >= self.max_episode_steps
         return obs, float(reward), success, truncated, {"fields": fields, "success": success}
 
+    def render_frame(self, size: int = 128, camera: str = "agentview") -> np.ndarray:
+        """(size, size, 3) uint8 image of ``camera``, upright, drawn by a renderer of its own on
+        the current simulator state (it only reads it: the episode is unchanged). For videos of
+        camera-less episodes (resolution 0), whose robosuite env renders nothing."""
+        import mujoco
+
+        if getattr(self, "_renderer", None) is None:
+            self._renderer = mujoco.Renderer(self.sim.model._model, size, size)
+        self._renderer.update_scene(self.sim.data._data, camera=camera)
+        return self._renderer.render()
+
     def close(self) -> None:
+        renderer, self._renderer = getattr(self, "_renderer", None), None
+        if renderer is not None:
+            renderer.close()
         env = getattr(self, "_env", None)
         if env is not None:
             try:

@@ -711,6 +711,39 @@ def test_a_camera_less_object_policy_evaluates_without_rendering(tmp_path) -> No
     np.testing.assert_allclose(np.linalg.norm(poses[0, :, 3:7], axis=1), 1.0, atol=1e-4)  # unit quaternions
 
 
+@pytest.mark.sim
+def test_a_camera_less_policy_gets_videos_drawn_apart_from_its_episode(tmp_path) -> None:
+    """--video with a camera-less policy: the agentview camera is drawn for the video episodes
+    by a renderer of their own; the policy sees the same observations and the episodes end
+    the same as without a video."""
+    import imageio.v3 as iio
+
+    from policy.model.config import PolicyConfig
+    from policy.model.policy import DiffusionPolicy
+
+    torch.manual_seed(0)
+    cfg = PolicyConfig(suites=(GOAL_SUITE,), cameras=(), objects=True, proprio="eef", d_model=64, n_heads=4,
+                       encoder_layers=1, decoder_layers=2, dropout=0.0)
+    inner = DiffusionPolicy(cfg)
+    runs = {}
+    for video in (0, 1):
+        policy = _Watching(inner)
+        out = tmp_path / f"video{video}"
+        torch.manual_seed(1)
+        run_evaluation(policy, _cfg(out, episodes=1, max_steps=8, resolution=0, video=video))
+        runs[video] = (policy.seen, sorted(load_episodes(out / EPISODES_FILE), key=lambda r: r["episode"]))
+    (seen0, recs0), (seen1, recs1) = runs[0], runs[1]
+    assert len(seen0) == len(seen1) and all(not any(k.endswith("_rgb") for k in b) for b in seen1)
+    for a, b in zip(seen0, seen1):
+        np.testing.assert_array_equal(a["object_poses"], b["object_poses"])
+        np.testing.assert_array_equal(a["ee_pos"], b["ee_pos"])
+    keep = ("success", "length", "env_steps", "outcome")
+    assert [{k: r[k] for k in keep} for r in recs0] == [{k: r[k] for k in keep} for r in recs1]
+    assert recs0[0]["video"] is None
+    frames = iio.imread(recs1[0]["video"])
+    assert frames.shape == (recs1[0]["env_steps"] + 1, 128, 128, 3) and frames.std() > 10  # a scene, not a blank
+
+
 class _Seeds:
     """Wraps a policy, records each chunk's actions and its generator's seed by (episode, t)."""
 
