@@ -218,7 +218,7 @@ def test_collect_ignores_other_suites_and_checks_names(tmp_path: Path) -> None:
         collect_results(SUITE, {"diffusion": tmp_path / "a"})
     table, _ = collect_results("libero_goal", {"mse": tmp_path / "a"})
     assert table == {"mse": {"4": {"success": 0.5, "episodes": 2, "success_length": 100.0,
-                                   "outcomes": {"success": 1, "missed_grasp": 1}}}}
+                                   "outcomes": {"success": 1, "missed_grasp": 1}, "tasks": {"0": [1, 2]}}}}
     table["energy_lam1_beta1"] = {"4": {"success": 0.0, "episodes": 50}}  # Wilson lo rounds above 0 here
     paths = write_study_results("libero_goal", table, tmp_path / "out" / "r.json", "", "n")
     assert paths["md"].name == "r_libero_goal.md" and paths["png"].is_file()
