@@ -152,9 +152,10 @@ def _ci(entry: dict[str, Any]) -> tuple[float, float]:
     return wilson_interval(round(float(entry["success"]) * n), n)
 
 
-def markdown_table(suite: str, table: Table) -> str:
+def markdown_table(suite: str, table: Table, groups: dict[str, list[int]] | None = None) -> str:
     """Models x steps: success % with the 95% Wilson interval and the episode count, plus
-    the comparisons of issue 8 computed from the same numbers."""
+    the comparisons of issue 8 computed from the same numbers; ``groups`` (a name -> task
+    indices, e.g. the route-fork and the grasp-yaw tasks) adds the success pooled over each."""
     steps = sorted({int(k) for row in table.values() for k in row})
     head = ["| model | " + " | ".join(f"{k} step{'s' * (k > 1)}" for k in steps) + " |", "|---|" + "---:|" * len(steps)]
     seeded = any("seeds" in e for row in table.values() for e in row.values())
@@ -197,7 +198,31 @@ def markdown_table(suite: str, table: Table) -> str:
         for name, row in table.items():
             cells = [failure_text(row[str(k)]["outcomes"]) if "outcomes" in row.get(str(k), {}) else "?" for k in steps]
             lines.append(f"| {name} | " + " | ".join(cells) + " |")
-    return "\n".join(lines + task_lines(table, steps)) + "\n"
+    return "\n".join(lines + group_lines(table, steps, groups or {}) + task_lines(table, steps)) + "\n"
+
+
+def group_lines(table: Table, steps: list[int], groups: dict[str, list[int]]) -> list[str]:
+    """Success % [95% Wilson] of each model and step count pooled over each group of tasks."""
+    from envs.evaluation.results import wilson_interval
+
+    if not groups or not any("tasks" in e for row in table.values() for e in row.values()):
+        return []
+    lines = ["", "Success (%) by kind of task, episodes pooled over the tasks and seeds: "
+             + "; ".join(f"{g}: tasks {','.join(map(str, ts))}" for g, ts in groups.items()), "",
+             "| model | steps | " + " | ".join(groups) + " |", "|---|---:|" + "---:|" * len(groups)]
+    for name, row in table.items():
+        for k in steps:
+            per = row.get(str(k), {}).get("tasks", {})
+            if not per:
+                continue
+            cells = []
+            for ts in groups.values():
+                wins = sum(per[str(t)][0] for t in ts if str(t) in per)
+                n = sum(per[str(t)][1] for t in ts if str(t) in per)
+                lo, hi = wilson_interval(wins, n) if n else (0.0, 0.0)
+                cells.append(f"{100 * wins / n:.1f} [{100 * lo:.0f}-{100 * hi:.0f}] n={n}" if n else "-")
+            lines.append(f"| {name} | {k} | " + " | ".join(cells) + " |")
+    return lines
 
 
 def task_lines(table: Table, steps: list[int]) -> list[str]:
@@ -251,7 +276,8 @@ def plot_success_vs_steps(suite: str, table: Table, path: str | Path) -> None:
     save_figure(fig, path)
 
 
-def write_study_results(suite: str, table: Table, results_json: str | Path, protocol: str, notes: str) -> dict[str, Path]:
+def write_study_results(suite: str, table: Table, results_json: str | Path, protocol: str, notes: str,
+                        groups: dict[str, list[int]] | None = None) -> dict[str, Path]:
     """Merge ``table`` into ``results_json`` as ``{suite: table, "protocol": ..., "notes": ...}``
     (other suites are kept; notes hold one ``<suite>: ...`` line per suite) and write
     ``<stem>_<suite>.md`` and ``<stem>_<suite>.png`` beside it. Returns the three paths."""
@@ -265,7 +291,7 @@ def write_study_results(suite: str, table: Table, results_json: str | Path, prot
     suites = {k: data[k] for k in sorted(data) if k not in ("protocol", "notes")}
     atomic_write_text(path, json.dumps({**suites, "protocol": data["protocol"], "notes": data["notes"]}, indent=2) + "\n")
     md, png = path.with_name(f"{path.stem}_{suite}.md"), path.with_name(f"{path.stem}_{suite}.png")
-    atomic_write_text(md, markdown_table(suite, table) + f"\nProtocol: {data['protocol']}\n\nNotes: {notes}\n")
+    atomic_write_text(md, markdown_table(suite, table, groups) + f"\nProtocol: {data['protocol']}\n\nNotes: {notes}\n")
     plot_success_vs_steps(suite, table, png)
     return {"json": path, "md": md, "png": png}
 

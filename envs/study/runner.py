@@ -290,8 +290,17 @@ def aggregate(cfg: StudyConfig) -> dict[str, Path] | None:
              + f"; trained on {'; '.join(sorted(machines)) or 'unknown machine'}")
     protocol = (f"{protocol}; episode i starts from official init state i; success = successes / episodes "
                 f"pooled over the evaluated tasks") if protocol else ""
-    paths = write_study_results(cfg.suite, table, cfg.results, protocol, notes)
+    paths = write_study_results(cfg.suite, table, cfg.results, protocol, notes, task_groups(cfg))
     return {**paths, **write_curves(cfg, paths["md"])}
+
+
+def task_groups(cfg: StudyConfig) -> dict[str, list[int]]:
+    """The study's tasks by the kind of fork in their demos, when it has two kinds (route forks
+    and grasp-yaw forks): where averaging the modes fails (yaw) apart from where it does not."""
+    tasks = cfg.task_indices()
+    yaw = [t for t in tasks if t in cfg.yaw_tasks]
+    route = [t for t in tasks if t not in cfg.yaw_tasks] if cfg.detour else []
+    return {"route-fork tasks": route, "grasp-yaw tasks": yaw} if yaw and route else {}
 
 
 def write_curves(cfg: StudyConfig, md: Path, append: bool = True) -> dict[str, Path]:

@@ -140,6 +140,19 @@ def test_per_task_success_pools_the_seeds() -> None:
     assert "| energy | 1 | 75 | 25 |" in md and "| mse | 1 | 50 | 0 |" in md
     one = {"mse": {"1": {"success": 0.5, "episodes": 2, "tasks": {"0": [1, 2]}}}}
     assert "per task" not in markdown_table(SUITE, one)
+    grouped = markdown_table(SUITE, table, {"route-fork tasks": [0], "grasp-yaw tasks": [1]})
+    lo, hi = wilson_interval(3, 4)
+    assert "| model | steps | route-fork tasks | grasp-yaw tasks |" in grouped
+    assert f"| energy | 1 | 75.0 [{100 * lo:.0f}-{100 * hi:.0f}] n=4 | 25.0 [" in grouped and "| mse | 1 | 50.0 [" in grouped
+
+
+def test_task_groups_split_route_from_yaw_tasks(tmp_path: Path) -> None:
+    from envs.study.runner import task_groups
+
+    assert task_groups(quick(tmp_path, "tasks=0,1,2", "detour=0.12", "yaw_tasks=1")) == {
+        "route-fork tasks": [0, 2], "grasp-yaw tasks": [1]}
+    assert task_groups(quick(tmp_path, "tasks=0,1,2")) == {}  # plain demos: one kind
+    assert task_groups(quick(tmp_path, "tasks=1", "detour=0.12", "yaw_tasks=1")) == {}
 
 
 def test_aggregate_refuses_to_merge_or_relabel_other_evaluations(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
