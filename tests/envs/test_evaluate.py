@@ -688,17 +688,23 @@ def test_an_eef_policy_evaluates_on_the_end_effector_state(tmp_path) -> None:
     assert 0.5 < float(batch["ee_pos"][0, 2]) < 1.5  # the hand above the table (world frame, metres)
 
 
-def test_a_camera_less_object_policy_evaluates_without_rendering(tmp_path) -> None:
-    """An object-token policy without cameras: the harness builds camera-less environments
-    (resolution 0, robosuite's use_camera_obs=False) and batches the scene's object tokens."""
+def _tiny_object_policy():
+    """A small untrained object-token policy (no cameras, eef proprio), seeded."""
     from policy.model.config import PolicyConfig
     from policy.model.policy import DiffusionPolicy
 
     torch.manual_seed(0)
-    cfg = PolicyConfig(suites=(GOAL_SUITE,), cameras=(), objects=True, proprio="eef", d_model=64, n_heads=4,
-                       encoder_layers=1, decoder_layers=2, dropout=0.0)
+    return DiffusionPolicy(PolicyConfig(suites=(GOAL_SUITE,), cameras=(), objects=True, proprio="eef", d_model=64,
+                                        n_heads=4, encoder_layers=1, decoder_layers=2, dropout=0.0))
+
+
+def test_a_camera_less_object_policy_evaluates_without_rendering(tmp_path) -> None:
+    """An object-token policy without cameras: the harness builds camera-less environments
+    (resolution 0, robosuite's use_camera_obs=False) and batches the scene's object tokens."""
+    inner = _tiny_object_policy()
+    cfg = inner.config
     assert cfg.render_resolution == 0
-    policy = _Watching(DiffusionPolicy(cfg))
+    policy = _Watching(inner)
     out = tmp_path / "run"
     run_evaluation(policy, _cfg(out, episodes=1, max_steps=8, resolution=cfg.render_resolution))
     rec = load_episodes(out / EPISODES_FILE)[0]
@@ -718,13 +724,7 @@ def test_a_camera_less_policy_gets_videos_drawn_apart_from_its_episode(tmp_path)
     the same as without a video."""
     import imageio.v3 as iio
 
-    from policy.model.config import PolicyConfig
-    from policy.model.policy import DiffusionPolicy
-
-    torch.manual_seed(0)
-    cfg = PolicyConfig(suites=(GOAL_SUITE,), cameras=(), objects=True, proprio="eef", d_model=64, n_heads=4,
-                       encoder_layers=1, decoder_layers=2, dropout=0.0)
-    inner = DiffusionPolicy(cfg)
+    inner = _tiny_object_policy()
     runs = {}
     for video in (0, 1):
         policy = _Watching(inner)
@@ -768,13 +768,7 @@ def test_per_episode_noise_makes_episodes_independent_of_batching(tmp_path) -> N
     """noise=episode: each chunk's noise comes from its own generator (seed, suite, task, episode,
     step), so one worker and two workers (other batches) give the same actions; noise=fixed uses
     one seed per episode for every chunk; a policy without generator= is refused up front."""
-    from policy.model.config import PolicyConfig
-    from policy.model.policy import DiffusionPolicy
-
-    torch.manual_seed(0)
-    cfg = PolicyConfig(suites=(GOAL_SUITE,), cameras=(), objects=True, proprio="eef", d_model=64, n_heads=4,
-                       encoder_layers=1, decoder_layers=2, dropout=0.0)
-    inner = DiffusionPolicy(cfg)
+    inner = _tiny_object_policy()
     runs = {}
     for workers in (1, 2):
         runs[workers] = _Seeds(inner)
