@@ -336,6 +336,7 @@ class LiberoEnv(gym.Env):
         self.elapsed_steps = 0
         self._reset_seed = 0  # the seed of the last reset; a stale load resets with it again
         self._stale = True  # stepped (or never reset) since the last reset
+        self._renderer: Any = None  # render_frame's own renderer, made on its first call
 
     @property
     def language(self) -> str:
@@ -408,7 +409,7 @@ class LiberoEnv(gym.Env):
         camera-less episodes (resolution 0), whose robosuite env renders nothing."""
         import mujoco
 
-        if getattr(self, "_renderer", None) is None:
+        if self._renderer is None:
             self._renderer = mujoco.Renderer(self.sim.model._model, size, size)
         self._renderer.update_scene(self.sim.data._data, camera=camera)
         return self._renderer.render()

@@ -198,15 +198,16 @@ def main(argv: list[str] | None = None) -> int:
         print(__doc__.strip())
         return 0
     with stop_on_sigterm():
-        return _main(argv, time.time())
+        return _main(argv)
 
 
-def _main(argv: list[str], start: float) -> int:
+def _main(argv: list[str]) -> int:
     from envs.study.report import StudyError
     from envs.study.probe_stage import aggregate_probe, plan_probe
     from envs.study.runner import aggregate, plan_demos, plan_eval, plan_training, write_spec
     from envs.study.config import parse_overrides
 
+    start = time.time()
     try:
         cfg = parse_overrides(argv)
         models = {m.run: m for m in cfg.models()}

@@ -144,11 +144,9 @@ def main(argv: list[str] | None = None) -> int:
               f"| {s['averaged']['episodes']} ({s['averaged']['successes']}) | {s['none']['episodes']} "
               f"| {ok['median_yaw_error_deg']} / {bad['median_yaw_error_deg']} | {ok['mean_closes']} / {bad['mean_closes']} |")
     if args.out:
-        import json
+        from policy.utils import atomic_write_json
 
-        from policy.utils import atomic_write_text
-
-        atomic_write_text(args.out, json.dumps(result, indent=2) + "\n")
+        atomic_write_json(args.out, result)
     return 0
 
 

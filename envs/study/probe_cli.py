@@ -167,6 +167,11 @@ def draw(policy, obs_list: list[dict], steps: int, samples: int) -> np.ndarray:
                      for k in range(samples)])
 
 
+def weak_share(coord: np.ndarray, scale: float) -> float:
+    """Share of fork coordinates under half the demonstrations' mean size ``scale`` (averaged draws)."""
+    return float((np.abs(coord) < 0.5 * scale).mean())
+
+
 def summarise(coord: np.ndarray, scale: float) -> dict:
     """coord (samples, N) signed fork coordinates -> side and strength statistics. ``weak``: the
     share of draws under half the demonstrations' mean size (an averaged draw), which tells a
@@ -174,7 +179,7 @@ def summarise(coord: np.ndarray, scale: float) -> dict:
     left = coord > 0
     p_left = left.mean(axis=0)  # (N,) per observation
     return {"strength": float(np.abs(coord).mean() / scale),
-            "weak": float((np.abs(coord) < 0.5 * scale).mean()),  # averaged draws: under half a demo's size
+            "weak": weak_share(coord, scale),
             "p_left": float(left.mean()),
             "both_sides": float(((p_left > 0) & (p_left < 1)).mean()),
             "observations": int(coord.shape[1]), "samples": int(coord.shape[0])}
@@ -220,7 +225,7 @@ def main(argv: list[str] | None = None) -> int:
         "checkpoint": str(args.checkpoint), "fork": args.fork, "steps": args.steps, "task": task.name,
         "axis": axis.round(4).tolist(),
         "demos": {"n": len(demos), "p_left": float((demo_coord > 0).mean()), "strength": 1.0,
-                  "weak": float((np.abs(demo_coord) < 0.5 * scale).mean())},
+                  "weak": weak_share(demo_coord, scale)},
         "train_starts": {**summarise(train, scale),
                          "agrees_with_demo": float((np.sign(train) == np.sign(demo_coord)[None]).mean())},
     }

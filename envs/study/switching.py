@@ -20,12 +20,13 @@ reversals succeed less. ``python -m envs.study.switching EVAL_DIR... [--demos DE
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 from typing import Any, Iterable
 
 import numpy as np
+
+from envs.evaluation.cli import parse_int_list
 
 HEAD = 4  # actions of a chunk that say where it goes (as the fork probe's)
 YAW, PLANAR = 0.3, 0.3  # strong-command thresholds (actions in [-1, 1])
@@ -111,9 +112,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", help="write the summaries as JSON here (atomically)")
     args = p.parse_args(argv)
     try:
-        tasks = None if args.tasks is None else {int(t) for t in args.tasks.split(",") if t.strip()}
-    except ValueError:
-        print(f"error: bad --tasks {args.tasks!r}; expected task indices such as 1,6,8", file=sys.stderr)
+        tasks = None if args.tasks is None else set(parse_int_list(args.tasks, "--tasks"))
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
         return 2
     result: dict[str, Any] = {}
     if not args.folders and not args.demos:
@@ -143,9 +144,9 @@ def main(argv: list[str] | None = None) -> int:
               f"| {pct(s['success_with_reversal'])} / {pct(s['success_without_reversal'])} "
               f"| {s['gripper_flips_per_episode']} |")
     if args.out:
-        from policy.utils import atomic_write_text
+        from policy.utils import atomic_write_json
 
-        atomic_write_text(args.out, json.dumps(result, indent=2) + "\n")
+        atomic_write_json(args.out, result)
     return 0
 
 

@@ -618,7 +618,7 @@ def test_switching_command_keeps_the_tasks_asked_for(tmp_path: Path, capsys: pyt
     assert json.loads((tmp_path / "s.json").read_text())[str(tmp_path)]["yaw_reversals_per_100_pairs"] == 50
     capsys.readouterr()
     assert main([str(tmp_path), "--tasks", "5"]) == 2 and "no recorded chunks of tasks 5" in capsys.readouterr().err
-    assert main([str(tmp_path), "--tasks", "one"]) == 2 and "bad --tasks 'one'" in capsys.readouterr().err
+    assert main([str(tmp_path), "--tasks", "one"]) == 2 and "bad --tasks list 'one'" in capsys.readouterr().err
 
 
 def test_probe_stage_plans_each_fork_and_pools_the_probes(tmp_path: Path) -> None:
