@@ -122,3 +122,38 @@ def machine_info() -> str:
 
 def today() -> str:
     return _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+
+
+def measure_reset_s(suite: str, task: int, resolution: int, fast: bool, n: int = 5,
+                    steps: int = 20) -> dict[str, Any]:
+    """Seconds per episode start (``reset`` + ``set_init_state``) with LIBERO's hard reset and
+    with the env's soft one, each after ``steps`` random steps (a used env), alternating
+    between the two envs so that both see the same load. Wall and CPU (process) time, median
+    over ``n`` starts; also the CPU time of one env step, to put a reset in an episode's terms."""
+    from envs.libero.env import LiberoEnv, get_init_states, get_task
+
+    states = get_init_states(suite, task)
+    envs = {mode: LiberoEnv(get_task(suite, task), resolution, fast, hard_reset=mode == "hard") for mode in ("hard", "soft")}
+    rng = np.random.default_rng(0)
+    wall: dict[str, list[float]] = {m: [] for m in envs}
+    cpu: dict[str, list[float]] = {m: [] for m in envs}
+    step_cpu: list[float] = []
+    try:
+        for i in range(n):
+            for mode, env in envs.items():
+                c = time.process_time()
+                for a in np.concatenate([rng.uniform(-0.3, 0.3, (steps, 6)), -np.ones((steps, 1))], axis=1):
+                    env.step(a)
+                step_cpu.append((time.process_time() - c) / steps)
+                t, c = time.perf_counter(), time.process_time()
+                env.reset(seed=i)
+                env.set_init_state(states[i % len(states)])
+                wall[mode].append(time.perf_counter() - t)
+                cpu[mode].append(time.process_time() - c)
+    finally:
+        for env in envs.values():
+            env.close()
+    med = lambda xs: round(float(np.median(xs)), 4)  # noqa: E731
+    return {"wall_s": {m: med(wall[m]) for m in envs}, "cpu_s": {m: med(cpu[m]) for m in envs},
+            "cpu_ms_per_step": round(1000 * float(np.median(step_cpu)), 2),
+            "speedup_cpu": round(float(np.median(cpu["hard"]) / np.median(cpu["soft"])), 1)}

@@ -287,6 +287,13 @@ class LiberoEnv(gym.Env):
     first, with the seed of the last reset, whenever the env has stepped since then: the same
     state gives the same episode whatever came before it. A load right after ``reset`` (the
     evaluation protocol) costs nothing extra.
+
+    Resets are soft by default (``hard_reset=False``): the simulator is reset in place instead
+    of being rebuilt from the scene's XML, and the one piece of state a soft reset would keep,
+    the grippers' ramped command, is cleared (:func:`clear_gripper_commands`). An episode is
+    then bit-identical to the one after LIBERO's hard reset (tested on every suite) and a
+    reset costs ~0.1 s instead of ~0.6 s, a sixth of a short episode. ``hard_reset=True``
+    keeps LIBERO's own behaviour.
     """
 
     metadata = {"render_modes": []}
@@ -297,6 +304,7 @@ class LiberoEnv(gym.Env):
         resolution: int = 128,
         fast_render: bool = False,
         max_episode_steps: int | None = None,
+        hard_reset: bool = False,
     ) -> None:
         from libero.libero.envs import OffScreenRenderEnv
         from libero.libero.envs.env_wrapper import ControlEnv
@@ -307,6 +315,7 @@ class LiberoEnv(gym.Env):
         self.resolution = int(resolution)
         self.fast_render = bool(fast_render)
         self.features = env_features(self.resolution)
+        self.hard_reset = bool(hard_reset)
         self.max_episode_steps = (
             MAX_STEPS[task.suite] + NUM_WAIT_STEPS if max_episode_steps is None else int(max_episode_steps)
         )
@@ -315,6 +324,7 @@ class LiberoEnv(gym.Env):
             camera_heights=self.resolution,
             camera_widths=self.resolution,
             horizon=100_000,  # the cap lives here (truncated), not in robosuite
+            hard_reset=bool(hard_reset),
         )
         if self.resolution == 0:  # no cameras: robosuite renders nothing (use_camera_obs=False), physics unchanged
             self._env = ControlEnv(**{**kwargs, "camera_heights": 128, "camera_widths": 128}, camera_names=[],
@@ -363,6 +373,10 @@ class LiberoEnv(gym.Env):
         from numpy's global generator and kept, so a later stale load can repeat this reset."""
         self._reset_seed = int(np.random.randint(2**31 - 1)) if seed is None else int(seed)
         self._env.seed(self._reset_seed)
+        if self.hard_reset:  # a new model: render_frame's renderer would draw the old one
+            self._close_renderer()
+        else:  # the state a soft reset keeps and a hard one clears
+            clear_gripper_commands(self.robosuite_env)
         raw = self._env.reset()
         self.elapsed_steps = 0
         self._stale = False
@@ -414,10 +428,13 @@ class LiberoEnv(gym.Env):
         self._renderer.update_scene(self.sim.data._data, camera=camera)
         return self._renderer.render()
 
-    def close(self) -> None:
+    def _close_renderer(self) -> None:
         renderer, self._renderer = getattr(self, "_renderer", None), None
         if renderer is not None:
             renderer.close()
+
+    def close(self) -> None:
+        self._close_renderer()
         env = getattr(self, "_env", None)
         if env is not None:
             try:
@@ -428,7 +445,7 @@ class LiberoEnv(gym.Env):
 
 def clear_gripper_commands(robosuite_env: Any) -> None:
     """Zero each gripper's ramped command (robosuite keeps it in the gripper model, so only a
-    hard reset, which builds a new model, clears it; the camera-less planning env resets soft)."""
+    hard reset, which builds a new model, clears it; soft resets clear it with this)."""
     for robot in robosuite_env.robots:
         if robot.has_gripper:
             robot.gripper.current_action = np.zeros_like(robot.gripper.current_action)
