@@ -21,8 +21,8 @@ Keys (key=value; defaults from the preset quick | cpu | cpu_suite | cpu_bimodal[
   train_steps checkpoint_every seed seeds (training seeds per model: seed, seed+1, ...; the table shows
   their mean and spread) energy=lambda:beta,... population mse=true|false
   eval_steps=1,2,4,8,16 episodes workers device data_root runs_root eval_root results dry_run
-  record_chunks=true|false (evaluations save each episode's chunks for python -m envs.study.switching;
-  objects_suite: true) noise=shared|episode|fixed (the evaluations' sampler noise, eval_rollouts.py --noise;
+  record_chunks=true|false (evaluations save each episode's chunks; the report then adds the mechanism:
+  grasps at the yaw forks and switching between chunks, <results>_<suite>_mechanism.md; objects_suite: true) noise=shared|episode|fixed (the evaluations' sampler noise, eval_rollouts.py --noise;
   fixed: one noise for every chunk of an episode; give it its own eval_root and results)
   probe_steps=1,2|none (after the evaluations: the fork probe of the first seed's run of each model on every
   task with a fork, pooled into <results>_<suite>_probe.md; objects_suite: 1,2)
@@ -203,6 +203,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def _main(argv: list[str]) -> int:
     from envs.study.report import StudyError
+    from envs.study.mechanism import aggregate_mechanism
     from envs.study.probe_stage import aggregate_probe, plan_probe
     from envs.study.runner import aggregate, plan_demos, plan_eval, plan_training, write_spec
     from envs.study.config import parse_overrides
@@ -239,6 +240,7 @@ def _main(argv: list[str]) -> int:
         paths = aggregate(cfg)
         if paths is not None:
             paths.update(aggregate_probe(cfg))
+            paths.update(aggregate_mechanism(cfg))
     except StudyError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -69,6 +69,21 @@ def yaw_error_deg(yaw: float, modes: tuple[float, float]) -> float:
     return float(min(abs(yaw - lo), abs(yaw - hi)) / ((hi - lo) / 2) * 90.0)
 
 
+def demo_summary(path: str | Path) -> tuple[tuple[float, float], dict[str, Any]]:
+    """The two yaw modes of a task's demonstration file (made with --yaw-modes) and the
+    demonstrations' own row ({episodes, median_yaw_error_deg, mean_closes}). OSError, KeyError
+    or ValueError for a file that is missing, not in the official layout or has no two modes."""
+    import h5py
+
+    with h5py.File(path, "r") as f:
+        demos = [np.asarray(f["data"][k]["actions"]) for k in f["data"]]
+    yaws = [y for y in map(yaw_at_close, demos) if y is not None]
+    modes = demo_modes(np.asarray(yaws))
+    errs = [yaw_error_deg(y, modes) for y in yaws]
+    return modes, {"episodes": len(demos), "median_yaw_error_deg": round(float(np.median(errs)), 1),
+                   "mean_closes": round(float(np.mean([closes(a) for a in demos])), 2)}
+
+
 def episode_rows(folder: Path, task: int, modes: tuple[float, float]) -> list[dict[str, Any]]:
     """One row per recorded episode of ``task`` in an evaluation folder."""
     from envs.evaluation.harness import chunk_file
@@ -104,8 +119,6 @@ def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    import h5py
-
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("folders", nargs="+", help="evaluation folders run with --record-chunks")
     p.add_argument("--demos", required=True, help="the task's demonstration HDF5 file (made with --yaw-modes)")
@@ -113,16 +126,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", help="write the summaries as JSON here (atomically)")
     args = p.parse_args(argv)
     try:
-        with h5py.File(args.demos, "r") as f:
-            demos = [np.asarray(f["data"][k]["actions"]) for k in f["data"]]
-        yaws = [y for y in map(yaw_at_close, demos) if y is not None]
-        modes = demo_modes(np.asarray(yaws))
+        modes, demos = demo_summary(args.demos)
     except (OSError, KeyError, ValueError) as exc:
         print(f"error: {args.demos}: {exc}", file=sys.stderr)
         return 2
-    demo_errs = [yaw_error_deg(y, modes) for y in yaws]
-    result = {"demos": {"episodes": len(demos), "median_yaw_error_deg": round(float(np.median(demo_errs)), 1),
-                        "mean_closes": round(float(np.mean([closes(a) for a in demos])), 2)}}
+    result: dict[str, Any] = {"demos": demos}
     for folder in args.folders:
         rows = episode_rows(Path(folder), args.task, modes)
         if not rows:
