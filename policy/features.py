@@ -17,7 +17,7 @@ any size (the network resizes them to ``PolicyConfig.image_size``).
   policy's own recorded spec);
 * ``policy.serving.wire`` / ``policy.serving.server`` -- accepted keys, validation, batching,
   the openpi ``observation/state`` split, metadata and the warm-up observation;
-* ``envs.libero.env.process_observation`` / ``stack_observations`` and
+* ``envs.libero.observation.process_observation`` / ``stack_observations`` and
   ``envs.libero.dataset`` -- what is read from the HDF5 files and how;
 * ``policy.training.bench`` -- its example observation.
 
@@ -27,7 +27,7 @@ The proprio layouts (``PROPRIO_LAYOUTS``, chosen by ``PolicyConfig.proprio`` / H
 recorded features carry its layout; the readers above take the policy's spec.
 
 Adding a feature (e.g. the end-effector pose openpi sends, ``ee_pos`` (3,) + ``ee_ori`` (3,),
-which ``envs.libero.env.hdf5_obs_fields`` and the official HDF5 files already carry):
+which ``envs.libero.observation.hdf5_obs_fields`` and the official HDF5 files already carry):
 
 1. here: build ``DEFAULT_FEATURES`` from ``LEGACY_FEATURES`` plus the new Feature (leave
    ``LEGACY_FEATURES`` as it is: old config.json files are read with it);

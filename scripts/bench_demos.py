@@ -25,7 +25,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--resolution", type=int, default=128, help="resolution for the rate measurement")
     p.add_argument("--out", default="benchmarks/results/demos.json", help="results JSON (merged)")
     args = p.parse_args(argv)
-    from envs.libero.env import check_suite
+    from envs.libero.suites import check_suite
     from envs.scripted.bench import bench_demos_per_hour, bench_success, merge_results
 
     suites = [s for s in args.suites.split(",") if s]

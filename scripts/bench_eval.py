@@ -31,7 +31,7 @@ def main(argv: list[str] | None = None) -> int:
         from envs.evaluation.bench import machine_info, measure_steps_per_s, render_compare_png, today
         from envs.evaluation.results import atomic_write_text
         from envs.evaluation.harness import EvalConfig, run_evaluation
-        from envs.libero.env import get_task
+        from envs.libero.suites import get_task
 
         get_task(args.suite, args.task)
         workers = tuple(int(x) for x in args.workers.split(","))

@@ -42,7 +42,7 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
         from envs.evaluation.bench import machine_info, today
         from envs.libero.dataset import find_hdf5_files
-        from envs.libero.env import get_task
+        from envs.libero.suites import get_task
         from envs.libero.features_bench import env_steps_per_s, predict_ms, train_step_s
         from policy.scoring import LossConfig
         from policy.utils import atomic_write_json

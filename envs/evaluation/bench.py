@@ -18,7 +18,8 @@ from envs.evaluation.results import save_figure
 
 
 def _bench_worker(conn: Connection, suite: str, task: int, fast: bool, resolution: int) -> None:
-    from envs.libero.env import get_init_states, make_env
+    from envs.libero.suites import get_init_states
+    from envs.libero.env import make_env
 
     env = make_env(suite, task, resolution=resolution, fast_render=fast)
     state = get_init_states(suite, task)[0]
@@ -130,7 +131,8 @@ def measure_reset_s(suite: str, task: int, resolution: int, fast: bool, n: int =
     with the env's soft one, each after ``steps`` random steps (a used env), alternating
     between the two envs so that both see the same load. Wall and CPU (process) time, median
     over ``n`` starts; also the CPU time of one env step, to put a reset in an episode's terms."""
-    from envs.libero.env import LiberoEnv, get_init_states, get_task
+    from envs.libero.suites import get_init_states, get_task
+    from envs.libero.env import LiberoEnv
 
     states = get_init_states(suite, task)
     envs = {mode: LiberoEnv(get_task(suite, task), resolution, fast, hard_reset=mode == "hard") for mode in ("hard", "soft")}

@@ -79,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
         from envs.evaluation.policies import load_policy_and_producer, resolve_checkpoint
         from envs.evaluation.results import plot_steps_sweep
         from envs.evaluation.harness import EvalConfig, run_evaluation
-        from envs.libero.env import DEFAULT_EVAL_SUITES, SUITES, check_suite
+        from envs.libero.suites import DEFAULT_EVAL_SUITES, SUITES, check_suite
         from policy.utils import atomic_write_text
 
         steps_list = parse_int_list(args.steps, "--steps")

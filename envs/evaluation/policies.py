@@ -17,7 +17,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from envs.libero.env import NOOP_ACTION
+from envs.libero.suites import NOOP_ACTION
 from policy.protocol import Policy as Policy  # re-exported: the one protocol (harness and server)
 
 CHUNK = 8

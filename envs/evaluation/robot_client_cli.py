@@ -52,7 +52,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--package-keys", action="store_true", help="send the package's observation keys instead of openpi's")
     args = p.parse_args(argv)
 
-    from envs.libero.env import MAX_STEPS, NUM_WAIT_STEPS, get_init_states, get_task, make_env
+    from envs.libero.suites import MAX_STEPS, NUM_WAIT_STEPS, get_init_states, get_task
+    from envs.libero.env import make_env
     from policy.serving.client import ActionChunker, PolicyClient
 
     try:

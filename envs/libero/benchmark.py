@@ -9,8 +9,10 @@ from typing import Any
 import numpy as np
 
 from envs.benchmark import BenchmarkEnv, EpisodeTracker, ObservationSpec, ObsField
-from envs.libero.env import (ACTION_DIM, MAX_STEPS, NOOP_ACTION, NUM_INIT_STATES, NUM_WAIT_STEPS, SUITES, check_suite,
-                             get_init_states, get_task, list_tasks, make_env, observation_arrays)
+from envs.libero.suites import (ACTION_DIM, MAX_STEPS, NOOP_ACTION, NUM_INIT_STATES, NUM_WAIT_STEPS, SUITES, check_suite,
+                                get_init_states, get_task, list_tasks)
+from envs.libero.observation import observation_arrays
+from envs.libero.env import make_env
 
 
 class LiberoBenchmark:
@@ -39,7 +41,7 @@ class LiberoBenchmark:
         return make_env(suite, task_index, resolution, fast_render)
 
     def observation_spec(self, resolution: int) -> ObservationSpec:
-        """What :class:`envs.libero.env.LiberoEnv` observes (:data:`envs.libero.env.ENV_FEATURES`:
+        """What :class:`envs.libero.env.LiberoEnv` observes (:data:`envs.libero.observation.ENV_FEATURES`:
         the declared features with the state features of every proprio layout), the cameras at
         ``resolution``."""
         return {name: ObsField(shape, dtype) for name, (shape, dtype) in observation_arrays(resolution).items()}

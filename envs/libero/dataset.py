@@ -15,7 +15,7 @@ keys are the image and state features of ``policy.features.DEFAULT_FEATURES``::
                                           files carry them; scripts/add_object_poses.py adds
                                           them to official files from their states)
 
-Every step goes through ``envs.libero.env.process_observation`` (THE function evaluation
+Every step goes through ``envs.libero.observation.process_observation`` (THE function evaluation
 uses too), so training and evaluation see identical images. A sample is the policy
 observation at step k, the actions k..k+7 and the instruction. Chunks that run past the
 end of an episode are padded by REPEATING THE LAST ACTION (as Diffusion Policy does:
@@ -44,7 +44,8 @@ import torch.nn.functional as F
 from torch.utils.data import Dataset
 from tqdm import tqdm
 
-from envs.libero.env import SUITES, process_observation
+from envs.libero.suites import SUITES
+from envs.libero.observation import process_observation
 from policy.features import DEFAULT_FEATURES, OBJECT_KEY_SUFFIX, OBJECT_POSE_FIELDS, PROPRIO_LAYOUTS, FeatureSpec, object_text
 from envs.libero.synthetic import write_demo_file, write_synthetic_suite  # noqa: F401  (re-exported)
 

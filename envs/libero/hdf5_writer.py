@@ -82,7 +82,7 @@ class Demo:
                 raise ValueError(f"demo field {name!r} has {len(arr)} steps, actions have {t}")
         missing = [k for k in OBS_KEYS if k not in self.obs]
         if missing:
-            raise ValueError(f"demo obs is missing {missing}; produce them with envs.libero.env.hdf5_obs_fields")
+            raise ValueError(f"demo obs is missing {missing}; produce them with envs.libero.observation.hdf5_obs_fields")
 
     def __len__(self) -> int:
         return len(self.actions)

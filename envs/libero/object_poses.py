@@ -2,7 +2,7 @@
 
 Object-token policies need, per movable scene object, ``obs/<object>_pos`` (T, 3),
 ``obs/<object>_quat`` (T, 4, x y z w) and ``obs/<object>_to_robot0_eef_pos`` (T, 3) float64
-(the simulator's observations, see :func:`envs.libero.env.hdf5_obs_fields`). Our recorder writes
+(the simulator's observations, see :func:`envs.libero.observation.hdf5_obs_fields`). Our recorder writes
 them; the official LIBERO files (and ours written before) do not. They are a function of the
 simulator state, so :func:`add_object_poses` recovers them from each demo's recorded ``states``:
 every row is loaded into a camera-less env of the file's task (``env.reset(seed=0)`` once, then
@@ -94,7 +94,7 @@ def demos_to_convert(path: str | Path, force: bool = False) -> list[tuple[str, i
 def recover_object_poses(env: Any, states: np.ndarray) -> dict[str, np.ndarray]:
     """Object keys (T, 3/4/3) float64 of flattened MuJoCo states (T, S), loaded one by one into
     ``env`` (a :class:`envs.libero.env.LiberoEnv`, best camera-less: ``resolution=0``)."""
-    from envs.libero.env import hdf5_obs_fields
+    from envs.libero.observation import hdf5_obs_fields
 
     out: dict[str, list[np.ndarray]] = {}
     for row in states:

@@ -12,7 +12,7 @@ from typing import Any, Callable
 
 from tqdm import tqdm
 
-from envs.libero.env import TaskInfo, list_tasks
+from envs.libero.suites import TaskInfo, list_tasks
 from envs.scripted.demos import SEED_STRIDE, make_planning_env, plan_attempt
 from policy.utils import atomic_write_text
 

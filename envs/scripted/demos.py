@@ -5,7 +5,7 @@ placement samplers in ``env.reset()``; never the 50 evaluation init states), 10
 settling no-ops, then the :class:`~envs.scripted.planner.ScriptedPlanner` in a camera-less
 simulator (~10x faster than rendering). Successful action sequences are replayed
 from the same first state in the rendered environment of :func:`envs.libero.env.make_env`,
-recording observations through :func:`envs.libero.env.hdf5_obs_fields`; a replay that does
+recording observations through :func:`envs.libero.observation.hdf5_obs_fields`; a replay that does
 not end in success is dropped. Work is resumable per demonstration: each one is an
 atomically written shard under ``<out>/.partial/<task name>/`` until the task file is
 assembled.
@@ -23,7 +23,9 @@ import numpy as np
 
 from envs.libero.hdf5_writer import (Demo, file_attrs, robot_state_vector, scripted_modes, task_file_name, write_demo_shard,
                               write_task_file)
-from envs.libero.env import MAX_STEPS, TaskInfo, hdf5_obs_fields, make_env
+from envs.libero.suites import MAX_STEPS, TaskInfo
+from envs.libero.observation import hdf5_obs_fields
+from envs.libero.env import make_env
 from envs.scripted.planner import ScriptedPlanner, run_episode
 from envs.libero.bddl import parse_goal
 from envs.scripted.fresh_states import SEED_STRIDE, layout_state, make_planning_env  # noqa: F401 (re-exported)

@@ -16,7 +16,8 @@ from typing import Any
 
 import numpy as np
 
-from envs.libero.env import NOOP_ACTION, NUM_WAIT_STEPS, clear_gripper_commands
+from envs.libero.suites import NOOP_ACTION, NUM_WAIT_STEPS
+from envs.libero.env import clear_gripper_commands
 from envs.scripted.layout import repair_layout
 
 SEED_STRIDE = 1_000_003  # the demonstrations' seeds of task k are k * SEED_STRIDE + attempt (envs.scripted.demos)
@@ -57,7 +58,7 @@ def fresh_init_states(suite: str, task_index: int, episodes: int, seed: int, fol
     """(episodes, state_dim) fresh initial states of the task, read from ``folder`` when an earlier
     run wrote at least that many (the same seeds), else made in a camera-less environment and
     written there (temp file + rename)."""
-    from envs.libero.env import get_task
+    from envs.libero.suites import get_task
     from policy.utils import atomic_write_bytes
 
     path = Path(folder) / f"{suite}_task{task_index}_seed{seed}.npy"

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from envs.libero.env import TaskInfo, check_suite, list_tasks
+from envs.libero.suites import TaskInfo, check_suite, list_tasks
 from envs.scripted.demos import assemble_task_file, check_detour, generate_task_demos, tried_seeds
 
 

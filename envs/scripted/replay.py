@@ -13,7 +13,9 @@ import h5py
 import numpy as np
 
 from envs.libero.hdf5_writer import Demo, write_task_file
-from envs.libero.env import SUITES, LiberoEnv, TaskInfo, clear_gripper_commands, hdf5_obs_fields, list_tasks
+from envs.libero.suites import SUITES, TaskInfo, list_tasks
+from envs.libero.observation import hdf5_obs_fields
+from envs.libero.env import LiberoEnv, clear_gripper_commands
 
 
 def task_of_file(path: str | Path) -> TaskInfo:

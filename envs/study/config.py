@@ -7,7 +7,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from envs.libero.env import SUITES
+from envs.libero.suites import SUITES
 from envs.study.report import StudyError
 
 MODEL_PRESETS = ("small", "paper", "objects")  # policy/configs/model/<name>.yaml

@@ -25,7 +25,7 @@ from policy.utils import atomic_write_text
 
 
 def demo_file(cfg: StudyConfig, task: int) -> Path:
-    from envs.libero.env import list_tasks
+    from envs.libero.suites import list_tasks
     from envs.libero.hdf5_writer import task_file_name
 
     return Path(cfg.data_root) / cfg.suite / task_file_name(list_tasks(cfg.suite)[task].name)

@@ -92,7 +92,8 @@ def yaw_fork_step(yaw: np.ndarray, strong: float = 0.5, calm: int = 2) -> int:
 def official_starts(args: argparse.Namespace, resolution: int) -> Iterator[tuple[int, Any, dict]]:
     """(i, env, observation) for the task's first ``args.states`` official initial states, each
     after the protocol's no-op steps, in one rendered environment (closed at the end)."""
-    from envs.libero.env import NOOP_ACTION, NUM_WAIT_STEPS, get_init_states, make_env
+    from envs.libero.suites import NOOP_ACTION, NUM_WAIT_STEPS, get_init_states
+    from envs.libero.env import make_env
 
     states = get_init_states(args.suite, args.task)[: args.states]
     env = make_env(args.suite, args.task, resolution=resolution, fast_render=args.fast_render)
@@ -134,7 +135,7 @@ def held_out_yaw_forks(args: argparse.Namespace, resolution: int, max_steps: int
     """Observations at the grasp-yaw fork of the scripted demonstrator (yaw modes on) run from
     each official initial state (after the protocol's no-op steps): the observation before the
     first strong yaw command that follows the calm after the turn to the travel yaw."""
-    from envs.libero.env import get_task
+    from envs.libero.suites import get_task
     from envs.scripted.planner import ScriptedPlanner, parse_goal
 
     goal = parse_goal(get_task(args.suite, args.task).bddl_file)
@@ -160,7 +161,7 @@ def draw(policy, obs_list: list[dict], steps: int, samples: int) -> np.ndarray:
     """(samples, N, 8, 7) chunks: ``samples`` draws for each observation, seeded 0..samples-1."""
     import torch
 
-    from envs.libero.env import stack_observations
+    from envs.libero.observation import stack_observations
 
     batch = stack_observations(obs_list, getattr(getattr(policy, "config", None), "spec", None))
     return np.stack([policy.predict(batch, steps=steps, generator=torch.Generator().manual_seed(k))
@@ -190,7 +191,7 @@ def main(argv: list[str] | None = None) -> int:
     from envs.libero.dataset import DatasetError, find_hdf5_files, read_demo_file
     from envs.evaluation.policies import load_policy
     from envs.evaluation.results import atomic_write_text
-    from envs.libero.env import get_task
+    from envs.libero.suites import get_task
 
     try:
         task = get_task(args.suite, args.task)

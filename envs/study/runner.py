@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from envs.evaluation.results import describe_producer, differing_keys, read_run_record, same_producer, weights_identity
-from envs.libero.env import NUM_WAIT_STEPS, list_tasks
+from envs.libero.suites import NUM_WAIT_STEPS, list_tasks
 from envs.study.config import ModelSpec, StudyConfig
 from envs.study.report import StudyError, collect_results, combine_seeds, write_study_results
 from policy.utils import atomic_write_text

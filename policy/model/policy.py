@@ -2,7 +2,7 @@
 
 The policy every harness runs (``policy.protocol.Policy``: ``reset()``,
 ``predict(obs, steps, churn)``). ``obs`` is a BATCH of policy observations (the output of
-envs.libero.env.process_observation, stacked) keyed by the features the policy was trained
+envs.libero.observation.process_observation, stacked) keyed by the features the policy was trained
 with (``config.spec``, ``policy.features``; by default ``agentview_rgb`` / ``eye_in_hand_rgb``
 (B, H, W, 3) uint8 upright, ``joint_states`` (B, 7), ``gripper_states`` (B, 2) float32,
 ``language`` list[str] of length B). A single unbatched observation (images (H, W, 3),

@@ -28,7 +28,7 @@ def goal_env() -> Iterator["object"]:
 def goal_state(goal_env) -> np.ndarray:
     """Official init state 0 of libero_goal task 0 with the middle drawer pulled open:
     the BDDL goal (Open wooden_cabinet_1_middle_region) holds in it."""
-    from envs.libero.env import get_init_states
+    from envs.libero.suites import get_init_states
 
     state = get_init_states(GOAL_SUITE, GOAL_TASK)[0].copy()
     addr = goal_env.sim.model.get_joint_qpos_addr(DRAWER_JOINT)
@@ -42,7 +42,7 @@ def make_planner() -> Iterator[Callable[..., tuple]]:
     camera-less env of the task reset to the layout of ``seed`` and settled by the protocol's
     no-op steps, with a planner drawing from ``rng_seed`` (default ``seed``); the envs are
     closed when the test ends."""
-    from envs.libero.env import NOOP_ACTION, NUM_WAIT_STEPS, get_task
+    from envs.libero.suites import NOOP_ACTION, NUM_WAIT_STEPS, get_task
     from envs.scripted.planner import ScriptedPlanner
     from envs.libero.bddl import parse_goal
     from envs.scripted.demos import make_planning_env

@@ -137,7 +137,9 @@ def test_missing_folder_says_where_demos_come_from(tmp_path: Path) -> None:
 def test_simulator_recording_reads_back_as_the_evaluation_observation(tmp_path: Path) -> None:
     """A real LIBERO rollout written in the official layout is read back pixel-identical
     to what evaluation feeds the policy, and the policy's chunk drives the simulator."""
-    from envs.libero.env import NOOP_ACTION, get_init_states, hdf5_obs_fields, make_env, stack_observations
+    from envs.libero.suites import NOOP_ACTION, get_init_states
+    from envs.libero.observation import hdf5_obs_fields, stack_observations
+    from envs.libero.env import make_env
     from policy.model.config import PolicyConfig
     from policy.model.language import LanguageEncoder
     from policy.model.policy import DiffusionPolicy

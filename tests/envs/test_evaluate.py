@@ -23,7 +23,7 @@ from envs.evaluation.outcome import LIFT_M, classify
 from envs.evaluation.results import (EPISODES_FILE, RUN_CONFIG_FILE, failure_text, load_episodes, markdown_table, summarize,
                                weights_identity, wilson_interval)
 from envs.evaluation.harness import EvalConfig, record_run, run_evaluation
-from envs.libero.env import get_init_states
+from envs.libero.suites import get_init_states
 
 GOAL_SUITE, GOAL_TASK = "libero_goal", 0  # as in conftest.py
 REPO = Path(__file__).resolve().parents[2]
@@ -290,7 +290,7 @@ def _replay_demo(tmp_path: Path) -> tuple[np.ndarray, Path, int]:
     none (a replay of demo 1 stands still)."""
     import h5py
 
-    from envs.libero.env import get_task
+    from envs.libero.suites import get_task
     from envs.scripted.demos import make_planning_env, plan_attempt
 
     task = get_task(GOAL_SUITE, GOAL_TASK)
@@ -621,12 +621,13 @@ def test_a_fake_worker_pool_drives_the_batching_loop(tmp_path) -> None:
 
 
 def test_libero_behind_the_seam_is_what_it_was(tmp_path) -> None:
-    """LIBERO through envs.benchmark: the same batch as envs.libero.env.stack_observations, the
+    """LIBERO through envs.benchmark: the same batch as envs.libero.observation.stack_observations, the
     dataset's observation keys, and an eval_config.json without a benchmark entry."""
     from envs.benchmark import Benchmark, image_keys, stack_observations
     from envs.libero.benchmark import LIBERO
     from envs.libero.dataset import CAMERA_KEYS, OBS_SHAPES
-    from envs.libero.env import ENV_FEATURES, MAX_STEPS, NOOP_ACTION, stack_observations as libero_stack
+    from envs.libero.suites import MAX_STEPS, NOOP_ACTION
+    from envs.libero.observation import ENV_FEATURES, stack_observations as libero_stack
 
     assert isinstance(LIBERO, Benchmark) and LIBERO.max_steps("libero_10") == MAX_STEPS["libero_10"]
     assert LIBERO.noop_action is NOOP_ACTION and LIBERO.wait_steps == 10 and LIBERO.action_dim == 7
@@ -836,7 +837,7 @@ def test_fresh_init_states_are_new_layouts_kept_with_the_folder(tmp_path) -> Non
     """--init-states fresh: each episode starts from a fresh layout (not an official init state,
     not another episode's), made reproducibly from its seed and kept in init_states/; the rerun
     resumes on them; a folder of fresh starts refuses official ones; the protocol line says so."""
-    from envs.libero.env import get_init_states
+    from envs.libero.suites import get_init_states
     from envs.scripted.fresh_states import fresh_init_states, fresh_seed
 
     out = tmp_path / "fresh"

@@ -5,8 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from envs.libero.env import (MAX_STEPS, NOOP_ACTION, SUITES, get_init_states, get_task, hdf5_obs_fields, list_tasks,
-                         make_env, process_observation, stack_observations)
+from envs.libero.suites import MAX_STEPS, NOOP_ACTION, SUITES, get_init_states, get_task, list_tasks
+from envs.libero.observation import hdf5_obs_fields, process_observation, stack_observations
+from envs.libero.env import make_env
 from envs.libero.render_fast import Mesh, read_mesh, simplify_mesh, write_mesh
 
 FOUR = ["libero_spatial", "libero_object", "libero_goal", "libero_10"]
@@ -209,7 +210,8 @@ def test_simplify_mesh_round_trip(tmp_path, suffix: str) -> None:
 def test_a_camera_less_env_has_the_same_physics_and_observes_the_objects(goal_env) -> None:
     """resolution=0 builds the env without cameras or renderer; the same state and actions give
     the same simulator states, and both observe every movable object's pose and name."""
-    from envs.libero.env import get_init_states, make_env
+    from envs.libero.suites import get_init_states
+    from envs.libero.env import make_env
 
     state = get_init_states("libero_goal", 0)[1]
     bare = make_env("libero_goal", 0, resolution=0)

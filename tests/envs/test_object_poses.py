@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 import envs  # noqa: F401  (headless rendering defaults)  # pyflakes: ignore
-from envs.libero.env import list_tasks
+from envs.libero.suites import list_tasks
 from envs.libero.hdf5_writer import OBS_KEYS, check_official_layout, object_obs_keys, task_file_name
 from envs.libero.object_poses import add_object_poses, check_file, has_object_poses
 from envs.libero.object_poses_cli import main as cli_main

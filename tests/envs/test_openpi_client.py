@@ -62,7 +62,8 @@ def openpi_libero_element(raw: dict, prompt: str) -> dict:
 
 @pytest.mark.sim
 def test_openpi_client_runs_a_libero_episode_against_an_eef_policy() -> None:
-    from envs.libero.env import NUM_WAIT_STEPS, get_init_states, make_env
+    from envs.libero.suites import NUM_WAIT_STEPS, get_init_states
+    from envs.libero.env import make_env
 
     import torch
 

@@ -83,7 +83,8 @@ def test_training_starts_come_from_the_recorded_states_for_any_policy_kind(tmp_p
 
     import h5py
 
-    from envs.libero.env import get_init_states, make_env
+    from envs.libero.suites import get_init_states
+    from envs.libero.env import make_env
 
     suite, task = "libero_object", 0
     states = get_init_states(suite, task)[:2]

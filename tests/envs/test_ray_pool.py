@@ -76,7 +76,8 @@ class _Probe:
 @pytest.fixture(scope="module")
 def goal_state() -> np.ndarray:
     """Official init state 0 with the middle drawer open: the goal holds at the first step."""
-    from envs.libero.env import get_init_states, make_env
+    from envs.libero.suites import get_init_states
+    from envs.libero.env import make_env
 
     env = make_env(GOAL_SUITE, GOAL_TASK, resolution=0)
     try:
@@ -96,7 +97,7 @@ KEYS = ("success", "length", "outcome", "grasps", "lift_m", "env_steps", "error"
 def test_two_nodes_give_the_episodes_of_the_local_pool(tmp_path, ray_cluster, goal_state) -> None:
     """Head + second node, one actor on each (SPREAD): the same episodes (success, length,
     outcome, ...) and the same observations at every policy step as the local process pool."""
-    from envs.libero.env import get_init_states
+    from envs.libero.suites import get_init_states
 
     def init_state(suite: str, task: int, episode: int) -> np.ndarray:
         return goal_state if episode == 0 else get_init_states(suite, task)[episode]

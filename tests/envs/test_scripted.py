@@ -18,7 +18,7 @@ import pytest
 import envs  # noqa: F401  (headless rendering defaults)  # pyflakes: ignore
 from envs.evaluation.outcome import OutcomeTracker, classify
 from envs.libero.hdf5_writer import DATA_ATTRS, DEMO_KEYS, OBS_KEYS, check_official_layout, task_file_name
-from envs.libero.env import get_init_states, list_tasks
+from envs.libero.suites import get_init_states, list_tasks
 from envs.libero.bddl import Atom, order_subgoals, parse_goal
 
 REPO = Path(__file__).resolve().parents[2]
@@ -59,7 +59,7 @@ def test_parse_goal_rejects_unknown_predicate() -> None:
 def test_repair_layout_puts_the_bowl_on_the_stove() -> None:
     """LIBERO's sampler drops "bowl on the stove" from ~1 m up and beside the stove (it falls
     to the floor); after :func:`envs.scripted.layout.repair_layout` it rests in the cook region."""
-    from envs.libero.env import NOOP_ACTION, NUM_WAIT_STEPS
+    from envs.libero.suites import NOOP_ACTION, NUM_WAIT_STEPS
     from envs.scripted.demos import make_planning_env
     from envs.scripted.layout import repair_layout
 
@@ -127,7 +127,8 @@ def test_file_has_official_layout(demo_file: Path) -> None:
 
 @pytest.mark.sim
 def test_demo_replays_to_success_and_images_match(demo_file: Path) -> None:
-    from envs.libero.env import hdf5_obs_fields, make_env
+    from envs.libero.observation import hdf5_obs_fields
+    from envs.libero.env import make_env
     from envs.scripted.demos import make_planning_env
     from envs.scripted.replay import replay_actions
 
@@ -245,7 +246,7 @@ def test_fork_steps_sideways_both_ways_and_is_off_by_default() -> None:
 def test_route_mode_demos_go_round_either_side_and_succeed() -> None:
     """Planned (physics only) with --detour 0.12: the reach towards the can first steps ~12 cm
     sideways, to the left in some episodes and to the right in others, and every episode succeeds."""
-    from envs.libero.env import get_task
+    from envs.libero.suites import get_task
     from envs.scripted.planner import ScriptedPlanner, run_episode
     from envs.scripted.demos import make_planning_env
     from envs.scripted.layout import repair_layout
@@ -295,7 +296,7 @@ def test_yaw_mode_demos_succeed_either_way_and_their_average_fails(monkeypatch: 
     every episode succeeds, turning the hand one way in some and the other way in others; forcing
     the average of the two modes (the fingers stay across the wide side) makes the grasp fail."""
     import envs.scripted.pick as pick
-    from envs.libero.env import get_task
+    from envs.libero.suites import get_task
     from envs.scripted.demos import make_planning_env, plan_attempt
 
     task = get_task("libero_object", 1)
@@ -317,7 +318,7 @@ def test_yaw_mode_demos_succeed_either_way_and_their_average_fails(monkeypatch: 
 def test_demos_of_other_modes_are_refused_in_the_same_folder(tmp_path: Path) -> None:
     """generate_demos.py refuses to mix demonstrations made with other route or yaw modes, from
     the task file's attributes or the shards' marker, with one line naming the fix."""
-    from envs.libero.env import get_task
+    from envs.libero.suites import get_task
     from envs.scripted.demos import check_detour, partial_dir
 
     task = get_task("libero_object", 1)

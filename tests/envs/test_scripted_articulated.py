@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from envs.libero.env import get_task
+from envs.libero.suites import get_task
 from envs.libero.bddl import Atom, order_subgoals, parse_goal
 
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from envs.libero.env import get_task
+from envs.libero.suites import get_task
 
 
 @pytest.mark.sim

@@ -211,7 +211,7 @@ def test_aggregate_refuses_to_merge_or_relabel_other_evaluations(tmp_path: Path,
                                          f"delete {folder} and rerun the study"):
         aggregate(cfg)
     # the CLI on a finished study (nothing to run): one line, exit 2
-    from envs.libero.env import list_tasks
+    from envs.libero.suites import list_tasks
     from envs.scripted.demos import task_file_name
 
     write_demo_file(tmp_path / "data" / SUITE / task_file_name(list_tasks(SUITE)[0].name), 5, 64, True)
@@ -263,7 +263,7 @@ def fake_run(run: Path, step: int) -> None:
 
 
 def test_plan_skips_finished_stages_and_resumes(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    from envs.libero.env import list_tasks
+    from envs.libero.suites import list_tasks
     from envs.scripted.demos import task_file_name
 
     cfg = quick(tmp_path)
@@ -312,7 +312,7 @@ def test_plan_skips_finished_stages_and_resumes(tmp_path: Path, capsys: pytest.C
 
 
 def test_reused_folders_with_other_settings_are_refused(tmp_path: Path) -> None:
-    from envs.libero.env import list_tasks
+    from envs.libero.suites import list_tasks
     from envs.scripted.demos import task_file_name
     from envs.study.runner import write_spec
 
@@ -326,7 +326,7 @@ def test_reused_folders_with_other_settings_are_refused(tmp_path: Path) -> None:
 
 
 def test_route_mode_demos_are_kept_apart(tmp_path: Path) -> None:
-    from envs.libero.env import list_tasks
+    from envs.libero.suites import list_tasks
     from envs.scripted.demos import task_file_name
 
     bimodal = parse_overrides(["preset=cpu_bimodal", f"data_root={tmp_path}/data", f"runs_root={tmp_path}/runs"])
@@ -352,7 +352,7 @@ def test_route_mode_demos_are_kept_apart(tmp_path: Path) -> None:
 
 
 def test_yaw_mode_demos_are_kept_apart(tmp_path: Path) -> None:
-    from envs.libero.env import list_tasks
+    from envs.libero.suites import list_tasks
     from envs.scripted.demos import task_file_name
     from envs.study.runner import training_spec
 
@@ -374,7 +374,7 @@ def test_yaw_mode_demos_are_kept_apart(tmp_path: Path) -> None:
 
 
 def test_yaw_tasks_get_their_own_demos_and_the_rest_route_modes(tmp_path: Path) -> None:
-    from envs.libero.env import list_tasks
+    from envs.libero.suites import list_tasks
     from envs.scripted.demos import task_file_name
 
     cfg = quick(tmp_path, "tasks=0,1,2", "detour=0.12", "yaw_tasks=1")
@@ -417,7 +417,7 @@ def test_bad_input_gives_one_clear_error(tmp_path: Path) -> None:
 
 
 def test_rerun_of_a_finished_study_runs_nothing_and_aggregates(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    from envs.libero.env import list_tasks
+    from envs.libero.suites import list_tasks
     from envs.scripted.demos import task_file_name
 
     cfg = quick(tmp_path)

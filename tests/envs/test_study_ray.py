@@ -75,7 +75,7 @@ def test_study_jobs_run_as_ray_tasks_and_a_rerun_skips_them(tmp_path, cluster, m
     earlier is skipped; the table is aggregated; a rerun runs nothing. Jobs that fit on no node and
     device=cuda without GPUs are one-line errors before anything runs."""
     import envs.study.runner as runner
-    from envs.libero.env import list_tasks
+    from envs.libero.suites import list_tasks
     from envs.scripted.demos import task_file_name
 
     fake = tmp_path / "fake_job.py"

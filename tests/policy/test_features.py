@@ -70,7 +70,7 @@ def test_policy_config_defaults_and_records_come_from_the_spec() -> None:
 
 def test_the_readers_use_the_spec() -> None:
     from envs.libero import dataset
-    from envs.libero.env import process_observation, stack_observations
+    from envs.libero.observation import process_observation, stack_observations
     from policy.serving import wire
 
     assert wire.PACKAGE_KEYS == DEFAULT_FEATURES.observation_keys and wire.IMAGE_KEYS == DEFAULT_FEATURES.image_keys
@@ -180,7 +180,7 @@ def test_proprio_from_hydra() -> None:
 
 def test_the_readers_follow_the_eef_layout(tmp_path) -> None:
     from envs.libero.dataset import LiberoDataset, read_demo_file, write_synthetic_suite
-    from envs.libero.env import process_observation, stack_observations
+    from envs.libero.observation import process_observation, stack_observations
     from policy.features import with_proprio
     from policy.serving import wire
 
