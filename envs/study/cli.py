@@ -23,7 +23,10 @@ Keys (key=value; defaults from the preset quick | cpu | cpu_suite | cpu_bimodal[
   eval_steps=1,2,4,8,16 episodes workers device data_root runs_root eval_root results dry_run
   record_chunks=true|false (evaluations save each episode's chunks; the report then adds the mechanism:
   grasps at the yaw forks and switching between chunks, <results>_<suite>_mechanism.md; objects_suite: true) noise=shared|episode|fixed (the evaluations' sampler noise, eval_rollouts.py --noise;
-  fixed: one noise for every chunk of an episode; give it its own eval_root and results)
+  fixed: one noise for every chunk of an episode) init_states=official|fresh (fresh: every episode from a
+  layout no demonstration used, eval_rollouts.py --init-states fresh). Either makes another evaluation of the
+  same runs: its folders and table get the variant's suffix (eval/study_fresh/..., <results>_fresh.json)
+  unless eval_root / results are given, and the fork probe is not repeated unless probe_steps is given
   probe_steps=1,2|none (after the evaluations: the fork probe of the first seed's run of each model on every
   task with a fork, pooled into <results>_<suite>_probe.md; objects_suite: 1,2)
   threads (OMP_NUM_THREADS of the children; quick/cpu: 1, paper: 0 = torch default)

@@ -131,6 +131,12 @@ class StudyConfig:
     record_chunks: bool = False  # evaluations save every episode's chunks (envs.study.switching reads them)
     noise: str = "shared"  # the evaluations' sampler noise (eval_rollouts.py --noise shared|episode|fixed)
     probe_steps: list[int] = field(default_factory=list)  # fork probe of the first seed's runs at these steps
+    init_states: str = "official"  # the evaluations' starts (eval_rollouts.py --init-states official|fresh)
+
+    def variant(self) -> str:
+        """"" for the protocol's evaluation; else what sets it apart ("fresh", "noise_fixed", ...)."""
+        return "_".join(([f"noise_{self.noise}"] if self.noise != "shared" else [])
+                        + (["fresh"] if self.init_states == "fresh" else []))
 
     def models(self) -> list[ModelSpec]:
         """The runs: the energy models (one per (lambda, beta)) then the MSE model, each once per
@@ -256,12 +262,21 @@ def parse_overrides(argv: list[str]) -> StudyConfig:
             if value not in ("shared", "episode", "fixed"):
                 raise StudyError(f"noise must be shared, episode or fixed (eval_rollouts.py --noise), got {value!r}")
             cfg = replace(cfg, noise=value)
+        elif key == "init_states":
+            if value not in ("official", "fresh"):
+                raise StudyError(f"init_states must be official or fresh (eval_rollouts.py --init-states), got {value!r}")
+            cfg = replace(cfg, init_states=value)
         elif key == "ray":
             cfg = replace(cfg, ray="" if value.lower() in ("", "none", "off", "false") else value)
         elif key in ("suite", "model", "device", "data_root", "runs_root", "eval_root", "results"):
             cfg = replace(cfg, **{key: value})
         else:
             raise StudyError(f"unknown option {key!r}; see scripts/run_study.py --help for the keys")
+    if cfg.variant():  # another evaluation of the same runs: its own folders, table and no second probe
+        results = Path(cfg.results)
+        cfg = replace(cfg, **{"eval_root": kv.get("eval_root", f"{cfg.eval_root}_{cfg.variant()}"),
+                              "results": kv.get("results", str(results.with_name(f"{results.stem}_{cfg.variant()}.json"))),
+                              "probe_steps": cfg.probe_steps if "probe_steps" in kv else []})
     if cfg.model not in MODEL_PRESETS:
         raise StudyError(f"unknown model {cfg.model!r}; choose {', '.join(MODEL_PRESETS)}")
     bad = [t for t in cfg.task_indices() if t >= SUITES[cfg.suite].num_tasks]

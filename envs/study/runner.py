@@ -227,7 +227,8 @@ def plan_eval(cfg: StudyConfig, trained: set[str] | None = None) -> list[Job]:
                 "--episodes", str(cfg.episodes), "--workers", str(cfg.workers), "--out", str(out),
                 "--device", cfg.device] + (["--tasks", ",".join(map(str, cfg.tasks))] if cfg.tasks is not None else []) \
                 + (["--fast-render"] if cfg.fast_render else []) + (["--record-chunks"] if cfg.record_chunks else []) \
-                + (["--noise", cfg.noise] if cfg.noise != "shared" else [])
+                + (["--noise", cfg.noise] if cfg.noise != "shared" else []) \
+                + (["--init-states", cfg.init_states] if cfg.init_states != "official" else [])
             check_eval_producer(cfg, m, out, now)
             if eval_finished(cfg, m, k):
                 state = "done"
@@ -252,7 +253,7 @@ def study_protocol(cfg: StudyConfig) -> dict[str, Any]:
     """The protocol of the study's evaluations (what :func:`plan_eval`'s commands set): every
     aggregated folder must have been evaluated with it."""
     return {"churn": 0.0, "fast_render": cfg.fast_render, "replan_every": 8, "max_steps": None,
-            "wait_steps": NUM_WAIT_STEPS, "noise": cfg.noise}
+            "wait_steps": NUM_WAIT_STEPS, "noise": cfg.noise, "init_states": cfg.init_states}
 
 
 def aggregate(cfg: StudyConfig) -> dict[str, Path] | None:
@@ -288,7 +289,9 @@ def aggregate(cfg: StudyConfig) -> dict[str, Path] | None:
              + (f", training overrides {' '.join(cfg.train_overrides)}" if cfg.train_overrides else "")
              + (f", sampler noise {cfg.noise} (eval_rollouts.py --noise)" if cfg.noise != "shared" else "")
              + f"; trained on {'; '.join(sorted(machines)) or 'unknown machine'}")
-    protocol = (f"{protocol}; episode i starts from official init state i; success = successes / episodes "
+    starts = ("official init state i" if cfg.init_states == "official" else
+              "fresh layout i (seeded by task and episode, used by no demonstration; eval_rollouts.py --init-states fresh)")
+    protocol = (f"{protocol}; episode i starts from {starts}; success = successes / episodes "
                 f"pooled over the evaluated tasks") if protocol else ""
     paths = write_study_results(cfg.suite, table, cfg.results, protocol, notes, task_groups(cfg))
     return {**paths, **write_curves(cfg, paths["md"])}

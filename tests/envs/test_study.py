@@ -572,6 +572,33 @@ def test_a_fixed_noise_study_evaluates_and_reports_only_fixed_noise(tmp_path: Pa
         quick(tmp_path, "noise=sometimes")
 
 
+def test_a_fresh_start_study_evaluates_the_same_runs_apart(tmp_path: Path) -> None:
+    """init_states=fresh: the evaluations start from fresh layouts, in folders and a table of their
+    own (derived unless given), without repeating the probe; official-start folders are refused."""
+    cfg = parse_overrides(["preset=objects_suite", "init_states=fresh", "seeds=1", "eval_steps=1,2",
+                           f"runs_root={tmp_path}/runs"])
+    assert (cfg.eval_root, cfg.results, cfg.probe_steps) == (
+        "eval/study_fresh", "benchmarks/results/libero_objects_suite_fresh.json", [])
+    both = parse_overrides(["preset=objects_suite", "init_states=fresh", "noise=fixed", "probe_steps=1"])
+    assert both.eval_root == "eval/study_noise_fixed_fresh" and both.probe_steps == [1]
+    cfg = quick(tmp_path, "eval_steps=1", "tasks=0", "episodes=2", "init_states=fresh")
+    assert cfg.eval_root == f"{tmp_path}/eval"  # given: kept
+    energy, mse = cfg.models()
+    cmd = plan_eval(cfg)[0].cmd
+    assert cmd[cmd.index("--init-states") + 1] == "fresh"
+    assert "--init-states" not in plan_eval(quick(tmp_path, "eval_steps=1"))[0].cmd
+    fake_eval(cfg.eval_dir(energy, 1), SUITE, 1, [[True, False]], init_states="fresh")
+    fake_eval(cfg.eval_dir(mse, 1), SUITE, 1, [[True, True]])  # official starts: not this study's
+    with pytest.raises(StudyError, match="evaluated with init_states='official' but the study evaluates with "
+                                         "init_states='fresh'"):
+        aggregate(cfg)
+    fake_eval(cfg.eval_dir(mse, 1), SUITE, 1, [[True, True]], init_states="fresh")
+    paths = aggregate(cfg)
+    assert paths is not None and "starts from fresh layout i" in json.loads(paths["json"].read_text())["protocol"]
+    with pytest.raises(StudyError, match="init_states must be official or fresh"):
+        quick(tmp_path, "init_states=random")
+
+
 def test_switching_command_reads_demonstrations(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """python -m envs.study.switching --demos FILE: one row per file (two yaw reversals in a demo
     that turns, turns back and turns again), --out JSON; nothing to read is one line."""
