@@ -26,7 +26,8 @@ Keys (key=value; defaults from the preset quick | cpu | cpu_suite | cpu_bimodal[
   fixed: one noise for every chunk of an episode) init_states=official|fresh (fresh: every episode from a
   layout no demonstration used, eval_rollouts.py --init-states fresh). Either makes another evaluation of the
   same runs: its folders and table get the variant's suffix (eval/study_fresh/..., <results>_fresh.json)
-  unless eval_root / results are given, and the fork probe is not repeated unless probe_steps is given
+  unless eval_root / results are given, and the fork probe is not repeated unless probe_steps is given.
+  eval_tasks=1,6,8|all (evaluate only these of the trained tasks: a variant too, suffix tasks1-6-8)
   probe_steps=1,2|none (after the evaluations: the fork probe of the first seed's run of each model on every
   task with a fork, pooled into <results>_<suite>_probe.md; objects_suite: 1,2)
   threads (OMP_NUM_THREADS of the children; quick/cpu: 1, paper: 0 = torch default)
@@ -218,7 +219,8 @@ def _main(argv: list[str]) -> int:
         seeds = f"seed {cfg.seed}" if cfg.seeds == 1 else f"seeds {cfg.seed}-{cfg.seed + cfg.seeds - 1}"
         print(f"study {cfg.suite} preset={cfg.preset}: models {', '.join(dict.fromkeys(m.name for m in models.values()))}; "
               f"model={cfg.model}, {cfg.train_steps} steps, {seeds}; {cfg.demos} demos/task, "
-              f"{'all tasks' if cfg.tasks is None else f'tasks {cfg.tasks}'}; eval steps {cfg.eval_steps}, "
+              f"{'all tasks' if cfg.tasks is None else f'tasks {cfg.tasks}'}; eval steps {cfg.eval_steps}"
+              + (f" on tasks {cfg.eval_tasks}" if cfg.eval_tasks is not None else "") + ", "
               f"{cfg.episodes} episodes/task", flush=True)
         if cfg.dry_run:
             for job in plan_demos(cfg) + plan_training(cfg) + plan_eval(cfg) + plan_probe(cfg):

@@ -132,11 +132,17 @@ class StudyConfig:
     noise: str = "shared"  # the evaluations' sampler noise (eval_rollouts.py --noise shared|episode|fixed)
     probe_steps: list[int] = field(default_factory=list)  # fork probe of the first seed's runs at these steps
     init_states: str = "official"  # the evaluations' starts (eval_rollouts.py --init-states official|fresh)
+    eval_tasks: list[int] | None = None  # evaluate only these of the trained tasks (None: all of them)
 
     def variant(self) -> str:
         """"" for the protocol's evaluation; else what sets it apart ("fresh", "noise_fixed", ...)."""
         return "_".join(([f"noise_{self.noise}"] if self.noise != "shared" else [])
-                        + (["fresh"] if self.init_states == "fresh" else []))
+                        + (["fresh"] if self.init_states == "fresh" else [])
+                        + ([f"tasks{'-'.join(map(str, self.eval_tasks))}"] if self.eval_tasks is not None else []))
+
+    def evaluated_tasks(self) -> list[int]:
+        """The tasks the evaluations, the probe and the reports cover (``eval_tasks``, else every trained task)."""
+        return list(self.eval_tasks) if self.eval_tasks is not None else self.task_indices()
 
     def models(self) -> list[ModelSpec]:
         """The runs: the energy models (one per (lambda, beta)) then the MSE model, each once per
@@ -254,6 +260,8 @@ def parse_overrides(argv: list[str]) -> StudyConfig:
             cfg = replace(cfg, eval_steps=_parse_ints(key, value, 1))
         elif key == "probe_steps":
             cfg = replace(cfg, probe_steps=[] if value.lower() in ("none", "") else _parse_ints(key, value, 1))
+        elif key == "eval_tasks":
+            cfg = replace(cfg, eval_tasks=None if value == "all" else _parse_ints(key, value, 0))
         elif key == "tasks":
             cfg = replace(cfg, tasks=None if value == "all" else _parse_ints(key, value, 0))
         elif key == "yaw_tasks":
@@ -282,6 +290,10 @@ def parse_overrides(argv: list[str]) -> StudyConfig:
     bad = [t for t in cfg.task_indices() if t >= SUITES[cfg.suite].num_tasks]
     if bad:
         raise StudyError(f"tasks {bad} out of range for {cfg.suite} (0..{SUITES[cfg.suite].num_tasks - 1})")
+    untrained = [t for t in cfg.evaluated_tasks() if t not in cfg.task_indices()]
+    if untrained:
+        raise StudyError(f"eval_tasks {untrained} are not among the trained tasks {cfg.task_indices()}; "
+                         "evaluate a subset of tasks=")
     if not cfg.models():
         raise StudyError("no model to train: give energy=lambda:beta pairs or mse=true")
     return cfg

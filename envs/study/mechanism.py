@@ -43,7 +43,7 @@ def finished_folders(cfg: StudyConfig) -> dict[tuple[str, int], list[Path]]:
 
 def grasp_cells(cfg: StudyConfig, folders: dict[tuple[str, int], list[Path]]) -> dict[str, Any]:
     """Grasps of the grasp-yaw tasks: {"demos": {task: row}, "cells": [...]} (empty without yaw tasks)."""
-    tasks = [t for t in cfg.task_indices() if t in cfg.yaw_tasks]
+    tasks = [t for t in cfg.evaluated_tasks() if t in cfg.yaw_tasks]
     modes, demos = {}, {}
     for t in tasks:
         modes[t], demos[t] = grasps.demo_summary(demo_file(cfg, t))
@@ -59,7 +59,7 @@ def grasp_cells(cfg: StudyConfig, folders: dict[tuple[str, int], list[Path]]) ->
 
 def switching_cells(cfg: StudyConfig, folders: dict[tuple[str, int], list[Path]]) -> dict[str, Any]:
     """Reversals per kind of task: {group: {"demos": summary, "cells": [...]}}."""
-    groups = task_groups(cfg) or {"all tasks": cfg.task_indices()}
+    groups = task_groups(cfg) or {"all tasks": cfg.evaluated_tasks()}
     rows = {key: [r for d in dirs for r in switching.eval_rows(d)] for key, dirs in folders.items()}
     out = {}
     for group, tasks in groups.items():

@@ -44,7 +44,7 @@ def plan_probe(cfg: StudyConfig) -> list[Job]:
         for m in probed_models(cfg):
             run = cfg.run_dir(m)
             trained = checkpoint_step(run) >= cfg.train_steps and (run / "policy" / "config.json").is_file()
-            for task in cfg.task_indices():
+            for task in cfg.evaluated_tasks():
                 fork = fork_of(cfg, task)
                 if fork is None:
                     continue
@@ -68,7 +68,7 @@ def aggregate_probe(cfg: StudyConfig) -> dict[str, Path]:
     rows: dict[str, Any] = {}
     for m in probed_models(cfg):
         for k in cfg.probe_steps:
-            for task in cfg.task_indices():
+            for task in cfg.evaluated_tasks():
                 fork = fork_of(cfg, task)
                 path = probe_file(cfg, m, task, k)
                 if fork is None or not path.is_file():

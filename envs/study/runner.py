@@ -165,7 +165,7 @@ def eval_finished(cfg: StudyConfig, m: ModelSpec, steps: int) -> bool:
         return False
     res = json.loads(path.read_text())
     return int(res.get("config", {}).get("steps", steps)) == steps and \
-        int(res["suites"].get(cfg.suite, {}).get("episodes", 0)) >= len(cfg.task_indices()) * cfg.episodes
+        int(res["suites"].get(cfg.suite, {}).get("episodes", 0)) >= len(cfg.evaluated_tasks()) * cfg.episodes
 
 
 def recorded_producer(out: Path) -> dict[str, Any] | None:
@@ -225,7 +225,8 @@ def plan_eval(cfg: StudyConfig, trained: set[str] | None = None) -> list[Job]:
             cmd = _py("envs.evaluation.cli") + [
                 "--checkpoint", str(cfg.run_dir(m)), "--steps", str(k), "--suites", cfg.suite,
                 "--episodes", str(cfg.episodes), "--workers", str(cfg.workers), "--out", str(out),
-                "--device", cfg.device] + (["--tasks", ",".join(map(str, cfg.tasks))] if cfg.tasks is not None else []) \
+                "--device", cfg.device] + (["--tasks", ",".join(map(str, cfg.evaluated_tasks()))]
+                                       if cfg.tasks is not None or cfg.eval_tasks is not None else []) \
                 + (["--fast-render"] if cfg.fast_render else []) + (["--record-chunks"] if cfg.record_chunks else []) \
                 + (["--noise", cfg.noise] if cfg.noise != "shared" else []) \
                 + (["--init-states", cfg.init_states] if cfg.init_states != "official" else [])
@@ -271,7 +272,8 @@ def aggregate(cfg: StudyConfig) -> dict[str, Path] | None:
         spec = cfg.run_dir(m) / SPEC_FILE
         if spec.is_file():
             machines.add(json.loads(spec.read_text()).get("machine", "unknown"))
-    tasks = "all tasks" if cfg.tasks is None else f"tasks {','.join(map(str, cfg.tasks))}"
+    tasks = ("all tasks" if cfg.tasks is None else f"tasks {','.join(map(str, cfg.tasks))}") + (
+        f" (evaluated on tasks {','.join(map(str, cfg.eval_tasks))})" if cfg.eval_tasks is not None else "")
     observed = ("object tokens and eef proprio, no cameras (evaluation renders nothing)" if cfg.model == "objects"
                 else f"two cameras at {cfg.resolution} px ({'fast' if cfg.fast_render else 'official'} rendering, same "
                      "for evaluation)")
@@ -300,7 +302,7 @@ def aggregate(cfg: StudyConfig) -> dict[str, Path] | None:
 def task_groups(cfg: StudyConfig) -> dict[str, list[int]]:
     """The study's tasks by the kind of fork in their demos, when it has two kinds (route forks
     and grasp-yaw forks): where averaging the modes fails (yaw) apart from where it does not."""
-    tasks = cfg.task_indices()
+    tasks = cfg.evaluated_tasks()
     yaw = [t for t in tasks if t in cfg.yaw_tasks]
     route = [t for t in tasks if t not in cfg.yaw_tasks] if cfg.detour else []
     return {"route-fork tasks": route, "grasp-yaw tasks": yaw} if yaw and route else {}

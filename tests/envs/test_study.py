@@ -599,6 +599,24 @@ def test_a_fresh_start_study_evaluates_the_same_runs_apart(tmp_path: Path) -> No
         quick(tmp_path, "init_states=random")
 
 
+def test_eval_tasks_evaluate_a_subset_of_the_trained_runs(tmp_path: Path) -> None:
+    """eval_tasks=1,6,8: the same training (its spec unchanged), evaluations of those tasks only in
+    folders of their own; a task that was not trained is refused in one line."""
+    cfg = parse_overrides(["preset=objects_suite", "eval_tasks=1,6,8", "noise=fixed", "seeds=1", "eval_steps=1"])
+    assert cfg.variant() == "noise_fixed_tasks1-6-8" and cfg.eval_root == "eval/study_noise_fixed_tasks1-6-8"
+    full = parse_overrides(["preset=objects_suite", "seeds=1"])
+    m = cfg.models()[0]
+    assert training_spec(cfg, m) == training_spec(full, m)
+    cmd = plan_eval(cfg)[0].cmd
+    assert cmd[cmd.index("--tasks") + 1] == "1,6,8"
+    small = quick(tmp_path, "tasks=0,1,2", "eval_tasks=2", "eval_steps=1", "episodes=2")
+    energy = small.models()[0]
+    fake_eval(small.eval_dir(energy, 1), SUITE, 1, [[True, True]])  # 2 episodes: all of eval_tasks=2
+    assert [j.state for j in plan_eval(small) if j.name.startswith(energy.run)] == ["done"]
+    with pytest.raises(StudyError, match=r"eval_tasks \[3\] are not among the trained tasks \[0, 1, 2\]"):
+        quick(tmp_path, "tasks=0,1,2", "eval_tasks=3")
+
+
 def test_switching_command_reads_demonstrations(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """python -m envs.study.switching --demos FILE: one row per file (two yaw reversals in a demo
     that turns, turns back and turns again), --out JSON; nothing to read is one line."""
