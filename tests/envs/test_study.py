@@ -553,50 +553,41 @@ def test_reversals_count_mode_switches_between_consecutive_chunks() -> None:
     assert s["success_with_reversal"] == 0.0 and s["success_without_reversal"] == 1.0
 
 
-def test_a_fixed_noise_study_evaluates_and_reports_only_fixed_noise(tmp_path: Path) -> None:
-    """noise=fixed: the evaluations run with --noise fixed, the notes say so, and a folder
-    evaluated with another noise is refused in one line (the default, shared, is not recorded)."""
-    cfg = quick(tmp_path, "eval_steps=1", "tasks=0", "episodes=2", "noise=fixed")
+@pytest.mark.parametrize("key, value, flag, default, where, marker, bad", [
+    ("noise", "fixed", "--noise", "shared", "notes", "sampler noise fixed", "noise must be shared, episode or fixed"),
+    ("init_states", "fresh", "--init-states", "official", "protocol", "starts from fresh layout i",
+     "init_states must be official or fresh"),
+])
+def test_an_evaluation_variant_evaluates_and_reports_only_itself(tmp_path: Path, key: str, value: str, flag: str,
+                                                                  default: str, where: str, marker: str, bad: str) -> None:
+    """noise=fixed, init_states=fresh: the evaluations run with the flag, the table says so, and a
+    folder evaluated otherwise is refused in one line (the defaults are not recorded)."""
+    cfg = quick(tmp_path, "eval_steps=1", "tasks=0", "episodes=2", f"{key}={value}")
+    assert cfg.eval_root == f"{tmp_path}/eval"  # given: kept
     energy, mse = cfg.models()
     cmd = plan_eval(cfg)[0].cmd
-    assert cmd[cmd.index("--noise") + 1] == "fixed"
-    assert "--noise" not in plan_eval(quick(tmp_path, "eval_steps=1"))[0].cmd
-    fake_eval(cfg.eval_dir(energy, 1), SUITE, 1, [[True, False]], noise="fixed")
-    fake_eval(cfg.eval_dir(mse, 1), SUITE, 1, [[True, True]])  # shared noise: not this study's
-    with pytest.raises(StudyError, match="evaluated with noise='shared' but the study evaluates with noise='fixed'"):
+    assert cmd[cmd.index(flag) + 1] == value
+    assert flag not in plan_eval(quick(tmp_path, "eval_steps=1"))[0].cmd
+    fake_eval(cfg.eval_dir(energy, 1), SUITE, 1, [[True, False]], **{key: value})
+    fake_eval(cfg.eval_dir(mse, 1), SUITE, 1, [[True, True]])  # the default: not this study's
+    with pytest.raises(StudyError, match=f"evaluated with {key}='{default}' but the study evaluates with {key}='{value}'"):
         aggregate(cfg)
-    fake_eval(cfg.eval_dir(mse, 1), SUITE, 1, [[True, True]], noise="fixed")
+    fake_eval(cfg.eval_dir(mse, 1), SUITE, 1, [[True, True]], **{key: value})
     paths = aggregate(cfg)
-    assert paths is not None and "sampler noise fixed" in json.loads(paths["json"].read_text())["notes"]
-    with pytest.raises(StudyError, match="noise must be shared, episode or fixed"):
-        quick(tmp_path, "noise=sometimes")
+    assert paths is not None and marker in json.loads(paths["json"].read_text())[where]
+    with pytest.raises(StudyError, match=bad):
+        quick(tmp_path, f"{key}=sometimes")
 
 
-def test_a_fresh_start_study_evaluates_the_same_runs_apart(tmp_path: Path) -> None:
-    """init_states=fresh: the evaluations start from fresh layouts, in folders and a table of their
-    own (derived unless given), without repeating the probe; official-start folders are refused."""
-    cfg = parse_overrides(["preset=objects_suite", "init_states=fresh", "seeds=1", "eval_steps=1,2",
-                           f"runs_root={tmp_path}/runs"])
+def test_a_variant_gets_its_own_folders_and_table_unless_given() -> None:
+    """Another evaluation of the same runs: eval_root and results get the variant's suffix, and the
+    fork probe is not repeated (unless asked for)."""
+    cfg = parse_overrides(["preset=objects_suite", "init_states=fresh", "seeds=1", "eval_steps=1,2"])
     assert (cfg.eval_root, cfg.results, cfg.probe_steps) == (
         "eval/study_fresh", "benchmarks/results/libero_objects_suite_fresh.json", [])
     both = parse_overrides(["preset=objects_suite", "init_states=fresh", "noise=fixed", "probe_steps=1"])
     assert both.eval_root == "eval/study_noise_fixed_fresh" and both.probe_steps == [1]
-    cfg = quick(tmp_path, "eval_steps=1", "tasks=0", "episodes=2", "init_states=fresh")
-    assert cfg.eval_root == f"{tmp_path}/eval"  # given: kept
-    energy, mse = cfg.models()
-    cmd = plan_eval(cfg)[0].cmd
-    assert cmd[cmd.index("--init-states") + 1] == "fresh"
-    assert "--init-states" not in plan_eval(quick(tmp_path, "eval_steps=1"))[0].cmd
-    fake_eval(cfg.eval_dir(energy, 1), SUITE, 1, [[True, False]], init_states="fresh")
-    fake_eval(cfg.eval_dir(mse, 1), SUITE, 1, [[True, True]])  # official starts: not this study's
-    with pytest.raises(StudyError, match="evaluated with init_states='official' but the study evaluates with "
-                                         "init_states='fresh'"):
-        aggregate(cfg)
-    fake_eval(cfg.eval_dir(mse, 1), SUITE, 1, [[True, True]], init_states="fresh")
-    paths = aggregate(cfg)
-    assert paths is not None and "starts from fresh layout i" in json.loads(paths["json"].read_text())["protocol"]
-    with pytest.raises(StudyError, match="init_states must be official or fresh"):
-        quick(tmp_path, "init_states=random")
+    assert parse_overrides(["preset=objects_suite", "noise=fixed", "eval_root=e"]).eval_root == "e"
 
 
 def test_eval_tasks_evaluate_a_subset_of_the_trained_runs(tmp_path: Path) -> None:
