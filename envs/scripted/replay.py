@@ -45,8 +45,9 @@ def render_states(env: LiberoEnv, states: np.ndarray) -> dict[str, np.ndarray]:
 
 def rerender_file(src: str | Path, dst: str | Path, resolution: int, fast_render: bool = False,
                   progress: Callable[[int], None] | None = None) -> int:
-    """Write ``dst``: ``src`` with every ``obs/`` field re-rendered from ``states``. Returns demo count."""
-    from envs.libero.hdf5_writer import file_attrs
+    """Write ``dst``: ``src`` with every ``obs/`` field re-rendered from ``states``, the scripted
+    demonstrator's modes (route detour, grasp-yaw modes) kept. Returns demo count."""
+    from envs.libero.hdf5_writer import file_attrs, scripted_modes
     from envs.libero.env import make_env
 
     task = task_of_file(src)
@@ -56,6 +57,7 @@ def rerender_file(src: str | Path, dst: str | Path, resolution: int, fast_render
     try:
         with h5py.File(src, "r") as f:
             data = f["data"]
+            detour, yaw_modes = scripted_modes(data.attrs)
             names = sorted((k for k in data if k.startswith("demo_")), key=lambda k: int(k.split("_")[1]))
             for name in names:
                 g = data[name]
@@ -67,7 +69,7 @@ def rerender_file(src: str | Path, dst: str | Path, resolution: int, fast_render
                     progress(len(states))
     finally:
         env.close()
-    return write_task_file(dst, file_attrs(task, resolution, fast_render), demos)
+    return write_task_file(dst, file_attrs(task, resolution, fast_render, detour, yaw_modes), demos)
 
 
 def replay_actions(env: Any, group: h5py.Group, on_state: Callable[[int, Any], None] | None = None) -> tuple[bool, float]:

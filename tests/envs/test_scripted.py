@@ -126,6 +126,26 @@ def test_file_has_official_layout(demo_file: Path) -> None:
 
 
 @pytest.mark.sim
+def test_a_rerendered_file_keeps_the_demonstrator_modes(demo_file: Path, tmp_path: Path) -> None:
+    """replay_demos.py --resolution: new images, the same demos, and the file still says which
+    modes they were made with (it used to drop them, so a study took them for plain demos)."""
+    import shutil
+
+    from envs.libero.hdf5_writer import scripted_modes
+    from envs.scripted.replay import rerender_file
+
+    src = tmp_path / demo_file.name
+    shutil.copy(demo_file, src)
+    with h5py.File(src, "r+") as f:
+        f["data"].attrs["scripted_detour"], f["data"].attrs["scripted_yaw_modes"] = 0.12, True
+    assert rerender_file(src, tmp_path / "out.hdf5", resolution=16, fast_render=True) == 1
+    with h5py.File(tmp_path / "out.hdf5", "r") as f, h5py.File(src, "r") as g:
+        assert scripted_modes(f["data"].attrs) == (0.12, True)
+        assert f["data/demo_0/obs/agentview_rgb"].shape[1:] == (16, 16, 3)
+        np.testing.assert_array_equal(f["data/demo_0/actions"][()], g["data/demo_0/actions"][()])
+
+
+@pytest.mark.sim
 def test_demo_replays_to_success_and_images_match(demo_file: Path) -> None:
     from envs.libero.observation import hdf5_obs_fields
     from envs.libero.env import make_env
