@@ -11,12 +11,15 @@ table and plot (success rate vs steps, 95% Wilson intervals).
   python scripts/run_study.py suite=libero_object preset=cpu_yaw_task1   # demos whose average grasp fails
   python scripts/run_study.py preset=objects               # object-token policies (no cameras), task 0
   python scripts/run_study.py preset=objects_suite         # the same on all 10 tasks, modal demos, 3 seeds
+  python scripts/run_study.py preset=images_yaw            # image policies on its grasp-yaw tasks, same demos
   python scripts/run_study.py preset=quick dry_run=true    # print the plan, run nothing
   python scripts/run_study.py preset=paper ray=auto        # training and evaluation jobs on a Ray cluster
 
-Keys (key=value; defaults from the preset quick | cpu | cpu_suite | cpu_bimodal[_task1] | cpu_yaw_task1 | objects | objects_suite | paper):
+Keys (key=value; defaults from the preset quick | cpu | cpu_suite | cpu_bimodal[_task1] | cpu_yaw_task1 | objects |
+objects_suite | images_yaw | paper):
   suite tasks=all|0,3 demos resolution fast_render=true|false detour=0.12 (route modes of the demos, m)
   yaw_modes=true|false (grasp-yaw modes of the demos) yaw_tasks=1,6,8|none (those tasks: yaw modes, no route modes)
+  demos_from=<data_root> (re-render that study's demo files at this resolution instead of planning new ones)
   model=small|paper|objects (objects: object tokens, no cameras)
   train_steps checkpoint_every seed seeds (training seeds per model: seed, seed+1, ...; the table shows
   their mean and spread) energy=lambda:beta,... population mse=true|false

@@ -62,6 +62,14 @@ PRESETS: dict[str, dict[str, Any]] = {
                       "record_chunks": True, "probe_steps": [1, 2],
                       "eval_steps": [1, 2, 4, 8, 16], "train_overrides": [], "data_root": "data/study_objects_suite",
                       "results": "benchmarks/results/libero_objects_suite.json"},
+    # Image policies on the grasp-yaw tasks of objects_suite, from the very same demonstrations
+    # re-rendered at 64 px (demos_from): the observation type is the only change. One seed and 8k
+    # steps of the small model fit 2 CPU cores; the same command with seeds=3 device=cuda is the GPU run.
+    "images_yaw": {**_CPU_STUDY, "tasks": [1, 6, 8], "yaw_tasks": [1, 6, 8], "energy": [(1.0, 1.0), (1.0, 0.1)],
+                   "train_steps": 8000, "checkpoint_every": 1000, "eval_steps": [1, 2, 16], "record_chunks": True,
+                   "train_overrides": ["train.lr=3e-4", "model.proprio=eef"],  # the object policies' proprio
+                   "demos_from": "data/study_objects_suite", "data_root": "data/study_images_yaw",
+                   "results": "benchmarks/results/libero_images_yaw.json"},
     # The paper's configuration, for a GPU: 50 demos/task at 128 px, 250k steps, 50 episodes/task.
     "paper": dict(tasks=None, demos=50, resolution=128, fast_render=False, model="paper", train_steps=250_000,
                   checkpoint_every=10_000, energy=list(DEFAULT_ENERGY), eval_steps=[1, 2, 4, 8, 16], episodes=50,
@@ -133,6 +141,7 @@ class StudyConfig:
     probe_steps: list[int] = field(default_factory=list)  # fork probe of the first seed's runs at these steps
     init_states: str = "official"  # the evaluations' starts (eval_rollouts.py --init-states official|fresh)
     eval_tasks: list[int] | None = None  # evaluate only these of the trained tasks (None: all of them)
+    demos_from: str = ""  # a data_root whose demo files are re-rendered at this resolution instead of planned anew
 
     def variant(self) -> str:
         """"" for the protocol's evaluation; else what sets it apart ("fresh", "noise_fixed", ...)."""
@@ -276,7 +285,7 @@ def parse_overrides(argv: list[str]) -> StudyConfig:
             cfg = replace(cfg, init_states=value)
         elif key == "ray":
             cfg = replace(cfg, ray="" if value.lower() in ("", "none", "off", "false") else value)
-        elif key in ("suite", "model", "device", "data_root", "runs_root", "eval_root", "results"):
+        elif key in ("suite", "model", "device", "data_root", "runs_root", "eval_root", "results", "demos_from"):
             cfg = replace(cfg, **{key: value})
         else:
             raise StudyError(f"unknown option {key!r}; see scripts/run_study.py --help for the keys")

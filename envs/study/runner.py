@@ -90,6 +90,8 @@ def plan_demos(cfg: StudyConfig) -> list[Job]:
     (``yaw_tasks``)."""
     counts = count_demos(cfg)
     names = [t.name for t in list_tasks(cfg.suite)]
+    if cfg.demos_from:
+        return plan_rerender(cfg, counts, names)
     groups: dict[tuple[float, bool], list[int]] = {}
     for i in cfg.task_indices():
         groups.setdefault(cfg.demo_modes(i), []).append(i)
@@ -110,11 +112,35 @@ def plan_demos(cfg: StudyConfig) -> list[Job]:
     return jobs
 
 
+def plan_rerender(cfg: StudyConfig, counts: dict[str, int], names: list[str]) -> list[Job]:
+    """Stage 1 with ``demos_from``: one replay_demos.py per task short of demos, re-rendering that
+    task's file of ``demos_from`` at the study's resolution (the same demonstrations; the file
+    keeps their modes, which :func:`count_demos` then checks). StudyError when a source is missing."""
+    from envs.scripted.demos import task_file_name
+
+    jobs = []
+    for i in cfg.task_indices():
+        src = Path(cfg.demos_from) / cfg.suite / task_file_name(names[i])
+        dst = Path(cfg.data_root) / cfg.suite / task_file_name(names[i])
+        have = counts[names[i]]
+        if have >= cfg.demos:
+            jobs.append(Job("demos", f"{cfg.suite} task {i}", [], "done", f"{have}/{cfg.demos} demos in {dst}"))
+            continue
+        if not src.is_file():
+            raise StudyError(f"demos_from={cfg.demos_from}: no demo file {src} for task {i}; generate it there first "
+                             "or drop demos_from")
+        cmd = _py("envs.scripted.replay_cli") + [str(src), "--resolution", str(cfg.resolution), "--out", str(dst)] + (
+            ["--fast-render"] if cfg.fast_render else [])
+        jobs.append(Job("demos", f"{cfg.suite} task {i}", cmd, "run", f"re-render {src} -> {dst}"))
+    return jobs
+
+
 def training_spec(cfg: StudyConfig, m: ModelSpec) -> dict[str, Any]:
     """What must stay fixed for a run dir to be resumed or reused (steps may grow)."""
     loss = {k: v for k, v in asdict(m).items() if k not in ("seed", "run")}  # as recorded before seeds were runs
     return {"suite": cfg.suite, "model": cfg.model, "seed": m.seed, "loss": loss, "data_root": cfg.data_root,
             "tasks": cfg.task_indices(), "demos": cfg.demos, "resolution": cfg.resolution,
+            **({"demos_from": cfg.demos_from} if cfg.demos_from else {}),
             "fast_render": cfg.fast_render, "train_overrides": cfg.train_overrides,
             **({"detour": cfg.detour} if cfg.detour else {}),  # absent when off: older run dirs stay valid
             **({"yaw_modes": True} if cfg.yaw_modes else {}),

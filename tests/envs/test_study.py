@@ -608,6 +608,37 @@ def test_eval_tasks_evaluate_a_subset_of_the_trained_runs(tmp_path: Path) -> Non
         quick(tmp_path, "tasks=0,1,2", "eval_tasks=3")
 
 
+def test_demos_from_rerenders_another_studys_demonstrations(tmp_path: Path) -> None:
+    """demos_from: the demo stage re-renders that data_root's task files at the study's resolution
+    (one replay_demos.py per task short of demos); a missing source is one clear line."""
+    from envs.scripted.demos import task_file_name
+    from envs.libero.suites import list_tasks
+
+    cfg = parse_overrides(["preset=images_yaw", f"demos_from={tmp_path}/objects", f"data_root={tmp_path}/images",
+                           "demos=2"])
+    names = {t: task_file_name(list_tasks(SUITE)[t].name) for t in (1, 6, 8)}
+    with pytest.raises(StudyError, match=f"demos_from={tmp_path}/objects: no demo file .*{names[1]} for task 1"):
+        plan_demos(cfg)
+    (tmp_path / "objects" / SUITE).mkdir(parents=True)
+    for name in names.values():
+        (tmp_path / "objects" / SUITE / name).touch()
+    dst = tmp_path / "images" / SUITE / names[6]
+    dst.parent.mkdir(parents=True)
+    with h5py.File(dst, "w") as f:  # task 6 already re-rendered: two demos at 64 px, fast, yaw modes
+        data = f.create_group("data")
+        data.attrs.update(env_args=json.dumps({"env_kwargs": {"camera_heights": 64, "fast_render": True}}),
+                          scripted_yaw_modes=True)
+        for k in range(2):
+            data.create_group(f"demo_{k}")
+    jobs = {j.name: j for j in plan_demos(cfg)}
+    assert jobs[f"{SUITE} task 6"].state == "done"
+    cmd = jobs[f"{SUITE} task 1"].cmd
+    assert cmd[cmd.index("envs.scripted.replay_cli") + 1] == str(tmp_path / "objects" / SUITE / names[1])
+    assert cmd[cmd.index("--resolution") + 1] == "64" and "--fast-render" in cmd
+    assert cmd[cmd.index("--out") + 1] == str(tmp_path / "images" / SUITE / names[1])
+    assert training_spec(cfg, cfg.models()[0])["demos_from"] == f"{tmp_path}/objects"
+
+
 def test_switching_command_reads_demonstrations(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """python -m envs.study.switching --demos FILE: one row per file (two yaw reversals in a demo
     that turns, turns back and turns again), --out JSON; nothing to read is one line."""
