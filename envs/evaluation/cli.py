@@ -88,9 +88,9 @@ def main(argv: list[str] | None = None) -> int:
         if not 0.0 <= args.churn <= 1.0:
             raise ValueError(f"--churn must be in [0, 1], got {args.churn}")
         if args.ray is not None:  # before the policy loads: a bad address is told at once
-            from envs.evaluation import ray_pool
+            from envs.evaluation import ray_cluster, ray_pool
 
-            print(ray_pool.connect(args.ray, num_cpus=args.workers), flush=True)
+            print(ray_cluster.connect(args.ray, num_cpus=args.workers), flush=True)
         if args.ray_policy != "driver" and (args.ray is None or args.policy != "checkpoint"):
             raise ValueError(f"--ray-policy {args.ray_policy} runs a checkpoint on a Ray cluster: add --ray auto (or an "
                              "address) and drop --policy, or use --ray-policy driver")
@@ -165,7 +165,7 @@ def main(argv: list[str] | None = None) -> int:
         if remote is not None:
             remote.close()
         if ray_pool is not None:
-            ray_pool.disconnect()
+            ray_cluster.disconnect()
     last = points[steps_list[-1]]
     o = last["overall"]
     errors = sum(d["errors"] for d in last["suites"].values())

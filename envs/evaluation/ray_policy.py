@@ -30,7 +30,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from envs.evaluation.ray_pool import ClusterError, import_ray
+from envs.evaluation.ray_cluster import ClusterError, import_ray
 
 PLACEMENTS = ("driver", "actor", "node")
 WEIGHTS = "model.safetensors"
@@ -112,7 +112,7 @@ class RemotePolicy:
             raise ValueError(f"unknown policy placement {placement!r}; use one of {', '.join(PLACEMENTS)}")
         self.ray = import_ray()
         if not self.ray.is_initialized():
-            raise ClusterError("RemotePolicy needs a connected Ray cluster (envs.evaluation.ray_pool.connect)")
+            raise ClusterError("RemotePolicy needs a connected Ray cluster (envs.evaluation.ray_cluster.connect)")
         self.config = getattr(policy, "config", None)
         self.placement, self.device, self.seed = placement, device, seed
         self.files = pretrained_files(checkpoint)

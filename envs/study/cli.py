@@ -185,7 +185,7 @@ def stop_on_sigterm():
 def _join_cluster(cfg) -> tuple[bool, str]:
     """ray=...: join the cluster, check that every kind of job fits on a node; (whether training
     takes a GPU, what write_spec records as the machine)."""
-    from envs.evaluation.ray_pool import describe, import_ray
+    from envs.evaluation.ray_cluster import describe, import_ray
     from envs.study.cluster import check_cluster, connect
     from envs.study.report import StudyError
 
@@ -257,7 +257,7 @@ def _main(argv: list[str]) -> int:
         return 130
     finally:
         if _JOINED[0]:
-            from envs.evaluation.ray_pool import disconnect
+            from envs.evaluation.ray_cluster import disconnect
 
             disconnect()
             _JOINED[0] = False

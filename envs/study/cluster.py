@@ -32,8 +32,8 @@ from envs.study.report import StudyError
 def connect(address: str) -> str:
     """Join the cluster (``auto``: RAY_ADDRESS, the cluster of this machine, else a local Ray
     instance; or host:port) and return the line saying which; one-line StudyError otherwise."""
-    from envs.evaluation.ray_pool import ClusterError
-    from envs.evaluation.ray_pool import connect as ray_connect
+    from envs.evaluation.ray_cluster import ClusterError
+    from envs.evaluation.ray_cluster import connect as ray_connect
 
     try:
         return ray_connect(address)
