@@ -108,6 +108,8 @@ def run_stage(title: str, jobs: list, before=None, threads: int = 0, parallel: i
 
     failed, queue = split_jobs(jobs)
     to_logs = parallel > 1 and len(queue) > 1
+    if to_logs:  # the children's progress bars redraw every 30 s into their log files, not at every step
+        env.setdefault("TQDM_MININTERVAL", "30")
     width = parallel if to_logs else 1
     bar = tqdm(total=len(jobs), initial=len(jobs) - len(queue), desc=title, unit="job", file=sys.stdout,
                dynamic_ncols=True)

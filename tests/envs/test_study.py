@@ -443,7 +443,8 @@ def test_parallel_stage_runs_jobs_side_by_side_with_logs(tmp_path: Path, capsys:
 
     from envs.study import cli as module
 
-    stamp = "import sys, time; open(sys.argv[1], 'w').write(str(time.time())); time.sleep(1.5); print('hello', sys.argv[1])"
+    stamp = ("import os, sys, time; open(sys.argv[1], 'w').write(str(time.time())); time.sleep(1.5); "
+             "print('hello', sys.argv[1], os.environ['TQDM_MININTERVAL'])")  # progress bars redraw rarely into logs
     jobs = [Job("eval", f"ok{i}", [sys.executable, "-c", stamp, str(tmp_path / f"start{i}")], "run",
                 log=tmp_path / f"ok{i}" / "study_eval.log") for i in range(2)]
     jobs.append(Job("eval", "bad", [sys.executable, "-c", "import sys; print('boom: bad key'); sys.exit(3)"], "run",
@@ -456,7 +457,7 @@ def test_parallel_stage_runs_jobs_side_by_side_with_logs(tmp_path: Path, capsys:
     starts = [float((tmp_path / f"start{i}").read_text()) for i in range(2)]
     assert abs(starts[0] - starts[1]) < 1.0  # both ran at once (each sleeps 1.5 s)
     for i in range(2):
-        assert (tmp_path / f"ok{i}" / "study_eval.log").read_text().strip() == f"hello {tmp_path / f'start{i}'}"
+        assert (tmp_path / f"ok{i}" / "study_eval.log").read_text().strip() == f"hello {tmp_path / f'start{i}'} 30"
     assert "FAILED (eval bad, exit 3)" in out and "| boom: bad key" in out and "skip eval old" in out
 
 
