@@ -59,7 +59,7 @@ def grasp_cells(cfg: StudyConfig, folders: dict[tuple[str, int], list[Path]]) ->
 
 def switching_cells(cfg: StudyConfig, folders: dict[tuple[str, int], list[Path]]) -> dict[str, Any]:
     """Reversals per kind of task: {group: {"demos": summary, "cells": [...]}}."""
-    groups = task_groups(cfg) or {"all tasks": cfg.evaluated_tasks()}
+    groups = task_groups(cfg) or {"evaluated tasks": cfg.evaluated_tasks()}
     rows = {key: [r for d in dirs for r in switching.eval_rows(d)] for key, dirs in folders.items()}
     out = {}
     for group, tasks in groups.items():
