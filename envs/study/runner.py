@@ -115,7 +115,10 @@ def plan_demos(cfg: StudyConfig) -> list[Job]:
 def plan_rerender(cfg: StudyConfig, counts: dict[str, int], names: list[str]) -> list[Job]:
     """Stage 1 with ``demos_from``: one replay_demos.py per task short of demos, re-rendering that
     task's file of ``demos_from`` at the study's resolution (the same demonstrations; the file
-    keeps their modes, which :func:`count_demos` then checks). StudyError when a source is missing."""
+    keeps their modes). StudyError when a source is missing or made with other modes than the study's."""
+    import h5py
+
+    from envs.libero.hdf5_writer import scripted_modes
     from envs.scripted.demos import task_file_name
 
     jobs = []
@@ -129,6 +132,11 @@ def plan_rerender(cfg: StudyConfig, counts: dict[str, int], names: list[str]) ->
         if not src.is_file():
             raise StudyError(f"demos_from={cfg.demos_from}: no demo file {src} for task {i}; generate it there first "
                              "or drop demos_from")
+        with h5py.File(src, "r") as f:
+            detour, yaw = scripted_modes(f["data"].attrs)
+        if (abs(detour - cfg.demo_modes(i)[0]) > 1e-9) or yaw != cfg.demo_modes(i)[1]:
+            raise StudyError(f"{src} holds demos made with detour={detour:g}, yaw_modes={yaw} but the study wants "
+                             f"detour={cfg.demo_modes(i)[0]:g}, yaw_modes={cfg.demo_modes(i)[1]}; use another demos_from")
         cmd = _py("envs.scripted.replay_cli") + [str(src), "--resolution", str(cfg.resolution), "--out", str(dst)] + (
             ["--fast-render"] if cfg.fast_render else [])
         jobs.append(Job("demos", f"{cfg.suite} task {i}", cmd, "run", f"re-render {src} -> {dst}"))

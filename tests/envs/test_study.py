@@ -621,8 +621,14 @@ def test_demos_from_rerenders_another_studys_demonstrations(tmp_path: Path) -> N
     with pytest.raises(StudyError, match=f"demos_from={tmp_path}/objects: no demo file .*{names[1]} for task 1"):
         plan_demos(cfg)
     (tmp_path / "objects" / SUITE).mkdir(parents=True)
-    for name in names.values():
-        (tmp_path / "objects" / SUITE / name).touch()
+    for t, name in names.items():  # grasp-yaw demos, but task 8's made without their modes
+        with h5py.File(tmp_path / "objects" / SUITE / name, "w") as f:
+            f.create_group("data").attrs["scripted_yaw_modes"] = t != 8
+    with pytest.raises(StudyError, match=f"{names[8]} holds demos made with detour=0, yaw_modes=False but the study "
+                                         "wants detour=0, yaw_modes=True"):
+        plan_demos(cfg)
+    with h5py.File(tmp_path / "objects" / SUITE / names[8], "r+") as f:
+        f["data"].attrs["scripted_yaw_modes"] = True
     dst = tmp_path / "images" / SUITE / names[6]
     dst.parent.mkdir(parents=True)
     with h5py.File(dst, "w") as f:  # task 6 already re-rendered: two demos at 64 px, fast, yaw modes
