@@ -397,7 +397,7 @@ def test_yaw_tasks_get_their_own_demos_and_the_rest_route_modes(tmp_path: Path) 
 def test_bad_input_gives_one_clear_error(tmp_path: Path) -> None:
     assert parse_energy("1:1,0.5:1,1:0.1") == [(1.0, 1.0), (0.5, 1.0), (1.0, 0.1)]
     for argv, msg in [(["suite=libero_100"], "unknown suite 'libero_100'; choose one of libero_spatial"),
-                      (["preset=huge"], "unknown preset 'huge'; choose one of quick, cpu, cpu_suite, cpu_bimodal, cpu_bimodal_task1, cpu_yaw_task1, objects, objects_suite, paper"),
+                      (["preset=huge"], "unknown preset 'huge'; choose one of quick, cpu, cpu_suite, cpu_bimodal, cpu_bimodal_task1, cpu_yaw_task1, objects, objects_suite, images_yaw, paper"),
                       (["model=tiny"], "unknown model 'tiny'; choose small, paper, objects"),
                       (["energy=1:3"], "need lambda in [0, 1] and beta in (0, 2]"),
                       (["energy=1,1"], "write lambda:beta pairs"),
