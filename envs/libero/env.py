@@ -42,9 +42,9 @@ class LiberoEnv(gym.Env):
     Resets are soft by default (``hard_reset=False``): the simulator is reset in place instead
     of being rebuilt from the scene's XML, and the one piece of state a soft reset would keep,
     the grippers' ramped command, is cleared (:func:`clear_gripper_commands`). An episode is
-    then bit-identical to the one after LIBERO's hard reset (tested on every suite) and a
-    reset costs ~0.1 s instead of ~0.6 s, a sixth of a short episode. ``hard_reset=True``
-    keeps LIBERO's own behaviour.
+    then bit-identical to the one after LIBERO's hard reset (tested on every suite) and an
+    episode start costs 0.02-0.15 s of CPU instead of 0.5-2.2 s (``scripts/bench_reset.py``).
+    ``hard_reset=True`` keeps LIBERO's own behaviour.
     """
 
     metadata = {"render_modes": []}

@@ -25,7 +25,8 @@ objects_suite | images_yaw | paper):
   their mean and spread) energy=lambda:beta,... population mse=true|false
   eval_steps=1,2,4,8,16 episodes workers device data_root runs_root eval_root results dry_run
   record_chunks=true|false (evaluations save each episode's chunks; the report then adds the mechanism:
-  grasps at the yaw forks and switching between chunks, <results>_<suite>_mechanism.md; objects_suite: true) noise=shared|episode|fixed (the evaluations' sampler noise, eval_rollouts.py --noise;
+  grasps at the yaw forks and switching between chunks, <results>_<suite>_mechanism.md; objects_suite: true)
+  noise=shared|episode|fixed (the evaluations' sampler noise, eval_rollouts.py --noise;
   fixed: one noise for every chunk of an episode) init_states=official|fresh (fresh: every episode from a
   layout no demonstration used, eval_rollouts.py --init-states fresh). Either makes another evaluation of the
   same runs: its folders and table get the variant's suffix (eval/study_fresh/..., <results>_fresh.json)

@@ -14,21 +14,13 @@ many seeds each row pools). Written to ``<results stem>_<suite>_mechanism.md`` a
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 from envs.study import grasps, switching
 from envs.study.config import StudyConfig
-from envs.study.runner import eval_finished, task_groups
-from policy.utils import atomic_write_text
-
-
-def demo_file(cfg: StudyConfig, task: int) -> Path:
-    from envs.libero.suites import list_tasks
-    from envs.libero.hdf5_writer import task_file_name
-
-    return Path(cfg.data_root) / cfg.suite / task_file_name(list_tasks(cfg.suite)[task].name)
+from envs.study.runner import demo_file, eval_finished, task_groups
+from policy.utils import atomic_write_json, atomic_write_text
 
 
 def finished_folders(cfg: StudyConfig) -> dict[tuple[str, int], list[Path]]:
@@ -124,5 +116,5 @@ def aggregate_mechanism(cfg: StudyConfig) -> dict[str, Path]:
     md = stem.with_name(f"{stem.stem}_{cfg.suite}_mechanism.md")
     js = md.with_suffix(".json")
     atomic_write_text(md, markdown(cfg, grasp, switch))
-    atomic_write_text(js, json.dumps({"grasps": grasp, "switching": switch}, indent=2) + "\n")
+    atomic_write_json(js, {"grasps": grasp, "switching": switch})
     return {"mechanism_md": md, "mechanism_json": js}

@@ -51,32 +51,45 @@ def _py(module: str) -> list[str]:
     return [sys.executable, "-m", module]
 
 
+def demo_file(cfg: StudyConfig, task: int, root: str | None = None) -> Path:
+    """The demonstration file of ``task`` under the study's data_root (or under ``root``)."""
+    from envs.scripted.demos import task_file_name
+
+    return Path(root or cfg.data_root) / cfg.suite / task_file_name(list_tasks(cfg.suite)[task].name)
+
+
+def check_demo_modes(cfg: StudyConfig, task: int, path: Path, attrs: Any, fix: str) -> None:
+    """StudyError (ending in ``fix``) when the demos of ``path`` (its ``data`` attributes) were
+    made with other route or grasp-yaw modes than the study wants for ``task``."""
+    from envs.libero.hdf5_writer import scripted_modes
+
+    detour, yaw_modes = scripted_modes(attrs)
+    want_detour, want_yaw = cfg.demo_modes(task)
+    if abs(detour - want_detour) > 1e-9:
+        raise StudyError(f"{path} holds demos made with route modes detour={detour:g} but the study wants "
+                         f"detour={want_detour:g}; {fix}")
+    if yaw_modes != want_yaw:
+        raise StudyError(f"{path} holds demos made with yaw_modes={yaw_modes} but the study wants "
+                         f"yaw_modes={want_yaw}; {fix}")
+
+
 def count_demos(cfg: StudyConfig) -> dict[str, int]:
     """Demonstrations already in ``<data_root>/<suite>/`` per selected task name; raises
-    StudyError if a file was rendered at another resolution or rendering mode than ``cfg``."""
+    StudyError if a file was made with other modes, or rendered at another resolution or
+    rendering mode, than ``cfg``."""
     import h5py
-
-    from envs.libero.hdf5_writer import scripted_modes
-    from envs.scripted.demos import task_file_name
 
     tasks = list_tasks(cfg.suite)
     out = {}
     for i in cfg.task_indices():
-        path = Path(cfg.data_root) / cfg.suite / task_file_name(tasks[i].name)
+        path = demo_file(cfg, i)
         n = 0
         if path.is_file():
             with h5py.File(path, "r") as f:
                 n = sum(k.startswith("demo_") for k in f["data"])
                 env = json.loads(f["data"].attrs.get("env_args", "{}")).get("env_kwargs", {})
-                detour, yaw_modes = scripted_modes(f["data"].attrs)
+                check_demo_modes(cfg, i, path, f["data"].attrs, "use another data_root")
             seen = (env.get("camera_heights", cfg.resolution), bool(env.get("fast_render", cfg.fast_render)))
-            want_detour, want_yaw = cfg.demo_modes(i)
-            if abs(detour - want_detour) > 1e-9:
-                raise StudyError(f"{path} holds demos made with route modes detour={detour:g} but the study wants "
-                                 f"detour={want_detour:g}; use another data_root")
-            if yaw_modes != want_yaw:
-                raise StudyError(f"{path} holds demos made with yaw_modes={yaw_modes} but the study wants "
-                                 f"yaw_modes={want_yaw}; use another data_root")
             if seen != (cfg.resolution, cfg.fast_render):
                 raise StudyError(f"{path} holds demos at {seen[0]} px, fast_render={seen[1]} but the study wants "
                                  f"{cfg.resolution} px, fast_render={cfg.fast_render}; use another data_root")
@@ -118,13 +131,9 @@ def plan_rerender(cfg: StudyConfig, counts: dict[str, int], names: list[str]) ->
     keeps their modes). StudyError when a source is missing or made with other modes than the study's."""
     import h5py
 
-    from envs.libero.hdf5_writer import scripted_modes
-    from envs.scripted.demos import task_file_name
-
     jobs = []
     for i in cfg.task_indices():
-        src = Path(cfg.demos_from) / cfg.suite / task_file_name(names[i])
-        dst = Path(cfg.data_root) / cfg.suite / task_file_name(names[i])
+        src, dst = demo_file(cfg, i, cfg.demos_from), demo_file(cfg, i)
         have = counts[names[i]]
         if have >= cfg.demos:
             jobs.append(Job("demos", f"{cfg.suite} task {i}", [], "done", f"{have}/{cfg.demos} demos in {dst}"))
@@ -133,10 +142,7 @@ def plan_rerender(cfg: StudyConfig, counts: dict[str, int], names: list[str]) ->
             raise StudyError(f"demos_from={cfg.demos_from}: no demo file {src} for task {i}; generate it there first "
                              "or drop demos_from")
         with h5py.File(src, "r") as f:
-            detour, yaw = scripted_modes(f["data"].attrs)
-        if (abs(detour - cfg.demo_modes(i)[0]) > 1e-9) or yaw != cfg.demo_modes(i)[1]:
-            raise StudyError(f"{src} holds demos made with detour={detour:g}, yaw_modes={yaw} but the study wants "
-                             f"detour={cfg.demo_modes(i)[0]:g}, yaw_modes={cfg.demo_modes(i)[1]}; use another demos_from")
+            check_demo_modes(cfg, i, src, f["data"].attrs, "use another demos_from")
         cmd = _py("envs.scripted.replay_cli") + [str(src), "--resolution", str(cfg.resolution), "--out", str(dst)] + (
             ["--fast-render"] if cfg.fast_render else [])
         jobs.append(Job("demos", f"{cfg.suite} task {i}", cmd, "run", f"re-render {src} -> {dst}"))

@@ -8,7 +8,8 @@ from pathlib import Path
 import numpy as np
 
 from envs.study.config import parse_overrides
-from envs.study.mechanism import aggregate_mechanism, demo_file
+from envs.study.mechanism import aggregate_mechanism
+from envs.study.runner import demo_file
 from tests.envs.test_grasps import _actions, _demo_file
 
 SUITE = "libero_object"

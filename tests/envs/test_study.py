@@ -624,8 +624,8 @@ def test_demos_from_rerenders_another_studys_demonstrations(tmp_path: Path) -> N
     for t, name in names.items():  # grasp-yaw demos, but task 8's made without their modes
         with h5py.File(tmp_path / "objects" / SUITE / name, "w") as f:
             f.create_group("data").attrs["scripted_yaw_modes"] = t != 8
-    with pytest.raises(StudyError, match=f"{names[8]} holds demos made with detour=0, yaw_modes=False but the study "
-                                         "wants detour=0, yaw_modes=True"):
+    with pytest.raises(StudyError, match=f"{names[8]} holds demos made with yaw_modes=False but the study wants "
+                                         "yaw_modes=True; use another demos_from"):
         plan_demos(cfg)
     with h5py.File(tmp_path / "objects" / SUITE / names[8], "r+") as f:
         f["data"].attrs["scripted_yaw_modes"] = True
