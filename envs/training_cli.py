@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import os
 import sys
+from contextlib import ExitStack
 from pathlib import Path
 
 
@@ -97,15 +98,12 @@ def _print_config(cfg, mode: str, resolve: bool, overrides: list[str]) -> None:
 
 def _train_job(cfg) -> tuple[int, str]:
     """Train one composed config. Returns (exit code, one-line summary)."""
-    from omegaconf import OmegaConf
-
-    from policy.training.loop import train
     from policy.training.config import data_dirs, make_run_dir, resume_run_dir, split_config
+    from policy.utils import folder_lock
 
     try:
         policy_cfg, train_cfg, loss_cfg, bandwidth, multiplier = split_config(cfg)
         from envs.libero.data_sources import open_training_data
-        from envs.libero.dataset import DatasetError
 
         rank = int(os.environ.get("RANK", "0"))
         data = cfg.data
@@ -126,6 +124,25 @@ def _train_job(cfg) -> tuple[int, str]:
         latest_in = cfg.runs_root
     else:
         run_dir = Path(cfg.runs_root) / "latest"  # rank 0 created it; wait below
+    with ExitStack() as held:
+        if rank == 0:  # one training per run dir: a second one is told at once instead of mixing checkpoints
+            try:
+                held.enter_context(folder_lock(run_dir, "run dir"))
+            except ValueError as exc:
+                print(f"error: {exc}", file=sys.stderr)
+                return 2, f"error: {exc}"
+        return _train_in(cfg, run_dir, rank, latest_in, policy_cfg, train_cfg, loss_cfg, bandwidth, multiplier, dataset)
+
+
+def _train_in(cfg, run_dir: Path, rank: int, latest_in, policy_cfg, train_cfg, loss_cfg, bandwidth, multiplier,
+              dataset) -> tuple[int, str]:
+    """:func:`_train_job` once rank 0 holds the run dir."""
+    from omegaconf import OmegaConf
+
+    from envs.libero.dataset import DatasetError
+    from policy.training.loop import train
+    from policy.utils import atomic_write_text
+
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         import torch.distributed as dist
 
@@ -134,7 +151,7 @@ def _train_job(cfg) -> tuple[int, str]:
         dist.broadcast_object_list(holder, src=0)
         run_dir = Path(holder[0])
     if rank == 0:
-        (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg))
+        atomic_write_text(run_dir / "config.yaml", OmegaConf.to_yaml(cfg))
     eval_fn = _eval_fn(cfg, run_dir) if train_cfg.eval_every > 0 else None
     print(f"{len(dataset)} samples from {len(dataset.files)} files, {len(dataset.instructions)} tasks -> {run_dir}", file=sys.stderr)
     try:

@@ -4,11 +4,13 @@ A crash or Ctrl-C never leaves a half-written file behind: readers see the old f
 new one. Every file (and folder) written here gets the normal mode under the process's umask
 (0644 / 0755 with the usual 022), not the owner-only 0600 of ``tempfile.mkstemp``, so other
 users and containers can read checkpoints and results. This is the package's one atomic
-writer: write through it rather than by hand.
+writer: write through it rather than by hand. :func:`folder_lock` keeps a second process from
+writing into a folder another one is writing (a run dir, an evaluation's out folder).
 """
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import shutil
@@ -100,6 +102,40 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
 def atomic_write_json(path: str | os.PathLike, obj: Any) -> Path:
     """Write obj as indented JSON, atomically."""
     return atomic_write_text(path, json.dumps(obj, indent=2) + "\n")
+
+
+class FolderBusyError(ValueError):
+    """Another live process holds the folder's lock (:func:`folder_lock`)."""
+
+
+LOCK_FILE = ".lock"
+
+
+@contextmanager
+def folder_lock(folder: str | os.PathLike, what: str = "folder") -> Iterator[Path]:
+    """Hold an exclusive lock on ``folder`` (an ``flock`` on ``<folder>/.lock``, which records the
+    holder's pid) for the block. A second process that would write the same ``what`` (a run dir,
+    an evaluation folder) gets one :class:`FolderBusyError` line instead of files interleaved with
+    the first one's. The kernel drops the lock when the holder exits, even on a crash or kill -9,
+    so a stale lock file never blocks; network file systems may not honour ``flock``."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    f = open(folder / LOCK_FILE, "a+", encoding="utf-8")
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        f.seek(0)
+        holder = f.read().strip()
+        f.close()
+        raise FolderBusyError(f"{what} {folder} is being written by another process" + (f" (pid {holder})" if holder else "")
+                              + "; wait for it to finish, stop it, or use another folder") from None
+    try:
+        f.truncate(0)
+        f.write(f"{os.getpid()}\n")
+        f.flush()
+        yield folder
+    finally:
+        f.close()
 
 
 def read_safetensors(path: str | os.PathLike, device: str = "cpu") -> tuple[dict[str, torch.Tensor], dict[str, str]]:

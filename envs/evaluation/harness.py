@@ -44,6 +44,7 @@ from envs.evaluation.plan import (DEFAULT_BENCHMARK, NOISE_MODES, EpisodeKey, Ev
 from envs.evaluation.pool import LocalProcessPool, WorkerLost, WorkerPool
 from envs.evaluation.results import episode_key, load_episodes, summarize, write_results
 from envs.evaluation.worker import EpisodeSpec
+from policy.utils import FolderBusyError, folder_lock
 
 
 # ----------------------------------------------------------------------------- (c) the batching loop
@@ -275,8 +276,17 @@ def run_evaluation(policy: Any, cfg: EvalConfig, init_state_fn: InitStateFn | No
     if cfg.noise != "shared" and "generator" not in inspect.signature(policy.predict).parameters:
         raise ValueError(f"noise={cfg.noise} needs a policy whose predict takes generator= (one per observation); "
                          f"{type(policy).__name__} does not: use noise=shared")
-    out = Path(cfg.out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        with folder_lock(cfg.out_dir, "evaluation folder"):
+            return _run_locked(policy, cfg, init_state_fn, pool)
+    except FolderBusyError:
+        if pool is not None:
+            pool.close()
+        raise
+
+
+def _run_locked(policy: Any, cfg: EvalConfig, init_state_fn: InitStateFn | None, pool: WorkerPool | None) -> dict[str, Any]:
+    """:func:`run_evaluation` once it holds the out folder."""
     record_run(cfg)
     plan = plan_episodes(cfg)
     if cfg.init_states == "fresh" and init_state_fn is None:

@@ -12,6 +12,8 @@ table and plot (success rate vs steps, 95% Wilson intervals).
   python scripts/run_study.py preset=objects               # object-token policies (no cameras), task 0
   python scripts/run_study.py preset=objects_suite         # the same on all 10 tasks, modal demos, 3 seeds
   python scripts/run_study.py preset=images_yaw            # image policies on its grasp-yaw tasks, same demos
+  python scripts/run_study.py preset=objects_suite seeds=1 energy=1:0.1,1:0.1:m4,1:0.1:xi2 eval_tasks=1,6,8 \\
+      eval_steps=1,2 jobs=1 results=benchmarks/results/libero_objects_sweep.json   # population, noise dims
   python scripts/run_study.py preset=quick dry_run=true    # print the plan, run nothing
   python scripts/run_study.py preset=paper ray=auto        # training and evaluation jobs on a Ray cluster
 
@@ -22,7 +24,8 @@ objects_suite | images_yaw | paper):
   demos_from=<data_root> (re-render that study's demo files at this resolution instead of planning new ones)
   model=small|paper|objects (objects: object tokens, no cameras)
   train_steps checkpoint_every seed seeds (training seeds per model: seed, seed+1, ...; the table shows
-  their mean and spread) energy=lambda:beta,... population mse=true|false
+  their mean and spread) energy=lambda:beta,... population mse=true|false; an energy entry may set its own
+  population and noise dimensions per action, lambda:beta:m4, lambda:beta:xi2 (runs named energy_..._m4, _xi2)
   eval_steps=1,2,4,8,16 episodes workers device data_root runs_root eval_root results dry_run
   record_chunks=true|false (evaluations save each episode's chunks; the report then adds the mechanism:
   grasps at the yaw forks and switching between chunks, <results>_<suite>_mechanism.md; objects_suite: true)
@@ -31,7 +34,8 @@ objects_suite | images_yaw | paper):
   layout no demonstration used, eval_rollouts.py --init-states fresh). Either makes another evaluation of the
   same runs: its folders and table get the variant's suffix (eval/study_fresh/..., <results>_fresh.json)
   unless eval_root / results are given, and the fork probe is not repeated unless probe_steps is given.
-  eval_tasks=1,6,8|all (evaluate only these of the trained tasks: a variant too, suffix tasks1-6-8)
+  eval_tasks=1,6,8|all (evaluate only these of the trained tasks: its own table, suffix tasks1-6-8, but the
+  protocol's folders, since it runs the protocol's very episodes)
   probe_steps=1,2|none (after the evaluations: the fork probe of the first seed's run of each model on every
   task with a fork, pooled into <results>_<suite>_probe.md; objects_suite: 1,2)
   threads (OMP_NUM_THREADS of the children; quick/cpu: 1, paper: 0 = torch default)

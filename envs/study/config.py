@@ -81,7 +81,8 @@ PRESETS: dict[str, dict[str, Any]] = {
 class ModelSpec:
     """One trained run of the study: the model's name (starts with ``energy`` or ``mse``; the
     table's row), its loss, its training seed and ``run``, the name of its run and evaluation
-    folders (the model's name; ``<name>_seed<k>`` for the extra seeds of a several-seed study)."""
+    folders (the model's name; ``<name>_seed<k>`` for the extra seeds of a several-seed study),
+    and the generator's noise dimensions per action when they differ from the model preset's."""
 
     name: str
     loss: str  # "energy" | "mse"
@@ -90,6 +91,7 @@ class ModelSpec:
     population: int
     seed: int = 0
     run: str = ""
+    noise_dim: int = 0  # noise dimensions concatenated per action (0: the model preset's)
 
     def __post_init__(self) -> None:
         if not self.run:
@@ -99,7 +101,8 @@ class ModelSpec:
         """train_policy.py overrides selecting this loss."""
         if self.loss == "mse":
             return ["loss=mse"]
-        return ["loss=energy", f"loss.lam={self.lam:g}", f"loss.beta={self.beta:g}", f"loss.population={self.population}"]
+        return ["loss=energy", f"loss.lam={self.lam:g}", f"loss.beta={self.beta:g}", f"loss.population={self.population}",
+                *([f"model.noise_dim={self.noise_dim}"] if self.noise_dim else [])]
 
 
 @dataclass
@@ -120,7 +123,9 @@ class StudyConfig:
     checkpoint_every: int = 500
     seed: int = 0
     seeds: int = 1  # training seeds per model: seed, seed + 1, ... (the table reports their mean and spread)
-    energy: list[tuple[float, float]] = field(default_factory=lambda: list(DEFAULT_ENERGY))
+    # (lambda, beta) per energy model, or (lambda, beta, population, noise_dim) for the sweep's
+    # variants (0: the study's population, the model preset's noise_dim); see parse_energy
+    energy: list[tuple] = field(default_factory=lambda: list(DEFAULT_ENERGY))
     population: int = 16
     mse: bool = True
     eval_steps: list[int] = field(default_factory=lambda: [1, 2, 4, 8, 16])
@@ -144,10 +149,16 @@ class StudyConfig:
     demos_from: str = ""  # a data_root whose demo files are re-rendered at this resolution instead of planned anew
 
     def variant(self) -> str:
-        """"" for the protocol's evaluation; else what sets it apart ("fresh", "noise_fixed", ...)."""
+        """"" for the protocol's evaluation; else what sets its table apart ("fresh", "noise_fixed",
+        "tasks1-6-8", ...)."""
+        return "_".join(filter(None, [self.episode_variant()]
+                               + ([f"tasks{'-'.join(map(str, self.eval_tasks))}"] if self.eval_tasks is not None else [])))
+
+    def episode_variant(self) -> str:
+        """The part of :meth:`variant` that changes the episodes themselves (the sampler noise, the
+        starts), so their folders too; a subset of tasks runs the protocol's very episodes."""
         return "_".join(([f"noise_{self.noise}"] if self.noise != "shared" else [])
-                        + (["fresh"] if self.init_states == "fresh" else [])
-                        + ([f"tasks{'-'.join(map(str, self.eval_tasks))}"] if self.eval_tasks is not None else []))
+                        + (["fresh"] if self.init_states == "fresh" else []))
 
     def evaluated_tasks(self) -> list[int]:
         """The tasks the evaluations, the probe and the reports cover (``eval_tasks``, else every trained task)."""
@@ -157,9 +168,12 @@ class StudyConfig:
         """The runs: the energy models (one per (lambda, beta)) then the MSE model, each once per
         seed (the first seed's folders carry the model's name alone, as single-seed studies do).
         Seed-major, so that a study stopped part-way has every model at its first seeds."""
-        losses = [(f"energy_lam{lam:g}_beta{beta:g}", "energy", lam, beta, self.population) for lam, beta in self.energy]
-        losses += [("mse", "mse", 0.0, 2.0, 1)] if self.mse else []
-        return [ModelSpec(*loss, seed=k, run=loss[0] if k == self.seed else f"{loss[0]}_seed{k}")
+        losses = []
+        for lam, beta, m, xi in ((*e, 0, 0)[:4] for e in self.energy):
+            name = f"energy_lam{lam:g}_beta{beta:g}" + (f"_m{m}" if m else "") + (f"_xi{xi}" if xi else "")
+            losses.append((name, "energy", lam, beta, m or self.population, xi))
+        losses += [("mse", "mse", 0.0, 2.0, 1, 0)] if self.mse else []
+        return [ModelSpec(*loss[:5], seed=k, run=loss[0] if k == self.seed else f"{loss[0]}_seed{k}", noise_dim=loss[5])
                 for k in range(self.seed, self.seed + self.seeds) for loss in losses]
 
     def run_dir(self, m: ModelSpec) -> Path:
@@ -197,24 +211,37 @@ def _parse_ints(key: str, text: str, low: int = 0) -> list[int]:
     return values
 
 
-def parse_energy(text: str) -> list[tuple[float, float]]:
+def parse_energy(text: str) -> list[tuple]:
     """``"1:1,0.5:1,1:0.1"`` -> [(1, 1), (0.5, 1), (1, 0.1)] as (lambda, beta) pairs; ``""`` or
-    ``none`` -> []. lambda must lie in [0, 1] and beta in (0, 2] (eq. 14-16)."""
+    ``none`` -> []. lambda must lie in [0, 1] and beta in (0, 2] (eq. 14-16). A pair may name the
+    population and the noise dimensions per action of its model (the sweep over what the paper says
+    matters): ``1:0.1:m4`` -> (1, 0.1, 4, 0), ``1:0.1:xi2`` -> (1, 0.1, 0, 2), ``1:0.1:m4:xi2`` -> (1, 0.1, 4, 2)
+    (0: the study's ``population``, the model preset's ``noise_dim``)."""
     if text.strip().lower() in ("", "none", "[]"):
         return []
-    pairs = []
+    fix = "write lambda:beta pairs such as energy=1:1,0.5:1,1:0.1, optionally with :m<population> and :xi<noise dims>"
+    entries: list[tuple] = []
     for item in text.strip("[]").split(","):
         parts = item.strip().strip("()").split(":")
+        extra = {"m": 0, "xi": 0}
+        for part in parts[2:]:
+            key = part.rstrip("0123456789")
+            if key not in extra or key == part or extra[key]:
+                raise StudyError(f"energy={text!r}: bad option {part!r} in {item.strip()!r}; {fix}")
+            extra[key] = int(part[len(key):])
+            if extra[key] < {"m": 2, "xi": 1}[key]:
+                raise StudyError(f"energy pair {item.strip()!r}: need a population m >= 2 and noise dims xi >= 1")
         try:
-            lam, beta = (float(p) for p in parts)
+            lam, beta = (float(p) for p in parts[:2])
         except ValueError:
-            raise StudyError(f"energy={text!r}: bad pair {item.strip()!r}; write lambda:beta pairs such as energy=1:1,0.5:1,1:0.1") from None
+            raise StudyError(f"energy={text!r}: bad pair {item.strip()!r}; {fix}") from None
         if not (0.0 <= lam <= 1.0 and 0.0 < beta <= 2.0):
             raise StudyError(f"energy pair {item.strip()!r}: need lambda in [0, 1] and beta in (0, 2]")
-        pairs.append((lam, beta))
-    if len(set(pairs)) != len(pairs):
-        raise StudyError(f"energy={text!r} lists a (lambda, beta) pair twice")
-    return pairs
+        entries.append((lam, beta, extra["m"], extra["xi"]) if parts[2:] else (lam, beta))
+    normal = [(*e, 0, 0)[:4] for e in entries]
+    if len(set(normal)) != len(normal):
+        raise StudyError(f"energy={text!r} lists a model twice")
+    return entries
 
 
 def default_preset() -> str:
@@ -289,9 +316,10 @@ def parse_overrides(argv: list[str]) -> StudyConfig:
             cfg = replace(cfg, **{key: value})
         else:
             raise StudyError(f"unknown option {key!r}; see scripts/run_study.py --help for the keys")
-    if cfg.variant():  # another evaluation of the same runs: its own folders, table and no second probe
-        results = Path(cfg.results)
-        cfg = replace(cfg, **{"eval_root": kv.get("eval_root", f"{cfg.eval_root}_{cfg.variant()}"),
+    if cfg.variant():  # another evaluation of the same runs: its own table, no second probe, and its own
+        results = Path(cfg.results)  # folders unless it only narrows the tasks (the protocol's episodes)
+        episodes = cfg.episode_variant()
+        cfg = replace(cfg, **{"eval_root": kv.get("eval_root", f"{cfg.eval_root}_{episodes}" if episodes else cfg.eval_root),
                               "results": kv.get("results", str(results.with_name(f"{results.stem}_{cfg.variant()}.json"))),
                               "probe_steps": cfg.probe_steps if "probe_steps" in kv else []})
     if cfg.model not in MODEL_PRESETS:

@@ -49,12 +49,14 @@ def _cell_record(folder: Path, steps: int, res: dict[str, Any]) -> dict[str, Any
     return rec
 
 
-def collect_results(suite: str, eval_dirs: dict[str, Path], expect: dict[str, Any] | None = None) -> tuple[Table, str]:
+def collect_results(suite: str, eval_dirs: dict[str, Path], expect: dict[str, Any] | None = None,
+                    tasks: list[int] | None = None) -> tuple[Table, str]:
     """Read ``<dir>/steps_<k>/results.json`` (as envs/evaluation/harness.py writes them) for each model.
 
     Args: eval_dirs maps a model name (starting with ``energy`` or ``mse``) to its folder;
     expect: protocol values (of :data:`envs.evaluation.results.PROTOCOL_KEYS`) every folder must
-    have been evaluated with.
+    have been evaluated with; tasks: count these tasks only (a folder may hold more: a study
+    evaluated on a subset of its tasks shares the full evaluation's folders).
     Returns (table, protocol): success = successes / episodes pooled over the suite's
     evaluated tasks; success_length (when any episode succeeded) = the mean length in env
     steps of the successful episodes, pooled the same way (a policy that hesitates at a
@@ -76,6 +78,8 @@ def collect_results(suite: str, eval_dirs: dict[str, Path], expect: dict[str, An
         for path in sorted(cells, key=lambda p: int(p.parent.name[6:])):
             res = json.loads(path.read_text())
             d = res["suites"].get(suite)
+            if d is not None and tasks is not None:
+                d = _only_tasks(d, tasks)
             if d is None or not d["episodes"]:
                 continue
             steps = int(path.parent.name[6:])
@@ -109,6 +113,20 @@ def collect_results(suite: str, eval_dirs: dict[str, Path], expect: dict[str, An
             table.setdefault(name, {})[str(steps)] = cell
             protocol = protocol or str(res.get("protocol", ""))
     return table, protocol
+
+
+def _only_tasks(d: dict[str, Any], tasks: list[int]) -> dict[str, Any]:
+    """A suite's results (results.json's ``suites[suite]``) reduced to ``tasks``: the pooled
+    counts and outcomes summed again from the per-task entries."""
+    kept = [t for t in d.get("tasks", []) if int(t["task_index"]) in tasks]
+    if len(kept) == len(d.get("tasks", [])):
+        return d
+    outcomes: dict[str, int] = {}
+    for t in kept:
+        for label, n in (t.get("outcomes") or {}).items():
+            outcomes[label] = outcomes.get(label, 0) + int(n)
+    return {"tasks": kept, "episodes": sum(int(t["episodes"]) for t in kept),
+            "successes": sum(int(t["successes"]) for t in kept), **({"outcomes": outcomes} if outcomes else {})}
 
 
 def combine_seeds(runs: Table, model_of: dict[str, str]) -> Table:

@@ -151,7 +151,8 @@ def plan_rerender(cfg: StudyConfig, counts: dict[str, int], names: list[str]) ->
 
 def training_spec(cfg: StudyConfig, m: ModelSpec) -> dict[str, Any]:
     """What must stay fixed for a run dir to be resumed or reused (steps may grow)."""
-    loss = {k: v for k, v in asdict(m).items() if k not in ("seed", "run")}  # as recorded before seeds were runs
+    loss = {k: v for k, v in asdict(m).items()  # as recorded before seeds were runs and noise_dim a sweep's option
+            if k not in ("seed", "run") and (k != "noise_dim" or v)}
     return {"suite": cfg.suite, "model": cfg.model, "seed": m.seed, "loss": loss, "data_root": cfg.data_root,
             "tasks": cfg.task_indices(), "demos": cfg.demos, "resolution": cfg.resolution,
             **({"demos_from": cfg.demos_from} if cfg.demos_from else {}),
@@ -199,13 +200,14 @@ def plan_training(cfg: StudyConfig) -> list[Job]:
 
 
 def eval_finished(cfg: StudyConfig, m: ModelSpec, steps: int) -> bool:
-    """True when ``steps_<k>/results.json`` covers every planned episode."""
+    """True when ``steps_<k>/results.json`` holds every planned episode of every evaluated task."""
     path = cfg.eval_dir(m, steps) / "results.json"
     if not path.is_file():
         return False
     res = json.loads(path.read_text())
+    done = {int(t["task_index"]): int(t["episodes"]) for t in res["suites"].get(cfg.suite, {}).get("tasks", [])}
     return int(res.get("config", {}).get("steps", steps)) == steps and \
-        int(res["suites"].get(cfg.suite, {}).get("episodes", 0)) >= len(cfg.evaluated_tasks()) * cfg.episodes
+        all(done.get(t, 0) >= cfg.episodes for t in cfg.evaluated_tasks())
 
 
 def recorded_producer(out: Path) -> dict[str, Any] | None:
@@ -301,7 +303,7 @@ def aggregate(cfg: StudyConfig) -> dict[str, Path] | None:
     """Stage 4: collect the study's evaluations and write libero.json, the table and the plot
     (None when no evaluation has finished yet)."""
     runs, protocol = collect_results(cfg.suite, {m.run: cfg.eval_dir(m, 1).parent for m in cfg.models()},
-                                     expect=study_protocol(cfg))
+                                     expect=study_protocol(cfg), tasks=cfg.evaluated_tasks())
     table = combine_seeds(runs, {m.run: m.name for m in cfg.models()}) if cfg.seeds > 1 else runs
     if not table:  # the loss curves alone, while the evaluations wait
         results = Path(cfg.results)

@@ -28,8 +28,10 @@ def _write_eval(folder: Path, episodes: dict[int, list[tuple[float, bool]]], fin
             np.savez(path, t=np.arange(8) * 8, chunks=_actions(yaw).reshape(8, 8, 7))
             n += 1
     (folder / "episodes.jsonl").write_text("\n".join(lines) + "\n")
-    done = n if finished else n - 1
-    (folder / "results.json").write_text(json.dumps({"config": {"steps": 1}, "suites": {SUITE: {"episodes": done}}}))
+    tasks = [{"task_index": task, "episodes": len(eps)} for task, eps in episodes.items()]
+    tasks[-1]["episodes"] -= 0 if finished else 1
+    (folder / "results.json").write_text(json.dumps({"config": {"steps": 1}, "suites": {SUITE: {
+        "episodes": sum(t["episodes"] for t in tasks), "tasks": tasks}}}))
 
 
 def test_mechanism_pools_the_finished_seeds(tmp_path: Path) -> None:

@@ -592,10 +592,10 @@ def test_a_variant_gets_its_own_folders_and_table_unless_given() -> None:
 
 
 def test_eval_tasks_evaluate_a_subset_of_the_trained_runs(tmp_path: Path) -> None:
-    """eval_tasks=1,6,8: the same training (its spec unchanged), evaluations of those tasks only in
-    folders of their own; a task that was not trained is refused in one line."""
+    """eval_tasks=1,6,8: the same training (its spec unchanged), evaluations of those tasks only (in
+    the folders of their noise variant); a task that was not trained is refused in one line."""
     cfg = parse_overrides(["preset=objects_suite", "eval_tasks=1,6,8", "noise=fixed", "seeds=1", "eval_steps=1"])
-    assert cfg.variant() == "noise_fixed_tasks1-6-8" and cfg.eval_root == "eval/study_noise_fixed_tasks1-6-8"
+    assert cfg.variant() == "noise_fixed_tasks1-6-8" and cfg.eval_root == "eval/study_noise_fixed"
     full = parse_overrides(["preset=objects_suite", "seeds=1"])
     m = cfg.models()[0]
     assert training_spec(cfg, m) == training_spec(full, m)
@@ -603,7 +603,7 @@ def test_eval_tasks_evaluate_a_subset_of_the_trained_runs(tmp_path: Path) -> Non
     assert cmd[cmd.index("--tasks") + 1] == "1,6,8"
     small = quick(tmp_path, "tasks=0,1,2", "eval_tasks=2", "eval_steps=1", "episodes=2")
     energy = small.models()[0]
-    fake_eval(small.eval_dir(energy, 1), SUITE, 1, [[True, True]])  # 2 episodes: all of eval_tasks=2
+    fake_eval(small.eval_dir(energy, 1), SUITE, 1, [[True], [], [True, True]])  # all of eval_tasks=2 (and one more)
     assert [j.state for j in plan_eval(small) if j.name.startswith(energy.run)] == ["done"]
     with pytest.raises(StudyError, match=r"eval_tasks \[3\] are not among the trained tasks \[0, 1, 2\]"):
         quick(tmp_path, "tasks=0,1,2", "eval_tasks=3")
