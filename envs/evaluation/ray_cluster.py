@@ -28,6 +28,15 @@ def import_ray() -> Any:
     return ray
 
 
+def kill_actor(ray: Any, actor: Any) -> None:
+    """Kill a Ray actor for good (no restart); one already gone, or a cluster already down, is fine."""
+    if actor is not None:
+        try:
+            ray.kill(actor, no_restart=True)
+        except Exception:
+            pass
+
+
 def one_line(text: str, limit: int = 300) -> str:
     return " ".join(str(text).split())[:limit]
 

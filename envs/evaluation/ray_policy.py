@@ -30,7 +30,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from envs.evaluation.ray_cluster import ClusterError, import_ray
+from envs.evaluation.ray_cluster import ClusterError, import_ray, kill_actor
 
 PLACEMENTS = ("driver", "actor", "node")
 WEIGHTS = "model.safetensors"
@@ -206,12 +206,7 @@ class RemotePolicy:
             return self.ray.get(actor.predict.remote(part[0], steps, churn, part[1]))
 
     def _kill(self, node: str | None) -> None:
-        actor = self.actors.pop(node, None)
-        if actor is not None:
-            try:
-                self.ray.kill(actor, no_restart=True)
-            except Exception:
-                pass
+        kill_actor(self.ray, self.actors.pop(node, None))
 
     def close(self) -> None:
         for node in list(self.actors):

@@ -36,7 +36,8 @@ from typing import Any, Sequence
 
 from envs.benchmark import Benchmark
 from envs.evaluation.pool import Event, WorkerLost, WorkerPool
-from envs.evaluation.ray_cluster import ClusterError, connect, disconnect, import_ray, one_line, started_local
+from envs.evaluation.ray_cluster import (ClusterError, connect, disconnect, import_ray, kill_actor, one_line,
+                                         started_local)
 from envs.evaluation.worker import EpisodeRunner, EpisodeSpec
 
 PROBE_S = 1.0  # seconds between two probes of an unreachable actor
@@ -265,13 +266,8 @@ class RayPool(WorkerPool):
         self._spawn(wid)
 
     def _kill(self, wid: int) -> None:
-        actor = self._actors[wid]
-        self._actors[wid] = None
-        if actor is not None:
-            try:
-                self._ray.kill(actor, no_restart=True)
-            except Exception:
-                pass
+        actor, self._actors[wid] = self._actors[wid], None
+        kill_actor(self._ray, actor)
 
     def close(self) -> None:
         ray = self._ray
