@@ -1,0 +1,70 @@
+"""The grasp-precision probe's arithmetic (envs/study/precision.py): the approach step, the
+commanded translation, error^2 = bias^2 + spread^2, pooling over tasks and seeds, bad input."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from envs.study.precision import (approach_step, main, model_name, pool, rms, sums, table, translation)
+
+
+def test_approach_step_is_one_chunk_before_the_first_close() -> None:
+    actions = np.zeros((30, 7))
+    actions[:, 6] = -1.0
+    actions[20:, 6] = 1.0
+    assert approach_step(actions) == 12
+    actions[:, 6] = -1.0
+    assert approach_step(actions) is None  # never closes
+    actions[5:, 6] = 1.0
+    assert approach_step(actions) is None  # closes before a whole chunk
+
+
+def test_error_splits_into_bias_and_spread() -> None:
+    """Two draws at +-s around a mean that sits b off the target: spread s, bias b, error sqrt(b^2 + s^2)."""
+    chunks = np.zeros((2, 1, 8, 7))
+    chunks[0, 0, :, 0] = (0.3 + 0.4) / 8  # the position actions sum to 0.7 along x
+    chunks[1, 0, :, 0] = (0.3 - 0.4) / 8  # and to -0.1
+    moved = translation(chunks)
+    assert moved.shape == (2, 1, 3) and moved[0, 0, 0] == pytest.approx(0.7)
+    out = rms(sums(moved, np.zeros((1, 3))), observations=1, samples=2)
+    assert out == pytest.approx({"error": 0.5, "bias": 0.3, "spread": 0.4})
+    rng = np.random.default_rng(0)
+    draws, target = rng.normal(size=(8, 50, 3)), rng.normal(size=(50, 3))
+    r = rms(sums(draws, target), 50, 8)
+    assert r["error"] ** 2 == pytest.approx(r["bias"] ** 2 + r["spread"] ** 2)
+
+
+def test_pooling_over_tasks_and_seeds() -> None:
+    """Runs of one model (``_seed<k>``) pool with it; a group counts its tasks only; the pooled RMS
+    weighs every draw once."""
+    assert model_name(Path("runs/mse_seed2")) == "mse" and model_name(Path("energy_lam1_beta1")) == "energy_lam1_beta1"
+    rng = np.random.default_rng(1)
+    cells, every = [], {}
+    for run in ("mse", "mse_seed1"):
+        for task in (0, 1):
+            draws, target = rng.normal(size=(4, 5, 3)), rng.normal(size=(5, 3))
+            every.setdefault(task, []).append((draws, target))
+            cells.append({"run": run, "model": model_name(Path(run)), "steps": 2, "task": task, "observations": 5,
+                          "samples": 4, "sum_sq": sums(draws, target)})
+    both = pool(cells, [0, 1])[("mse", 2)]
+    alld = np.concatenate([d for pairs in every.values() for d, _ in pairs], axis=1)
+    allt = np.concatenate([t for pairs in every.values() for _, t in pairs])
+    assert both["runs"] == 2 and both["observations"] == 20
+    assert both["error"] == pytest.approx(rms(sums(alld, allt), 20, 4)["error"])
+    one = pool(cells, [1])[("mse", 2)]
+    assert one["observations"] == 10
+    md = table({"cells": cells}, {"route": [0], "yaw": [1]})
+    assert md.splitlines()[0] == "| model | steps | runs | route: error / bias / spread | yaw: error / bias / spread |"
+    assert md.splitlines()[2].startswith("| mse | 2 | 2 | ")
+
+
+def test_bad_input_is_one_line(tmp_path: Path, capsys) -> None:
+    assert main([str(tmp_path / "run"), "--data", str(tmp_path), "--samples", "1"]) == 2
+    assert capsys.readouterr().err.strip() == "error: --samples must be >= 2 and --steps >= 1"
+    assert main([str(tmp_path / "run"), "--data", str(tmp_path), "--tasks", "x"]) == 2
+    assert capsys.readouterr().err.strip() == "error: --tasks 'x': expected numbers and ranges such as 0-9 or 1,2,16"
+    assert main([str(tmp_path / "run"), "--data", str(tmp_path), "--groups", "yaw"]) == 2
+    assert "error: --groups yaw '': expected numbers" in capsys.readouterr().err
