@@ -173,6 +173,7 @@ def sample(
     device: torch.device | str = "cpu",
     dtype: torch.dtype = torch.float32,
     generator: Generators = None,
+    xi_scale: float = 1.0,
 ) -> Tensor:
     """Algorithm 2: start from x ~ N(0, I) at t_max and take `steps` reverse transitions.
 
@@ -182,6 +183,9 @@ def sample(
     Args:
         shape: (B, *event) of the samples; noise_shape: per-sample shape of xi.
         generator: one for the batch, or one per sample (see :func:`randn`).
+        xi_scale: multiplies the generator noise xi (1: as trained; below 1 narrows each draw
+            toward the generator's central output for its x_t, a temperature; x and the
+            transitions' noise are unchanged, so the draws use the same random numbers).
     Returns:
         (B, *event) samples x0.
     """
@@ -191,7 +195,7 @@ def sample(
     x0_hat = x
     for k in range(int(steps)):
         t = torch.full((b,), float(grid[k]), device=device, dtype=dtype)
-        xi = randn((b, 1, *noise_shape), generator, device, dtype)
+        xi = xi_scale * randn((b, 1, *noise_shape), generator, device, dtype)
         x0_hat = model(t, x, xi, cond)[:, 0]
         if k + 1 < steps:
             s = torch.full((b,), float(grid[k + 1]), device=device, dtype=dtype)

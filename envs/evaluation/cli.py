@@ -53,6 +53,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="sampler noise: shared (one generator; episodes depend on the batching), episode (each chunk "
                         "its own, seeded by seed/task/episode/step: reproducible whatever the workers), fixed (the "
                         "same noise for every chunk of an episode)")
+    p.add_argument("--xi-scale", type=float, default=1.0, metavar="S",
+                   help="multiply a distributional policy's generator noise xi by S (default 1, as trained; "
+                        "below 1 narrows each draw, a temperature; an MSE policy ignores xi)")
     p.add_argument("--video", type=int, default=0, metavar="K", help="save mp4s of the first K episodes per task (a camera-less "
                    "policy's: the agentview camera, drawn for those episodes only)")
     p.add_argument("--init-states", default="official", choices=["official", "fresh"],
@@ -132,6 +135,7 @@ def main(argv: list[str] | None = None) -> int:
                 max_steps=args.max_steps,
                 seed=args.seed,
                 noise=args.noise,
+                xi_scale=args.xi_scale,
                 video=args.video,
                 record_chunks=args.record_chunks,
                 init_states=args.init_states,

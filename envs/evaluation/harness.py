@@ -175,7 +175,9 @@ class BatchingLoop:
     def _predict(self, batch: dict[str, Any], n: int, generators: list[Any] | None = None) -> tuple[np.ndarray | None, str | None]:
         """(B, chunk, action_dim) float32 actions, or the one-line error of a failed call."""
         dim = self.cfg.benchmark.action_dim
-        kw = {} if generators is None else {"generator": generators}
+        kw: dict[str, Any] = {} if generators is None else {"generator": generators}
+        if self.cfg.xi_scale != 1.0:
+            kw["xi_scale"] = self.cfg.xi_scale
         try:
             chunks = np.asarray(self.policy.predict(batch, steps=self.cfg.steps, churn=self.cfg.churn, **kw),
                                 dtype=np.float32)
@@ -276,6 +278,9 @@ def run_evaluation(policy: Any, cfg: EvalConfig, init_state_fn: InitStateFn | No
     if cfg.noise != "shared" and "generator" not in inspect.signature(policy.predict).parameters:
         raise ValueError(f"noise={cfg.noise} needs a policy whose predict takes generator= (one per observation); "
                          f"{type(policy).__name__} does not: use noise=shared")
+    if cfg.xi_scale != 1.0 and "xi_scale" not in inspect.signature(policy.predict).parameters:
+        raise ValueError(f"xi_scale={cfg.xi_scale:g} needs a policy whose predict takes xi_scale= (a trained "
+                         f"DiffusionPolicy run in this process); {type(policy).__name__} does not: use xi_scale=1")
     try:
         with folder_lock(cfg.out_dir, "evaluation folder"):
             return _run_locked(policy, cfg, init_state_fn, pool)
@@ -333,7 +338,7 @@ def _summary(cfg: EvalConfig, plan: Plan, loop: BatchingLoop, env_steps: int, t_
                  + (", fresh layouts instead of the official init states)" if cfg.init_states == "fresh" else ")"),
         config={k: getattr(cfg, k) for k in ("steps", "churn", "episodes", "workers", "resolution", "fast_render", "seed",
                                              "policy", "replan_every", "max_steps", "wait_steps", "producer", "noise",
-                                             "init_states")},
+                                             "init_states", "xi_scale")},
     )
     if cfg.benchmark.name != DEFAULT_BENCHMARK:
         summary["config"]["benchmark"] = cfg.benchmark.name

@@ -59,6 +59,11 @@ class EvalConfig:
     every chunk of an episode: a distributional policy keeps its mode). The last two need a
     policy whose ``predict`` takes ``generator=`` (one per observation)."""
 
+    xi_scale: float = 1.0
+    """Multiplies the generator noise xi of a distributional policy (1: as trained; below 1 a
+    temperature that narrows each draw, :func:`policy.diffusion.sample`). Needs a policy whose
+    ``predict`` takes ``xi_scale=``; a folder holds one value."""
+
     init_states: str = "official"
     """Where episodes start: ``official`` (episode i from the task's official init state i) or
     ``fresh`` (from fresh layouts, :mod:`envs.scripted.fresh_states`, written to ``init_states/``
@@ -107,6 +112,8 @@ def _validate(cfg: EvalConfig) -> None:
         raise ValueError(f"fresh init states are LIBERO layouts; {cfg.benchmark.name} has its own: use official")
     if cfg.noise not in NOISE_MODES:
         raise ValueError(f"noise={cfg.noise!r} is unknown; use one of {', '.join(NOISE_MODES)}")
+    if not cfg.xi_scale >= 0.0:
+        raise ValueError(f"xi_scale must be >= 0 (1 = as trained), got {cfg.xi_scale}")
 
 
 def record_run(cfg: EvalConfig) -> None:
@@ -129,6 +136,10 @@ def record_run(cfg: EvalConfig) -> None:
     if recs and old_starts != cfg.init_states:
         raise ValueError(f"{out} holds episodes started from {old_starts} init states (now {cfg.init_states}); "
                          f"use a new --out or delete {out}")
+    old_scale = float(recorded.get("xi_scale", 1.0))
+    if recs and old_scale != cfg.xi_scale:
+        raise ValueError(f"{out} holds episodes made with xi_scale={old_scale:g} (now {cfg.xi_scale:g}); "
+                         f"use a new --out or delete {out}")
     bench = cfg.benchmark.name
     old = recorded.get("benchmark", DEFAULT_BENCHMARK)
     if recs and old != bench:
@@ -142,7 +153,7 @@ def record_run(cfg: EvalConfig) -> None:
                              f"use a new --out or delete {out}")
     record = {**asdict(cfg), "tasks": cfg.tasks}
     del record["benchmark"]
-    for key, default in (("noise", "shared"), ("record_chunks", False), ("init_states", "official")):
+    for key, default in (("noise", "shared"), ("record_chunks", False), ("init_states", "official"), ("xi_scale", 1.0)):
         if record[key] == default:  # recorded only when not the default: older folders read as they always did
             del record[key]
     if bench != DEFAULT_BENCHMARK:

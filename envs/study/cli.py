@@ -30,7 +30,8 @@ objects_suite | images_yaw | paper):
   record_chunks=true|false (evaluations save each episode's chunks; the report then adds the mechanism:
   grasps at the yaw forks and switching between chunks, <results>_<suite>_mechanism.md; objects_suite: true)
   noise=shared|episode|fixed (the evaluations' sampler noise, eval_rollouts.py --noise;
-  fixed: one noise for every chunk of an episode) init_states=official|fresh (fresh: every episode from a
+  fixed: one noise for every chunk of an episode) xi_scale=1|0.5|0 (the energy generator's noise xi scaled at
+  sampling, eval_rollouts.py --xi-scale) init_states=official|fresh (fresh: every episode from a
   layout no demonstration used, eval_rollouts.py --init-states fresh). Either makes another evaluation of the
   same runs: its folders and table get the variant's suffix (eval/study_fresh/..., <results>_fresh.json)
   unless eval_root / results are given, and the fork probe is not repeated unless probe_steps is given.

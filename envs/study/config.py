@@ -143,6 +143,7 @@ class StudyConfig:
     ray: str = ""  # "" = this machine; auto | host:port: training and evaluation jobs as Ray tasks (envs/study/cluster.py)
     record_chunks: bool = False  # evaluations save every episode's chunks (envs.study.switching reads them)
     noise: str = "shared"  # the evaluations' sampler noise (eval_rollouts.py --noise shared|episode|fixed)
+    xi_scale: float = 1.0  # the evaluations' generator-noise scale (eval_rollouts.py --xi-scale; 1 = as trained)
     probe_steps: list[int] = field(default_factory=list)  # fork probe of the first seed's runs at these steps
     init_states: str = "official"  # the evaluations' starts (eval_rollouts.py --init-states official|fresh)
     eval_tasks: list[int] | None = None  # evaluate only these of the trained tasks (None: all of them)
@@ -158,6 +159,7 @@ class StudyConfig:
         """The part of :meth:`variant` that changes the episodes themselves (the sampler noise, the
         starts), so their folders too; a subset of tasks runs the protocol's very episodes."""
         return "_".join(([f"noise_{self.noise}"] if self.noise != "shared" else [])
+                        + ([f"xiscale{self.xi_scale:g}"] if self.xi_scale != 1.0 else [])
                         + (["fresh"] if self.init_states == "fresh" else []))
 
     def evaluated_tasks(self) -> list[int]:
@@ -285,6 +287,13 @@ def parse_overrides(argv: list[str]) -> StudyConfig:
             cfg = replace(cfg, **{key: _parse_ints(key, value, ints[key])[0]})
         elif key in ("fast_render", "mse", "dry_run", "yaw_modes", "record_chunks"):
             cfg = replace(cfg, **{key: _parse_bool(key, value)})
+        elif key == "xi_scale":
+            try:
+                cfg = replace(cfg, xi_scale=float(value))
+            except ValueError:
+                cfg = replace(cfg, xi_scale=-1.0)
+            if not cfg.xi_scale >= 0.0:
+                raise StudyError(f"xi_scale must be a number >= 0 (1 = as trained), got {value!r}")
         elif key == "detour":
             try:
                 cfg = replace(cfg, detour=float(value))

@@ -93,9 +93,9 @@ def task_observations(suite: str, task: int, data: Path, resolution: int, fast_r
 
 
 def measure(runs: list[Path], suite: str, tasks: list[int], data: Path, steps: list[int], samples: int,
-            fast_render: bool = True) -> dict[str, Any]:
-    """{"cells": [{model, steps, task, seeds, observations, error, bias, spread}, ...]} per run dir
-    and task (pooled later by :func:`pool`)."""
+            xi_scales: tuple[float, ...] = (1.0,), fast_render: bool = True) -> dict[str, Any]:
+    """{"cells": [{run, model, steps, xi_scale, task, observations, samples, error, bias, spread,
+    sum_sq}, ...]} per run dir, step count, xi scale and task (pooled by :func:`pool`)."""
     from envs.evaluation.policies import load_policy
     from envs.study.probe_cli import draw
 
@@ -108,19 +108,20 @@ def measure(runs: list[Path], suite: str, tasks: list[int], data: Path, steps: l
                 cache[(task, res)] = task_observations(suite, task, data, res, fast_render)
             obs, target = cache[(task, res)]
             for k in steps:
-                sq = sums(translation(draw(policy, obs, k, samples)), target)  # draws (samples, N, 3)
-                cells.append({"run": run.name, "model": model_name(run), "steps": k, "task": task,
-                              "observations": len(obs), "samples": samples, **rms(sq, len(obs), samples), "sum_sq": sq})
-    return {"suite": suite, "tasks": tasks, "steps": steps, "samples": samples, "cells": cells}
+                for scale in xi_scales:
+                    sq = sums(translation(draw(policy, obs, k, samples, scale)), target)  # draws (samples, N, 3)
+                    cells.append({"run": run.name, "model": model_name(run), "steps": k, "xi_scale": scale, "task": task,
+                                  "observations": len(obs), "samples": samples, **rms(sq, len(obs), samples), "sum_sq": sq})
+    return {"suite": suite, "tasks": tasks, "steps": steps, "xi_scales": list(xi_scales), "samples": samples, "cells": cells}
 
 
-def pool(cells: list[dict], tasks: list[int]) -> dict[tuple[str, int], dict[str, Any]]:
-    """(model, steps) -> {error, bias, spread, runs, observations} pooled over ``tasks`` and the
-    model's runs (RMS over all their draws and observations)."""
-    acc: dict[tuple[str, int], dict[str, Any]] = {}
+def pool(cells: list[dict], tasks: list[int]) -> dict[tuple[str, int, float], dict[str, Any]]:
+    """(model, steps, xi_scale) -> {error, bias, spread, runs, observations} pooled over ``tasks``
+    and the model's runs (RMS over all their draws and observations)."""
+    acc: dict[tuple[str, int, float], dict[str, Any]] = {}
     for c in cells:
         if c["task"] in tasks:
-            a = acc.setdefault((c["model"], c["steps"]), {"sq": dict.fromkeys(("error", "bias", "spread"), 0.0),
+            a = acc.setdefault((c["model"], c["steps"], c.get("xi_scale", 1.0)), {"sq": dict.fromkeys(("error", "bias", "spread"), 0.0),
                                                           "observations": 0, "samples": c["samples"], "runs": set()})
             for key, value in c["sum_sq"].items():
                 a["sq"][key] += value
@@ -131,16 +132,16 @@ def pool(cells: list[dict], tasks: list[int]) -> dict[tuple[str, int], dict[str,
 
 
 def table(report: dict[str, Any], groups: dict[str, list[int]]) -> str:
-    """Markdown: one row per (model, steps), error / bias / spread per task group."""
+    """Markdown: one row per (model, steps, xi_scale), error / bias / spread per task group."""
     names = list(groups)
     pooled = {g: pool(report["cells"], tasks) for g, tasks in groups.items()}
-    keys = sorted({k for p in pooled.values() for k in p}, key=lambda mk: (mk[0].startswith("mse"), mk[0], mk[1]))
-    head = "| model | steps | runs | " + " | ".join(f"{g}: error / bias / spread" for g in names) + " |"
-    lines = [head, "|---|---:|---:|" + "---:|" * len(names)]
-    for m, k in keys:
-        cells = [pooled[g].get((m, k)) for g in names]
+    keys = sorted({k for p in pooled.values() for k in p}, key=lambda key: (key[0].startswith("mse"), key[0], key[1], -key[2]))
+    head = "| model | steps | xi scale | runs | " + " | ".join(f"{g}: error / bias / spread" for g in names) + " |"
+    lines = [head, "|---|---:|---:|---:|" + "---:|" * len(names)]
+    for m, k, scale in keys:
+        cells = [pooled[g].get((m, k, scale)) for g in names]
         runs = max((c["runs"] for c in cells if c), default=0)
-        lines.append(f"| {m} | {k} | {runs} | " + " | ".join(
+        lines.append(f"| {m} | {k} | {scale:g} | {runs} | " + " | ".join(
             f"{c['error']:.3f} / {c['bias']:.3f} / {c['spread']:.3f}" if c else "-" for c in cells) + " |")
     return "\n".join(lines) + "\n"
 
@@ -165,6 +166,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--tasks", default="0", help="tasks, e.g. 0-9 or 1,6,8 (default 0)")
     p.add_argument("--steps", default="1,2,16", help="sampler step counts (default 1,2,16)")
     p.add_argument("--samples", type=int, default=8, help="chunks drawn per observation (default 8)")
+    p.add_argument("--xi-scales", default="1", help="generator-noise scales to draw with, e.g. 1,0.5,0 (default 1; "
+                   "eval_rollouts.py --xi-scale)")
     p.add_argument("--groups", nargs="*", default=[], metavar="NAME=TASKS",
                    help="task groups of the table, e.g. route=0,2,3 yaw=1,6,8 (default: all tasks)")
     p.add_argument("--out", type=Path, help="write the report JSON here and the table beside it (.md)")
@@ -173,9 +176,13 @@ def main(argv: list[str] | None = None) -> int:
         tasks, steps = _ints("--tasks", args.tasks), _ints("--steps", args.steps)
         groups = {g.partition("=")[0]: _ints(f"--groups {g.partition('=')[0]}", g.partition("=")[2])
                   for g in args.groups} or {"all tasks": tasks}
-        if args.samples < 2 or any(k < 1 for k in steps):
-            raise ValueError("--samples must be >= 2 and --steps >= 1")
-        report = measure(args.runs, args.suite, tasks, args.data, steps, args.samples)
+        try:
+            scales = tuple(float(x) for x in args.xi_scales.split(","))
+        except ValueError:
+            raise ValueError(f"--xi-scales {args.xi_scales!r}: expected numbers >= 0 such as 1,0.5,0") from None
+        if args.samples < 2 or any(k < 1 for k in steps) or any(not x >= 0 for x in scales):
+            raise ValueError("--samples must be >= 2, --steps >= 1 and --xi-scales >= 0")
+        report = measure(args.runs, args.suite, tasks, args.data, steps, args.samples, scales)
     except (ValueError, IndexError, FileNotFoundError, KeyError, OSError) as exc:
         print(f"error: {str(exc).strip(chr(34) + chr(39))}", file=sys.stderr)
         return 2

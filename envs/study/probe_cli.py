@@ -157,14 +157,16 @@ def held_out_yaw_forks(args: argparse.Namespace, resolution: int, max_steps: int
     return out
 
 
-def draw(policy, obs_list: list[dict], steps: int, samples: int) -> np.ndarray:
-    """(samples, N, 8, 7) chunks: ``samples`` draws for each observation, seeded 0..samples-1."""
+def draw(policy, obs_list: list[dict], steps: int, samples: int, xi_scale: float = 1.0) -> np.ndarray:
+    """(samples, N, 8, 7) chunks: ``samples`` draws for each observation, seeded 0..samples-1
+    (``xi_scale``: the generator noise's scale, :meth:`DiffusionPolicy.predict`)."""
     import torch
 
     from envs.libero.observation import stack_observations
 
     batch = stack_observations(obs_list, getattr(getattr(policy, "config", None), "spec", None))
-    return np.stack([policy.predict(batch, steps=steps, generator=torch.Generator().manual_seed(k))
+    kw = {"xi_scale": xi_scale} if xi_scale != 1.0 else {}
+    return np.stack([policy.predict(batch, steps=steps, generator=torch.Generator().manual_seed(k), **kw)
                      for k in range(samples)])
 
 

@@ -36,7 +36,7 @@ def _cell_record(folder: Path, steps: int, res: dict[str, Any]) -> dict[str, Any
     if rec is None:
         raise StudyError(f"{folder} has results but no {RUN_CONFIG_FILE} saying how they were made; "
                          f"delete {folder} and rerun the study to evaluate it again")
-    rec = {"noise": "shared", "init_states": "official", **rec}  # recorded only when not the default (plan.record_run)
+    rec = {"noise": "shared", "init_states": "official", "xi_scale": 1.0, **rec}  # recorded only when not the default
     config = res.get("config", {})
     for got in (rec.get("steps"), config.get("steps")):
         if got is None or int(got) != steps:

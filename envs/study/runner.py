@@ -271,6 +271,7 @@ def plan_eval(cfg: StudyConfig, trained: set[str] | None = None) -> list[Job]:
                                        if cfg.tasks is not None or cfg.eval_tasks is not None else []) \
                 + (["--fast-render"] if cfg.fast_render else []) + (["--record-chunks"] if cfg.record_chunks else []) \
                 + (["--noise", cfg.noise] if cfg.noise != "shared" else []) \
+                + (["--xi-scale", f"{cfg.xi_scale:g}"] if cfg.xi_scale != 1.0 else []) \
                 + (["--init-states", cfg.init_states] if cfg.init_states != "official" else [])
             check_eval_producer(cfg, m, out, now)
             if eval_finished(cfg, m, k):
@@ -296,7 +297,7 @@ def study_protocol(cfg: StudyConfig) -> dict[str, Any]:
     """The protocol of the study's evaluations (what :func:`plan_eval`'s commands set): every
     aggregated folder must have been evaluated with it."""
     return {"churn": 0.0, "fast_render": cfg.fast_render, "replan_every": 8, "max_steps": None,
-            "wait_steps": NUM_WAIT_STEPS, "noise": cfg.noise, "init_states": cfg.init_states}
+            "wait_steps": NUM_WAIT_STEPS, "noise": cfg.noise, "init_states": cfg.init_states, "xi_scale": cfg.xi_scale}
 
 
 def aggregate(cfg: StudyConfig) -> dict[str, Path] | None:
@@ -332,6 +333,7 @@ def aggregate(cfg: StudyConfig) -> dict[str, Path] | None:
              f"up to {cfg.episodes} episodes per task"
              + (f", training overrides {' '.join(cfg.train_overrides)}" if cfg.train_overrides else "")
              + (f", sampler noise {cfg.noise} (eval_rollouts.py --noise)" if cfg.noise != "shared" else "")
+             + (f", generator noise xi scaled by {cfg.xi_scale:g} (eval_rollouts.py --xi-scale)" if cfg.xi_scale != 1.0 else "")
              + f"; trained on {'; '.join(sorted(machines)) or 'unknown machine'}")
     starts = ("official init state i" if cfg.init_states == "official" else
               "fresh layout i (seeded by task and episode, used by no demonstration; eval_rollouts.py --init-states fresh)")

@@ -161,8 +161,10 @@ class PolicyNetwork(nn.Module):
         churn: float = 0.0,
         generator: Generators = None,
         objects: ObjectTokens | None = None,
+        xi_scale: float = 1.0,
     ) -> Tensor:
-        """One action chunk per observation (Algorithm 2): (B, 8, 7) in environment units."""
+        """One action chunk per observation (Algorithm 2): (B, 8, 7) in environment units.
+        ``xi_scale`` multiplies the generator noise (:func:`policy.diffusion.sample`)."""
         cond = self.encode(images, proprio, lang, objects)
         tokens = cond[0] if isinstance(cond, tuple) else cond
         b = tokens.shape[0]
@@ -176,5 +178,6 @@ class PolicyNetwork(nn.Module):
             device=tokens.device,
             dtype=tokens.dtype,
             generator=generator,
+            xi_scale=xi_scale,
         )
         return self.normalizer.unnormalize_actions(x0.float().clamp(-1.0, 1.0))

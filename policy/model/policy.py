@@ -162,7 +162,8 @@ class DiffusionPolicy:
                             torch.from_numpy(mask).to(self.device))
 
     @torch.no_grad()
-    def predict(self, obs: Mapping[str, Any], steps: int = 2, churn: float = 0.0, generator: Generators = None) -> np.ndarray:
+    def predict(self, obs: Mapping[str, Any], steps: int = 2, churn: float = 0.0, generator: Generators = None,
+                xi_scale: float = 1.0) -> np.ndarray:
         """Sample one action chunk per observation.
 
         Args:
@@ -170,12 +171,16 @@ class DiffusionPolicy:
             steps: sampler steps (NFE); churn: 0 = DDIM, 1 = DDPM posterior.
             generator: the noise: one generator for the batch, or one per observation (then
                 each chunk's noise is independent of the batch it was computed in).
+            xi_scale: multiplies the generator noise xi (1: as trained; 0: the generator's central
+                output for each draw of x; an MSE policy ignores xi, so it changes nothing there).
         Returns:
             (B, 8, 7) float32 actions in environment units (the spec's action shape).
         """
+        if not xi_scale >= 0.0:
+            raise ValueError(f"xi_scale must be >= 0, got {xi_scale}")
         self.net.eval()
         images, proprio, lang, objects = self.observation_tensors(obs)
-        actions = self.net.sample_actions(images, proprio, lang, steps, churn, generator, objects)
+        actions = self.net.sample_actions(images, proprio, lang, steps, churn, generator, objects, xi_scale)
         return actions.float().cpu().numpy().astype(np.float32)
 
     def save_pretrained(self, directory: str | os.PathLike[str], step: int | None = None) -> Path:

@@ -789,6 +789,40 @@ def test_per_episode_noise_makes_episodes_independent_of_batching(tmp_path) -> N
         run_evaluation(NoopPolicy(), _cfg(tmp_path / "noop", noise="episode"))
 
 
+class _Scales(_Seeds):
+    """Records the xi_scale each call passes (None: not passed)."""
+
+    def __init__(self, inner) -> None:
+        super().__init__(inner)
+        self.scales: list[float | None] = []
+
+    def predict(self, obs, steps: int = 2, churn: float = 0.0, generator=None, xi_scale=None):
+        self.scales.append(xi_scale)
+        kw = {} if xi_scale is None else {"xi_scale": xi_scale}
+        return self.inner.predict(obs, steps=steps, churn=churn, generator=generator, **kw)
+
+
+def test_xi_scale_reaches_the_policy_and_is_recorded(tmp_path) -> None:
+    """--xi-scale: every predict gets it (1, as trained, is not passed at all), the folder records it
+    and refuses episodes made with another scale; a policy without xi_scale= is refused up front."""
+    inner = _tiny_object_policy()
+    plain, scaled = _Scales(inner), _Scales(inner)
+    run_evaluation(plain, _cfg(tmp_path / "plain", episodes=1, max_steps=16, resolution=0))
+    run_evaluation(scaled, _cfg(tmp_path / "scaled", episodes=1, max_steps=16, resolution=0, xi_scale=0.25))
+    assert set(plain.scales) == {None} and set(scaled.scales) == {0.25} and len(scaled.scales) == 2
+    assert "xi_scale" not in json.loads((tmp_path / "plain" / "eval_config.json").read_text())
+    assert json.loads((tmp_path / "scaled" / "eval_config.json").read_text())["xi_scale"] == 0.25
+    assert json.loads((tmp_path / "scaled" / "results.json").read_text())["config"]["xi_scale"] == 0.25
+    with pytest.raises(ValueError, match=r"holds episodes made with xi_scale=0.25 \(now 1\); use a new --out"):
+        run_evaluation(scaled, _cfg(tmp_path / "scaled", episodes=2, resolution=0))
+    with pytest.raises(ValueError, match="xi_scale=0.5 needs a policy whose predict takes xi_scale="):
+        run_evaluation(NoopPolicy(), _cfg(tmp_path / "noop", xi_scale=0.5))
+    with pytest.raises(ValueError, match="xi_scale must be >= 0"):
+        run_evaluation(scaled, _cfg(tmp_path / "neg", xi_scale=-1.0))
+    with pytest.raises(ValueError, match="xi_scale must be >= 0, got -1"):
+        inner.predict({}, xi_scale=-1)
+
+
 class _Steering:
     """Deterministic chunks that depend on (episode, t): row value 0.01 * (episode + 1) + t / 1000."""
 

@@ -49,21 +49,21 @@ def test_pooling_over_tasks_and_seeds() -> None:
             every.setdefault(task, []).append((draws, target))
             cells.append({"run": run, "model": model_name(Path(run)), "steps": 2, "task": task, "observations": 5,
                           "samples": 4, "sum_sq": sums(draws, target)})
-    both = pool(cells, [0, 1])[("mse", 2)]
+    both = pool(cells, [0, 1])[("mse", 2, 1.0)]
     alld = np.concatenate([d for pairs in every.values() for d, _ in pairs], axis=1)
     allt = np.concatenate([t for pairs in every.values() for _, t in pairs])
     assert both["runs"] == 2 and both["observations"] == 20
     assert both["error"] == pytest.approx(rms(sums(alld, allt), 20, 4)["error"])
-    one = pool(cells, [1])[("mse", 2)]
+    one = pool(cells, [1])[("mse", 2, 1.0)]
     assert one["observations"] == 10
     md = table({"cells": cells}, {"route": [0], "yaw": [1]})
-    assert md.splitlines()[0] == "| model | steps | runs | route: error / bias / spread | yaw: error / bias / spread |"
-    assert md.splitlines()[2].startswith("| mse | 2 | 2 | ")
+    assert md.splitlines()[0] == "| model | steps | xi scale | runs | route: error / bias / spread | yaw: error / bias / spread |"
+    assert md.splitlines()[2].startswith("| mse | 2 | 1 | 2 | ")
 
 
 def test_bad_input_is_one_line(tmp_path: Path, capsys) -> None:
     assert main([str(tmp_path / "run"), "--data", str(tmp_path), "--samples", "1"]) == 2
-    assert capsys.readouterr().err.strip() == "error: --samples must be >= 2 and --steps >= 1"
+    assert capsys.readouterr().err.strip() == "error: --samples must be >= 2, --steps >= 1 and --xi-scales >= 0"
     assert main([str(tmp_path / "run"), "--data", str(tmp_path), "--tasks", "x"]) == 2
     assert capsys.readouterr().err.strip() == "error: --tasks 'x': expected numbers and ranges such as 0-9 or 1,2,16"
     assert main([str(tmp_path / "run"), "--data", str(tmp_path), "--groups", "yaw"]) == 2

@@ -148,3 +148,17 @@ def test_evaluation_and_training_refuse_a_busy_folder(tmp_path: Path, monkeypatc
     assert rc == 2 and err[-1] == (f"error: run dir {run} is being written by another process (pid {proc.pid}); "
                                    "wait for it to finish, stop it, or use another folder")
     assert sorted(p.name for p in run.iterdir()) == [".lock"]
+
+
+def test_xi_scale_is_an_evaluation_variant(tmp_path: Path) -> None:
+    """xi_scale=0: the same runs evaluated with the generator noise scaled, in folders and a table
+    of their own; the command passes it on; a bad value is one line."""
+    cfg = parse_overrides(["preset=objects_suite", "xi_scale=0", "seeds=1", "eval_steps=1"])
+    assert (cfg.variant(), cfg.eval_root, cfg.results) == (
+        "xiscale0", "eval/study_xiscale0", "benchmarks/results/libero_objects_suite_xiscale0.json")
+    cmd = plan_eval(cfg)[0].cmd
+    assert cmd[cmd.index("--xi-scale") + 1] == "0"
+    assert "--xi-scale" not in plan_eval(parse_overrides(["preset=objects_suite", "seeds=1"]))[0].cmd
+    for bad in ("-1", "low"):
+        with pytest.raises(StudyError, match=f"xi_scale must be a number >= 0 \\(1 = as trained\\), got '{bad}'"):
+            parse_overrides(["preset=objects_suite", f"xi_scale={bad}"])

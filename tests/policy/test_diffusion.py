@@ -157,6 +157,21 @@ def test_sampler_is_reproducible_with_a_torch_generator():
     assert not torch.allclose(a, run(4))  # and the seed does
 
 
+def test_xi_scale_multiplies_only_the_generator_noise():
+    """xi_scale s: every draw of xi is s times the one it replaces (a generator linear in xi moves
+    by exactly that), x_1 and the transitions' noise are the same random numbers; 0 leaves a
+    sampler that no longer depends on xi."""
+    def run(scale, seed=3, steps=1):
+        return sample(_uses_its_noise, (2, 3), (3,), steps, generator=torch.Generator().manual_seed(seed), xi_scale=scale)
+
+    full, half, none = run(1.0), run(0.5), run(0.0)
+    torch.testing.assert_close(run(1.0), sample(_uses_its_noise, (2, 3), (3,), 1, generator=torch.Generator().manual_seed(3)))
+    x1 = torch.randn((2, 3), generator=torch.Generator().manual_seed(3))
+    torch.testing.assert_close(none, 0.5 * x1)  # one step: 0.5 x_1 + 0 * xi
+    torch.testing.assert_close(half - none, 0.5 * (full - none))
+    assert not torch.allclose(run(0.0, steps=3), run(1.0, steps=3))
+
+
 def test_diffusion_loss_equals_the_hand_computed_weighted_energy_loss():
     # The generator records what it was given; the loss is recomputed by hand from eq. 14-16
     # with the x0-space sigmoid weight exp(b) sigmoid(logSNR - b), logSNR = 2 log((1-t)/t).
