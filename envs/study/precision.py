@@ -99,8 +99,12 @@ def measure(runs: list[Path], suite: str, tasks: list[int], data: Path, steps: l
     from envs.evaluation.policies import load_policy
     from envs.study.probe_cli import draw
 
+    from tqdm import tqdm
+
     policies = {run: load_policy("checkpoint", str(run)) for run in runs}
     cells, cache = [], {}
+    bar = tqdm(total=len(tasks) * len(runs) * sum(steps) * len(xi_scales), desc="precision", unit="step x run",
+               dynamic_ncols=True)
     for task in tasks:
         for run, policy in policies.items():
             res = int(policy.config.render_resolution)
@@ -112,6 +116,8 @@ def measure(runs: list[Path], suite: str, tasks: list[int], data: Path, steps: l
                     sq = sums(translation(draw(policy, obs, k, samples, scale)), target)  # draws (samples, N, 3)
                     cells.append({"run": run.name, "model": model_name(run), "steps": k, "xi_scale": scale, "task": task,
                                   "observations": len(obs), "samples": samples, **rms(sq, len(obs), samples), "sum_sq": sq})
+                    bar.update(k)
+    bar.close()
     return {"suite": suite, "tasks": tasks, "steps": steps, "xi_scales": list(xi_scales), "samples": samples, "cells": cells}
 
 
