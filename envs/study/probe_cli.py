@@ -52,6 +52,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "turn back above the object (--yaw-modes demos)")
     p.add_argument("--steps", type=int, default=1, help="sampler steps (default 1)")
     p.add_argument("--samples", type=int, default=8, help="chunks drawn per observation (default 8)")
+    p.add_argument("--xi-scale", type=float, default=1.0, help="scale of the generator noise xi (default 1, as "
+                   "trained; eval_rollouts.py --xi-scale)")
     p.add_argument("--states", type=int, default=50, help="official initial states used (default 50)")
     p.add_argument("--fast-render", action="store_true", help="render as the demonstrations were (fast meshes)")
     p.add_argument("--out", default=None, help="write the summary JSON here (atomically)")
@@ -196,6 +198,8 @@ def main(argv: list[str] | None = None) -> int:
     from envs.libero.suites import get_task
 
     try:
+        if not args.xi_scale >= 0.0:
+            raise ValueError(f"--xi-scale must be >= 0 (1 = as trained), got {args.xi_scale}")
         task = get_task(args.suite, args.task)
         files = [p for p in find_hdf5_files(args.data) if p.name.startswith(task.name)]
         if not files:
@@ -223,9 +227,10 @@ def main(argv: list[str] | None = None) -> int:
     scale = float(np.abs(demo_coord).mean())
     resolution = int(policy.config.render_resolution)
     train_obs = demo_observations(args, files[0], forks, resolution)
-    train = coord_of(draw(policy, train_obs, args.steps, args.samples))  # (samples, demos)
+    train = coord_of(draw(policy, train_obs, args.steps, args.samples, args.xi_scale))  # (samples, demos)
     summary = {
         "checkpoint": str(args.checkpoint), "fork": args.fork, "steps": args.steps, "task": task.name,
+        **({"xi_scale": args.xi_scale} if args.xi_scale != 1.0 else {}),
         "axis": axis.round(4).tolist(),
         "demos": {"n": len(demos), "p_left": float((demo_coord > 0).mean()), "strength": 1.0,
                   "weak": weak_share(demo_coord, scale)},
@@ -241,7 +246,7 @@ def main(argv: list[str] | None = None) -> int:
             return 2
     else:
         held = held_out_observations(args, resolution)
-    summary["held_out_starts"] = summarise(coord_of(draw(policy, held, args.steps, args.samples)), scale)
+    summary["held_out_starts"] = summarise(coord_of(draw(policy, held, args.steps, args.samples, args.xi_scale)), scale)
     print(f"{Path(args.checkpoint).name}, {args.steps} sampler step(s), {args.samples} chunks per observation")
     print("| starts | observations | p(left) | both sides sampled | strength | weak draws | agrees with demo |")
     print("|---|---:|---:|---:|---:|---:|---:|")
