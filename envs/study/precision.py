@@ -27,6 +27,7 @@ Runs named ``<model>_seed<k>`` are pooled with ``<model>`` (the study's run name
 from __future__ import annotations
 
 import argparse
+import json
 import re
 import sys
 from pathlib import Path
@@ -93,32 +94,61 @@ def task_observations(suite: str, task: int, data: Path, resolution: int, fast_r
 
 
 def measure(runs: list[Path], suite: str, tasks: list[int], data: Path, steps: list[int], samples: int,
-            xi_scales: tuple[float, ...] = (1.0,), fast_render: bool = True) -> dict[str, Any]:
+            xi_scales: tuple[float, ...] = (1.0,), fast_render: bool = True, out: Path | None = None) -> dict[str, Any]:
     """{"cells": [{run, model, steps, xi_scale, task, observations, samples, error, bias, spread,
-    sum_sq}, ...]} per run dir, step count, xi scale and task (pooled by :func:`pool`)."""
-    from envs.evaluation.policies import load_policy
-    from envs.study.probe_cli import draw
-
+    sum_sq}, ...]} per run dir, step count, xi scale and task (pooled by :func:`pool`). With
+    ``out`` the report so far is written there after every (task, run), and the cells it already
+    holds are not measured again: an interrupted run resumes."""
     from tqdm import tqdm
 
+    from envs.evaluation.policies import load_policy
+    from envs.study.probe_cli import draw
+    from policy.utils import atomic_write_json
+
+    cells = _resumed(out, suite, samples) if out is not None else []
+    done = {(c["run"], c["task"], c["steps"], c["xi_scale"]) for c in cells}
+    report = {"suite": suite, "tasks": tasks, "steps": steps, "xi_scales": list(xi_scales), "samples": samples, "cells": cells}
     policies = {run: load_policy("checkpoint", str(run)) for run in runs}
-    cells, cache = [], {}
+    cache: dict[tuple[int, int], tuple[list[dict], np.ndarray]] = {}
     bar = tqdm(total=len(tasks) * len(runs) * sum(steps) * len(xi_scales), desc="precision", unit="step x run",
                dynamic_ncols=True)
     for task in tasks:
         for run, policy in policies.items():
+            todo = [(k, x) for k in steps for x in xi_scales if (run.name, task, k, x) not in done]
+            bar.update(sum(steps) * len(xi_scales) - sum(k for k, _ in todo))
+            if not todo:
+                continue
             res = int(policy.config.render_resolution)
             if (task, res) not in cache:
                 cache[(task, res)] = task_observations(suite, task, data, res, fast_render)
             obs, target = cache[(task, res)]
-            for k in steps:
-                for scale in xi_scales:
-                    sq = sums(translation(draw(policy, obs, k, samples, scale)), target)  # draws (samples, N, 3)
-                    cells.append({"run": run.name, "model": model_name(run), "steps": k, "xi_scale": scale, "task": task,
-                                  "observations": len(obs), "samples": samples, **rms(sq, len(obs), samples), "sum_sq": sq})
-                    bar.update(k)
+            for k, scale in todo:
+                sq = sums(translation(draw(policy, obs, k, samples, scale)), target)  # draws (samples, N, 3)
+                cells.append({"run": run.name, "model": model_name(run), "steps": k, "xi_scale": scale, "task": task,
+                              "observations": len(obs), "samples": samples, **rms(sq, len(obs), samples), "sum_sq": sq})
+                bar.update(k)
+            if out is not None:
+                atomic_write_json(out, report)
     bar.close()
-    return {"suite": suite, "tasks": tasks, "steps": steps, "xi_scales": list(xi_scales), "samples": samples, "cells": cells}
+    return report
+
+
+def _resumed(out: Path, suite: str, samples: int) -> list[dict]:
+    """The cells of an earlier report at ``out`` (none when absent); one ValueError line when it was
+    made with another suite or number of draws."""
+    if not out.is_file():
+        return []
+    try:
+        old = json.loads(out.read_text())
+        cells = list(old["cells"])
+    except (ValueError, KeyError, TypeError):
+        raise ValueError(f"{out} is not a precision report; use another --out or delete it") from None
+    if old.get("suite") != suite or old.get("samples") != samples:
+        raise ValueError(f"{out} holds a report of suite={old.get('suite')}, samples={old.get('samples')} (now {suite}, "
+                         f"{samples}); use another --out or delete it")
+    for c in cells:
+        c.setdefault("xi_scale", 1.0)
+    return cells
 
 
 def pool(cells: list[dict], tasks: list[int]) -> dict[tuple[str, int, float], dict[str, Any]]:
@@ -176,7 +206,8 @@ def main(argv: list[str] | None = None) -> int:
                    "eval_rollouts.py --xi-scale)")
     p.add_argument("--groups", nargs="*", default=[], metavar="NAME=TASKS",
                    help="task groups of the table, e.g. route=0,2,3 yaw=1,6,8 (default: all tasks)")
-    p.add_argument("--out", type=Path, help="write the report JSON here and the table beside it (.md)")
+    p.add_argument("--out", type=Path, help="write the report JSON here (after every task and run: a rerun resumes) "
+                   "and the table beside it (.md)")
     args = p.parse_args(argv)
     try:
         tasks, steps = _ints("--tasks", args.tasks), _ints("--steps", args.steps)
@@ -188,7 +219,7 @@ def main(argv: list[str] | None = None) -> int:
             raise ValueError(f"--xi-scales {args.xi_scales!r}: expected numbers >= 0 such as 1,0.5,0") from None
         if args.samples < 2 or any(k < 1 for k in steps) or any(not x >= 0 for x in scales):
             raise ValueError("--samples must be >= 2, --steps >= 1 and --xi-scales >= 0")
-        report = measure(args.runs, args.suite, tasks, args.data, steps, args.samples, scales)
+        report = measure(args.runs, args.suite, tasks, args.data, steps, args.samples, scales, out=args.out)
     except (ValueError, IndexError, FileNotFoundError, KeyError, OSError) as exc:
         print(f"error: {str(exc).strip(chr(34) + chr(39))}", file=sys.stderr)
         return 2

@@ -3,6 +3,7 @@ commanded translation, error^2 = bias^2 + spread^2, pooling over tasks and seeds
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -68,3 +69,40 @@ def test_bad_input_is_one_line(tmp_path: Path, capsys) -> None:
     assert capsys.readouterr().err.strip() == "error: --tasks 'x': expected numbers and ranges such as 0-9 or 1,2,16"
     assert main([str(tmp_path / "run"), "--data", str(tmp_path), "--groups", "yaw"]) == 2
     assert "error: --groups yaw '': expected numbers" in capsys.readouterr().err
+
+
+def test_an_interrupted_measurement_resumes(tmp_path: Path, monkeypatch) -> None:
+    """--out holds the report after every (task, run): a rerun measures only what is missing, and
+    a report of other settings is refused in one line."""
+    import types
+
+    import envs.evaluation.policies as policies
+    import envs.study.precision as precision
+    import envs.study.probe_cli as probe
+
+    calls: list[tuple[int, int]] = []
+    monkeypatch.setattr(policies, "load_policy", lambda kind, path: types.SimpleNamespace(
+        config=types.SimpleNamespace(render_resolution=0), name=Path(path).name))
+    monkeypatch.setattr(precision, "task_observations", lambda suite, task, data, res, fast: (
+        [{}] * 3, np.full((3, 3), float(task))))
+
+    def draw(policy, obs, steps, samples, xi_scale=1.0):
+        if len(calls) == 3 and crash:
+            raise KeyboardInterrupt
+        calls.append((steps, len(obs)))
+        return np.ones((samples, len(obs), 8, 7))
+
+    monkeypatch.setattr(probe, "draw", draw)
+    out = tmp_path / "p.json"
+    runs = [tmp_path / "mse", tmp_path / "mse_seed1"]
+    crash = True
+    with pytest.raises(KeyboardInterrupt):
+        precision.measure(runs, "libero_object", [0, 1], tmp_path, [1, 2], 4, out=out)
+    assert len(json.loads(out.read_text())["cells"]) == 2  # task 0 of the first run, both step counts
+    crash, calls[:] = False, []
+    report = precision.measure(runs, "libero_object", [0, 1], tmp_path, [1, 2], 4, out=out)
+    assert len(calls) == 6 and len(report["cells"]) == 8
+    assert {(c["run"], c["task"], c["steps"]) for c in report["cells"]} == {
+        (r, t, k) for r in ("mse", "mse_seed1") for t in (0, 1) for k in (1, 2)}
+    with pytest.raises(ValueError, match="holds a report of suite=libero_object, samples=4 \\(now libero_object, 8\\)"):
+        precision.measure(runs, "libero_object", [0], tmp_path, [1], 8, out=out)
